@@ -1,0 +1,152 @@
+"""Experiment configs: load `configs/<name>.py[:arg]`, apply CLI overrides, validate, save.
+
+A config file defines `get_config(arg=None) -> ml_collections.ConfigDict`.
+Overrides look like `--config.optimizer.learning_rate=0.01`. An unknown key or
+a value of the wrong type raises `ConfigError` before any work starts, naming
+the nearest valid key or the expected type.
+"""
+
+from __future__ import annotations
+
+import ast
+import difflib
+import importlib.util
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterable
+
+import ml_collections
+
+from research.errors import ConfigError
+
+OVERRIDE_PREFIX = "--config."
+
+
+def load(spec: str) -> ml_collections.ConfigDict:
+  """Loads `path/to/config.py` or `path/to/config.py:arg` and returns its ConfigDict."""
+  path, _, arg = spec.partition(":")
+  if not os.path.isfile(path):
+    raise ConfigError(f"Config file {path!r} does not exist. Pass --config configs/<name>.py[:arg].")
+  module_spec = importlib.util.spec_from_file_location(f"_config_{Path(path).stem}", path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  if not hasattr(module, "get_config"):
+    raise ConfigError(f"{path} defines no get_config(arg=None) function.")
+  config = module.get_config(arg or None)
+  if not isinstance(config, ml_collections.ConfigDict):
+    raise ConfigError(f"{path}: get_config() must return an ml_collections.ConfigDict, got {type(config).__name__}.")
+  return config
+
+
+def leaf_keys(config: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
+  """All dotted keys of leaves, e.g. ['data.batch_size', 'optimizer.name', ...]."""
+  keys = []
+  for name, value in config.items():
+    key = f"{prefix}{name}"
+    if isinstance(value, ml_collections.ConfigDict):
+      keys.extend(leaf_keys(value, key + "."))
+    else:
+      keys.append(key)
+  return keys
+
+
+def _nearest(key: str, candidates: Iterable[str]) -> str:
+  candidates = list(candidates)
+  near = difflib.get_close_matches(key, candidates, n=1, cutoff=0.6)
+  if not near:  # Compare the last component too: 'lerning_rate' vs 'learning_rate'.
+    last = {c.rsplit(".", 1)[-1]: c for c in candidates if c.startswith(key.rpartition(".")[0])}
+    near = [last[m] for m in difflib.get_close_matches(key.rsplit(".", 1)[-1], list(last), n=1)]
+  return f" Did you mean {near[0]!r}?" if near else ""
+
+
+def parse_value(text: str, current: Any, key: str) -> Any:
+  """Parses an override string into the type of the field's current value."""
+
+  def wrong(expected: str) -> ConfigError:
+    return ConfigError(f"Config key {key!r} expects {expected}, got {text!r}. Example: --config.{key}={current!r}")
+
+  if isinstance(current, bool):
+    lowered = text.strip().lower()
+    if lowered in ("true", "1", "yes"):
+      return True
+    if lowered in ("false", "0", "no"):
+      return False
+    raise wrong("a bool (true/false)")
+  if isinstance(current, int):
+    try:
+      return int(text)
+    except ValueError:
+      raise wrong("an int") from None
+  if isinstance(current, float):
+    try:
+      return float(text)
+    except ValueError:
+      raise wrong("a float") from None
+  if isinstance(current, str):
+    return text
+  try:
+    value = ast.literal_eval(text)
+  except (ValueError, SyntaxError):
+    if current is None:
+      return text  # An unset optional field: a bare word is a string.
+    raise wrong(f"a Python literal of type {type(current).__name__}") from None
+  if isinstance(current, (tuple, list)):
+    if not isinstance(value, (tuple, list)):
+      raise wrong("a list, e.g. (1,2)")
+    return type(current)(value)
+  return value
+
+
+def apply_overrides(config: ml_collections.ConfigDict, overrides: Iterable[str]) -> ml_collections.ConfigDict:
+  """Applies `--config.a.b=value` strings in order; raises ConfigError on any bad one."""
+  for override in overrides:
+    if not override.startswith(OVERRIDE_PREFIX) or "=" not in override:
+      raise ConfigError(f"Cannot read override {override!r}: write it as --config.some.key=value.")
+    key, _, text = override[len(OVERRIDE_PREFIX):].partition("=")
+    parent, _, name = key.rpartition(".")
+    node = config
+    for part in parent.split(".") if parent else []:
+      node = node.get(part) if isinstance(node, ml_collections.ConfigDict) else None
+    if not isinstance(node, ml_collections.ConfigDict) or name not in node:
+      raise ConfigError(f"Unknown config key {key!r}.{_nearest(key, leaf_keys(config))}")
+    current = node[name]
+    if isinstance(current, ml_collections.ConfigDict):
+      raise ConfigError(f"Config key {key!r} is a group; set one of its fields, e.g. --config.{leaf_keys(current, key + '.')[0]}=...")
+    value = parse_value(text, current, key)
+    try:
+      node[name] = value
+    except TypeError as e:  # ConfigDict's own type safety, for types parse_value lets through.
+      raise ConfigError(f"Config key {key!r}: {e}") from None
+  return config
+
+
+def to_dict(config: ml_collections.ConfigDict) -> dict:
+  return json.loads(config.to_json())
+
+
+def save(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> list[str]:
+  """Writes WORKDIR/config.json; returns the keys that differ from a config already there."""
+  path = Path(workdir) / "config.json"
+  new = to_dict(config)
+  changed = []
+  if path.exists():
+    try:
+      old = json.loads(path.read_text())
+      changed = sorted(k for k in set(_flat(old)) | set(_flat(new)) if _flat(old).get(k) != _flat(new).get(k))
+    except json.JSONDecodeError:
+      changed = ["<unreadable config.json>"]
+  tmp = path.with_suffix(".json.tmp")
+  tmp.write_text(json.dumps(new, indent=2, sort_keys=True) + "\n")
+  tmp.replace(path)
+  return changed
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, dict):
+      out.update(_flat(v, f"{prefix}{k}."))
+    else:
+      out[f"{prefix}{k}"] = v
+  return out

@@ -1,0 +1,136 @@
+"""The input pipeline: fixed-shape global batches, sharded over the mesh's data axis.
+
+Batch `step` of a run is a pure function of (seed, step): epoch = step // steps_per_epoch
+selects a permutation seeded by (seed, epoch), and the batch is the
+`step % steps_per_epoch`-th slice of it. So a resumed run sees exactly the batches
+it would have seen, and the order does not depend on the number of processes.
+Each process builds only its own rows and assembles the global `jax.Array` with
+`jax.make_array_from_process_local_data`, which is what multi-host needs.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from typing import Callable, Iterator
+
+import jax
+import numpy as np
+
+Batch = dict[str, np.ndarray]
+
+
+class Pipeline:
+  """Global batches of one split, shuffled per epoch, preprocessed on the host."""
+
+  def __init__(self, arrays: Batch, *, batch_size: int, sharding: jax.sharding.NamedSharding,
+               preprocess: Callable[[Batch], Batch], seed: int, shuffle: bool = True):
+    self.arrays = arrays
+    self.num_examples = len(next(iter(arrays.values())))
+    self.batch_size = batch_size
+    self.sharding = sharding
+    self.preprocess = preprocess
+    self.seed = seed
+    self.shuffle = shuffle
+    self.process_index, self.process_count = jax.process_index(), jax.process_count()
+    if batch_size % self.process_count:
+      raise ValueError(f"batch size {batch_size} is not divisible by the {self.process_count} processes.")
+    self.local_size = batch_size // self.process_count
+    self.steps_per_epoch = self.num_examples // batch_size  # Drop the remainder: fixed shapes.
+    if self.steps_per_epoch == 0:
+      raise ValueError(f"batch size {batch_size} is larger than the {self.num_examples} examples of the split.")
+
+  def epoch_order(self, epoch: int) -> np.ndarray:
+    if not self.shuffle:
+      return np.arange(self.num_examples)
+    return np.random.default_rng([self.seed, epoch]).permutation(self.num_examples)
+
+  def position(self, step: int) -> dict:
+    """Where batch `step` comes from; stored in checkpoints."""
+    return {"epoch": step // self.steps_per_epoch, "index": step % self.steps_per_epoch}
+
+  def indices(self, step: int) -> np.ndarray:
+    """The example indices of this process's rows of global batch `step`."""
+    pos = self.position(step)
+    start = pos["index"] * self.batch_size + self.process_index * self.local_size
+    order = self._order_cache(pos["epoch"])
+    return order[start:start + self.local_size]
+
+  def _order_cache(self, epoch: int) -> np.ndarray:
+    if getattr(self, "_cached_epoch", None) != epoch:
+      self._cached_epoch, self._cached_order = epoch, self.epoch_order(epoch)
+    return self._cached_order
+
+  def host_batch(self, step: int) -> Batch:
+    idx = np.sort(self.indices(step))  # Sorted gathers are faster; row order inside a batch is irrelevant.
+    return self.preprocess({k: v[idx] for k, v in self.arrays.items()})
+
+  def global_batch(self, step: int) -> dict[str, jax.Array]:
+    return to_global(self.host_batch(step), self.sharding)
+
+  def iterate(self, start_step: int, num_steps: int, prefetch: int = 2) -> Iterator[dict[str, jax.Array]]:
+    """Batches start_step .. start_step+num_steps-1, built `prefetch` ahead on a background thread."""
+    return prefetch_iter((self.global_batch(s) for s in range(start_step, start_step + num_steps)), prefetch)
+
+
+def to_global(local: Batch, sharding: jax.sharding.NamedSharding) -> dict[str, jax.Array]:
+  """Assembles this process's rows into global arrays sharded on the batch axis."""
+  count = jax.process_count()
+  return {k: jax.make_array_from_process_local_data(sharding, v, (v.shape[0] * count,) + v.shape[1:])
+          for k, v in local.items()}
+
+
+def eval_batches(arrays: Batch, batch_size: int, sharding: jax.sharding.NamedSharding,
+                 preprocess: Callable[[Batch], Batch]) -> Iterator[dict[str, jax.Array]]:
+  """The whole split in order, in fixed-shape batches; the last is padded and `mask` marks real rows."""
+  n = len(next(iter(arrays.values())))
+  local = batch_size // jax.process_count()
+  offset = jax.process_index() * local
+
+  def make(start: int) -> dict[str, jax.Array]:
+    rows = np.arange(start + offset, start + offset + local)
+    mask = rows < n
+    batch = preprocess({k: v[np.minimum(rows, n - 1)] for k, v in arrays.items()})
+    return to_global({**batch, "mask": mask.astype(np.float32)}, sharding)
+
+  return prefetch_iter((make(s) for s in range(0, n, batch_size)), 2)
+
+
+_DONE = object()
+
+
+def prefetch_iter(source: Iterator, size: int) -> Iterator:
+  """Runs `source` on a daemon thread, `size` items ahead; re-raises its errors in the consumer."""
+  if size <= 0:
+    yield from source
+    return
+  items: queue.Queue = queue.Queue(maxsize=size)
+  stop = threading.Event()
+
+  def produce():
+    try:
+      for item in source:
+        while not stop.is_set():
+          try:
+            items.put(item, timeout=0.1)
+            break
+          except queue.Full:
+            continue
+        if stop.is_set():
+          return
+      items.put(_DONE)
+    except BaseException as e:  # Handed to the consumer, which raises it.
+      items.put(e)
+
+  thread = threading.Thread(target=produce, daemon=True, name="prefetch")
+  thread.start()
+  try:
+    while True:
+      item = items.get()
+      if item is _DONE:
+        return
+      if isinstance(item, BaseException):
+        raise item
+      yield item
+  finally:
+    stop.set()

@@ -1,0 +1,9 @@
+"""Errors that speak to the user: what was wrong, what was expected, what to do."""
+
+
+class ConfigError(ValueError):
+  """A bad config, override or name. Scripts print it as one line and exit 2."""
+
+
+class DataUnavailableError(RuntimeError):
+  """No source of a dataset could be reached; the message lists every source tried."""

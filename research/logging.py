@@ -1,0 +1,102 @@
+"""Metric writers: TensorBoard event files, `metrics.jsonl`, and a console progress bar.
+
+Every scalar goes to both files under the same tag, e.g. `train/loss`,
+`eval/accuracy`, `train/learning_rate`, `perf/steps_per_sec`.
+Only process 0 writes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import jax
+
+
+class MetricWriter:
+  """Writes scalars to WORKDIR/tensorboard/ (tensorboardX, no TensorFlow) and WORKDIR/metrics.jsonl."""
+
+  def __init__(self, workdir: str | Path, resume_step: int = 0):
+    self.active = jax.process_index() == 0
+    if not self.active:
+      return
+    from tensorboardX import SummaryWriter  # Lazy: keeps `import research` light.
+
+    workdir = Path(workdir)
+    self.jsonl_path = workdir / "metrics.jsonl"
+    _truncate_after(self.jsonl_path, resume_step)
+    self.jsonl = open(self.jsonl_path, "a")
+    self.tb = SummaryWriter(str(workdir / "tensorboard"), purge_step=resume_step or None)
+
+  def scalars(self, step: int, values: dict[str, float]) -> None:
+    if not self.active:
+      return
+    for tag, value in values.items():
+      self.tb.add_scalar(tag, value, step)
+    self.jsonl.write(json.dumps({"step": step, **values}) + "\n")
+    self.jsonl.flush()
+
+  def flush(self) -> None:
+    if self.active:
+      self.tb.flush()
+
+  def close(self) -> None:
+    if self.active:
+      self.tb.close()
+      self.jsonl.close()
+
+
+def _truncate_after(path: Path, step: int) -> None:
+  """On resume, drops lines logged after the checkpoint: they will be logged again."""
+  if not path.exists():
+    return
+  keep = [line for line in path.read_text().splitlines() if line.strip() and _step_of(line) <= step]
+  path.write_text("".join(line + "\n" for line in keep))
+
+
+def _step_of(line: str) -> float:
+  try:
+    return json.loads(line)["step"]
+  except (ValueError, KeyError, TypeError):
+    return math.inf  # A torn last line from a crash is dropped.
+
+
+class Progress:
+  """One console line: step, percent, loss, throughput and ETA; redrawn in place on a terminal."""
+
+  def __init__(self, total_steps: int, start_step: int, batch_size: int, stream=sys.stderr):
+    self.total, self.start, self.batch_size = total_steps, start_step, batch_size
+    self.stream = stream
+    self.tty = stream.isatty()
+    self.active = jax.process_index() == 0
+    self.t0 = time.perf_counter()
+
+  def update(self, step: int, values: dict[str, float]) -> None:
+    if not self.active:
+      return
+    elapsed = time.perf_counter() - self.t0
+    rate = (step - self.start) / elapsed if elapsed > 0 else 0.0
+    eta = (self.total - step) / rate if rate > 0 else float("nan")
+    width = 24
+    filled = int(width * step / max(self.total, 1))
+    bar = "#" * filled + "-" * (width - filled)
+    shown = " ".join(f"{k.split('/')[-1]} {v:.4g}" for k, v in values.items())
+    line = (f"[{bar}] {step}/{self.total} {100 * step / max(self.total, 1):3.0f}% | {shown} | "
+            f"{rate:.1f} steps/s {rate * self.batch_size:,.0f} ex/s | ETA {_clock(eta)}")
+    self.stream.write(("\r" + line + "\x1b[K") if self.tty else line + "\n")
+    self.stream.flush()
+
+  def message(self, text: str) -> None:
+    if self.active:
+      self.stream.write(("\n" if self.tty else "") + text + "\n")
+      self.stream.flush()
+
+
+def _clock(seconds: float) -> str:
+  if not math.isfinite(seconds):
+    return "?"
+  seconds = int(seconds)
+  return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"

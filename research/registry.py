@@ -1,0 +1,57 @@
+"""Name -> factory maps: every extension point is chosen by a string in the config."""
+
+from __future__ import annotations
+
+import difflib
+from typing import Callable, Generic, TypeVar
+
+from research.errors import ConfigError
+
+T = TypeVar("T")
+
+
+class Registry(Generic[T]):
+  """A named map of factories, e.g. `MODELS.get("mlp")`.
+
+  Register with the decorator `@MODELS.register("mlp")`. An unknown name is an
+  error that lists the known names and suggests the nearest one.
+  """
+
+  def __init__(self, kind: str):
+    self.kind = kind
+    self._entries: dict[str, T] = {}
+
+  def register(self, name: str) -> Callable[[T], T]:
+    def add(entry: T) -> T:
+      if name in self._entries:
+        raise ValueError(f"{self.kind} {name!r} is registered twice.")
+      self._entries[name] = entry
+      return entry
+
+    return add
+
+  def get(self, name: str) -> T:
+    try:
+      return self._entries[name]
+    except KeyError:
+      raise ConfigError(self.unknown_message(name)) from None
+
+  def unknown_message(self, name: str) -> str:
+    known = sorted(self._entries)
+    near = difflib.get_close_matches(str(name), known, n=1)
+    hint = f" Did you mean {near[0]!r}?" if near else ""
+    return f"Unknown {self.kind} {name!r}.{hint} Known: {', '.join(known)}."
+
+  def names(self) -> list[str]:
+    return sorted(self._entries)
+
+  def __contains__(self, name: str) -> bool:
+    return name in self._entries
+
+
+MODELS: Registry = Registry("model")
+DATASETS: Registry = Registry("dataset")
+OPS: Registry = Registry("preprocessing op")
+OPTIMIZERS: Registry = Registry("optimizer")
+SCHEDULES: Registry = Registry("learning-rate schedule")
+LOSSES: Registry = Registry("loss")

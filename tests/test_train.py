@@ -1,0 +1,76 @@
+import json
+
+import numpy as np
+import pytest
+
+from research import config as config_lib
+from research.train.loop import train
+from tests import helpers
+
+
+def _losses(workdir, tag="train/loss"):
+  rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+  return {r["step"]: r[tag] for r in rows if tag in r}
+
+
+def _smoke(**train):
+  config = config_lib.load("configs/mnist_mlp.py:smoke")
+  config.train.update({**dict(steps=10, log_every=1, eval_every=0), **train})
+  return config
+
+
+@pytest.mark.slow
+def test_one_device_eight_devices_and_both_strategies_agree(tmp_path):
+  results = {}
+  for strategy in ("auto", "pmap"):
+    config = _smoke()
+    config.parallel.strategy = strategy
+    results[f"8 devices {strategy}"] = train(config, tmp_path / strategy)
+  helpers.train(tmp_path / "one", "--config.train.steps=10", "--config.train.log_every=1",
+                "--config.train.eval_every=0", devices=1)
+  losses = {name: _losses(tmp_path / name) for name in ("auto", "pmap", "one")}
+  assert sorted(losses["auto"]) == list(range(1, 11))
+  first = losses["auto"][1]
+  assert 2.0 < first < 2.6  # ~ln(10) for an untrained 10-way classifier
+  assert losses["auto"][10] < first - 0.5  # and it learns
+  for name in ("pmap", "one"):
+    np.testing.assert_allclose([losses[name][s] for s in range(1, 11)],
+                               [losses["auto"][s] for s in range(1, 11)], atol=1e-5, err_msg=name)
+  assert results["8 devices auto"]["accuracy"] == pytest.approx(results["8 devices pmap"]["accuracy"], abs=1e-4)
+
+
+@pytest.mark.slow
+def test_restart_in_a_second_process_matches_a_straight_run_bitwise(tmp_path):
+  helpers.train(tmp_path / "straight")
+  first = helpers.train(tmp_path / "split", "--config.train.stop_after_steps=10")
+  assert "Stopped after step 10 of 20" in first
+  assert not (tmp_path / "split/checkpoints/20").exists()
+  second = helpers.train(tmp_path / "split", "--config.train.stop_after_steps=10")
+  assert "Resuming from step 10" in second
+  straight = helpers.checkpoint_params(tmp_path / "straight", 20)
+  split = helpers.checkpoint_params(tmp_path / "split", 20)
+  assert straight.keys() == split.keys() and len(straight) == 6
+  for key in straight:
+    assert np.array_equal(straight[key], split[key]), key
+  straight_losses, split_losses = _losses(tmp_path / "straight"), _losses(tmp_path / "split")
+  assert straight_losses == split_losses  # the resumed run saw exactly the same batches
+
+
+def test_workdir_holds_config_checkpoints_events_and_metrics(tmp_path):
+  config = _smoke(steps=20, log_every=5, eval_every=10)
+  final = train(config, tmp_path)
+  assert 0.6 < final["accuracy"] <= 1.0
+  assert json.loads((tmp_path / "config.json").read_text())["train"]["steps"] == 20
+  assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()) == ["10", "20"]
+  assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+  rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  tags = set().union(*rows)
+  assert {"train/loss", "train/learning_rate", "perf/steps_per_sec", "perf/examples_per_sec", "eval/loss",
+          "eval/accuracy"} <= tags
+  assert [r["step"] for r in rows if "eval/accuracy" in r] == [10, 20]
+  assert [r for r in rows if "eval/accuracy" in r][-1]["eval/accuracy"] == pytest.approx(final["accuracy"])
+  # Training again in the same workdir resumes at the end: nothing is retrained or logged twice.
+  again = train(config, tmp_path)
+  assert again["accuracy"] == pytest.approx(final["accuracy"])
+  assert [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()] == \
+      [r["step"] for r in rows]
