@@ -27,8 +27,13 @@ def get_config(arg=None):
   config.schedule = dict(name="warmup_cosine", warmup_steps=200, end_factor=0.0, boundaries=(), factor=0.1)
   # steps > 0 overrides epochs. stop_after_steps > 0 ends this invocation early with a checkpoint
   # (for jobs with a time limit); rerunning continues the same run.
-  config.train = dict(epochs=10, steps=0, log_every=100, eval_every=1000, stop_after_steps=0)
-  config.checkpoint = dict(every=1000, keep=3)
+  # early_stopping_patience > 0 stops after that many evals without improving checkpoint.best_metric.
+  config.train = dict(epochs=10, steps=0, log_every=100, eval_every=1000, stop_after_steps=0,
+                      early_stopping_patience=0)
+  # Keep the last `keep` checkpoints, plus the `keep_best` best by eval `best_metric` ("" = off).
+  config.checkpoint = dict(every=1000, keep=3, best_metric="", best_mode="max", keep_best=1)
+  config.nan_policy = "stop"  # or "skip": a step with a non-finite loss/gradient is never applied.
+  config.init_from = ""  # "WORKDIR[:STEP]": start from another run's parameters (fresh optimizer).
   config.parallel = dict(strategy="auto")
   config.mesh = dict(data=-1)
 

@@ -11,14 +11,19 @@ returns once device arrays are copied to host memory.
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+from orbax.checkpoint.checkpoint_managers import AnyPreservationPolicy, BestN, LatestN
+
+from research.errors import CheckpointError
 
 FORMAT_VERSION = 1
+BEST_FILE = "best.json"
 
 
 def _key_name(key) -> str:
@@ -57,50 +62,106 @@ def abstract(tree):
 
 
 class Checkpointer:
-  """Saves every `every` steps (and when forced), keeps the last `keep`, restores the newest readable."""
+  """Saves every `every` steps (and when forced); keeps the last `keep` plus the best `keep_best`.
 
-  def __init__(self, directory: str | Path, *, every: int, keep: int):
+  With `best_metric` set (an eval metric name such as "accuracy"), checkpoints
+  saved with eval metrics are ranked by it (`best_mode` "max" or "min"), the best
+  `keep_best` are never deleted, and the best one is marked in `best.json`.
+  """
+
+  def __init__(self, directory: str | Path, *, every: int, keep: int, best_metric: str = "",
+               best_mode: str = "max", keep_best: int = 1, read_only: bool = False):
     self.directory = Path(directory).absolute()
     self.every = every
+    self.best_metric, self.best_mode = best_metric, best_mode
+    policies = [LatestN(keep)]
+    if best_metric and keep_best > 0:
+      policies.append(BestN(get_metric_fn=lambda m: m[best_metric], reverse=best_mode == "min", n=keep_best,
+                            keep_checkpoints_without_metrics=False))
     self.manager = ocp.CheckpointManager(
         self.directory,
-        options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=True),
+        options=ocp.CheckpointManagerOptions(
+            create=not read_only, read_only=read_only, enable_async_checkpointing=True,
+            preservation_policy=AnyPreservationPolicy(policies) if not read_only else None),
         item_names=("state", "meta"),
     )
 
   def steps(self) -> list[int]:
     return sorted(self.manager.all_steps())
 
-  def save(self, step: int, state, data_position: dict, *, force: bool = False) -> bool:
-    if not force and (self.every <= 0 or step % self.every):
-      return False
-    if step in self.manager.all_steps():
-      return False
-    meta = {"format_version": FORMAT_VERSION, "step": step, "data": data_position}
-    return self.manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(to_string_tree(state)), meta=ocp.args.JsonSave(meta)), force=True)
+  def due(self, step: int) -> bool:
+    return self.every > 0 and step % self.every == 0
 
-  def restore(self, like, step: int | None = None) -> tuple[Any, dict] | None:
+  def save(self, step: int, state, data_position: dict, *, force: bool = False,
+           eval_metrics: dict[str, float] | None = None, progress: dict | None = None) -> bool:
+    """Starts an async save if due (or forced); returns once device arrays are copied to host memory.
+
+    `progress` is loop bookkeeping that must survive a restart (e.g. early-stopping counters).
+    """
+    if not (force or self.due(step)) or step in self.manager.all_steps():
+      return False
+    meta = {"format_version": FORMAT_VERSION, "step": step, "data": data_position, "eval": eval_metrics or {},
+            "progress": progress or {}}
+    saved = self.manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(to_string_tree(state)), meta=ocp.args.JsonSave(meta)),
+        metrics=eval_metrics if self.best_metric and eval_metrics else None, force=True)
+    if saved and self.best_metric and eval_metrics:
+      self._mark_if_best(step, eval_metrics[self.best_metric])
+    return saved
+
+  def best(self) -> dict | None:
+    """The marked best checkpoint: {"step", "metric", "mode", "value"}, or None."""
+    try:
+      return json.loads((self.directory / BEST_FILE).read_text())
+    except (OSError, ValueError):
+      return None
+
+  def best_step(self) -> int | None:
+    best = self.best()
+    return int(best["step"]) if best else None
+
+  def _mark_if_best(self, step: int, value: float) -> None:
+    best = self.best()
+    if best is not None:
+      improved = value > best["value"] if self.best_mode == "max" else value < best["value"]
+      if not improved:
+        return
+    tmp = self.directory / (BEST_FILE + ".tmp")
+    tmp.write_text(json.dumps({"step": step, "metric": self.best_metric, "mode": self.best_mode, "value": value}))
+    tmp.replace(self.directory / BEST_FILE)
+
+  def restore(self, like, step: int | None = None, *, partial: bool = False) -> tuple[Any, dict] | None:
     """Restores `step` (default: the newest readable one) onto the shardings of `like`.
 
-    Returns (state, meta), or None if there are no checkpoints. A checkpoint that
-    cannot be read is reported and skipped; if none can be read, raises.
+    `like` is the TrainState (or, with `partial=True`, any subset of its fields as
+    a dict, e.g. {"params": ..., "model_state": ...}). Returns (restored, meta),
+    or None if there are no checkpoints. A checkpoint that cannot be read is
+    reported with its step and the reason, and the next older one is tried; if
+    none can be read, raises with the list of what was tried.
     """
     steps = [step] if step is not None else sorted(self.steps(), reverse=True)
+    target = abstract(to_string_tree(like))
+    if partial:
+      state_args = ocp.args.PyTreeRestore(item=target, partial_restore=True,
+                                          restore_args=ocp.checkpoint_utils.construct_restore_args(target))
+    else:
+      state_args = ocp.args.StandardRestore(target)
     failures = []
     for s in steps:
       try:
-        restored = self.manager.restore(s, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract(to_string_tree(like))), meta=ocp.args.JsonRestore()))
-        return from_string_tree(restored["state"], like), dict(restored["meta"])
+        restored = self.manager.restore(s, args=ocp.args.Composite(state=state_args, meta=ocp.args.JsonRestore()))
+        meta = dict(restored["meta"])
+        if meta.get("format_version") != FORMAT_VERSION or meta.get("step") != s:
+          raise ValueError(f"bad metadata {meta!r}")
+        return from_string_tree(restored["state"], like), meta
       except Exception as e:  # Orbax raises many types for damaged files; each is reported.
         reason = f"{e.__class__.__name__}: {str(e).splitlines()[0] if str(e) else ''}"
         failures.append(f"step {s}: {reason}")
         print(f"warning: checkpoint at step {s} in {self.directory} is unreadable ({reason}); "
               f"trying an older one.", file=sys.stderr)
     if failures:
-      raise RuntimeError(f"No readable checkpoint in {self.directory}. Tried:\n  " + "\n  ".join(failures) +
-                         "\nMove the directory away to start from scratch.")
+      raise CheckpointError(f"No readable checkpoint in {self.directory}. Tried:\n  " + "\n  ".join(failures) +
+                            "\nMove the directory away to start from scratch.")
     return None
 
   def wait(self) -> None:

@@ -3,6 +3,7 @@
     config -> data -> model + optimizer -> TrainState -> (resume) -> steps, eval, logs, checkpoints
 
 Rerunning with the same workdir resumes from the newest readable checkpoint.
+SIGTERM/SIGINT stop it cleanly after the current step, with a checkpoint.
 The loop waits on a result at least every `MAX_UNAWAITED_STEPS` steps: on the
 CPU backend, ~30 multi-device steps dispatched without a wait can deadlock XLA's
 all-reduce rendezvous (see DESIGN.md).
@@ -15,27 +16,29 @@ from pathlib import Path
 
 import jax
 import numpy as np
-from flax import nnx
 
 from research import config as config_lib
-from research import metrics, models, optim, parallel  # noqa: F401  (models: registers the zoo)
+from research import metrics, parallel
 from research.checkpoint import Checkpointer
 from research.data import ops
 from research.data.pipeline import Pipeline, eval_batches
 from research.data.sources import get_split
-from research.errors import ConfigError
+from research.errors import CheckpointError, ConfigError, TrainingError
 from research.logging import MetricWriter, Progress
 from research.registry import DATASETS, MODELS
-from research.train import state as state_lib
+from research.train import experiment
+from research.train.preemption import PreemptionGuard
 from research.train.step import STRATEGIES, make_steps
 
 MAX_UNAWAITED_STEPS = 16
+NAN_POLICIES = ("stop", "skip")
 
 
-def evaluate(eval_step, state, arrays, config, mesh, preprocess) -> dict[str, float]:
-  """Loss and accuracy over a whole split, as exact sums over all its examples."""
+def evaluate(eval_step, state, arrays, config, mesh) -> dict[str, float]:
+  """Metrics over a whole split, as exact sums over all its examples."""
   sums = None
-  batches = eval_batches(arrays, config.data.eval_batch_size, parallel.batch_sharding(mesh), preprocess)
+  batches = eval_batches(arrays, config.data.eval_batch_size, parallel.batch_sharding(mesh),
+                         ops.build(config.data.preprocess))
   for i, batch in enumerate(batches, 1):
     sums = metrics.add(sums, eval_step(state, batch))
     if i % MAX_UNAWAITED_STEPS == 0:
@@ -44,103 +47,204 @@ def evaluate(eval_step, state, arrays, config, mesh, preprocess) -> dict[str, fl
 
 
 def check(config) -> None:
-  """Fails fast, before any data is loaded, on names and sizes the run cannot use."""
+  """Fails fast, before any data is loaded, on names and values the run cannot use."""
   MODELS.get(config.model.name)
   DATASETS.get(config.data.name)
   ops.build(config.data.preprocess)
   if config.parallel.strategy not in STRATEGIES:
     raise ConfigError(f"parallel.strategy={config.parallel.strategy!r}; choose one of {', '.join(STRATEGIES)}.")
+  if config.nan_policy not in NAN_POLICIES:
+    raise ConfigError(f"nan_policy={config.nan_policy!r}; choose one of {', '.join(NAN_POLICIES)}.")
   if config.train.steps <= 0 and config.train.epochs <= 0:
     raise ConfigError("Set train.steps or train.epochs to a positive number.")
-  for key in ("log_every", "eval_every", "stop_after_steps"):
+  for key in ("log_every", "eval_every", "stop_after_steps", "early_stopping_patience"):
     if config.train[key] < 0:
       raise ConfigError(f"train.{key} must be >= 0 (0 turns it off), got {config.train[key]}.")
+  if config.checkpoint.best_mode not in ("max", "min"):
+    raise ConfigError(f"checkpoint.best_mode={config.checkpoint.best_mode!r}; choose 'max' or 'min'.")
+  if config.train.early_stopping_patience and not config.checkpoint.best_metric:
+    raise ConfigError("train.early_stopping_patience needs checkpoint.best_metric (e.g. 'accuracy') to watch.")
+  if config.checkpoint.best_metric and not config.train.eval_every:
+    raise ConfigError("checkpoint.best_metric ranks eval results: set train.eval_every > 0.")
+
+
+def _make_workdir(workdir: Path) -> None:
+  try:
+    workdir.mkdir(parents=True, exist_ok=True)
+    probe = workdir / ".write_test"
+    probe.write_text("ok")
+    probe.unlink()
+  except OSError as e:
+    raise CheckpointError(f"Cannot write to workdir {workdir}: {e.strerror or e}. Choose a writable --workdir.") from None
+
+
+def _init_from(spec: str, state, config):
+  """`WORKDIR[:STEP]` -> `state` with params and model state from that run (fresh optimizer, step 0)."""
+  source, _, step = spec.partition(":")
+  source_checkpoints = Checkpointer(Path(source) / "checkpoints", every=0, keep=0, read_only=True)
+  step = experiment.resolve_step(source_checkpoints, step or None)
+  like = {"params": state.params, "model_state": state.model_state}
+  try:
+    restored, meta = source_checkpoints.restore(like, step, partial=True)
+  except CheckpointError as e:
+    raise ConfigError(f"init_from={spec!r}: {e}") from None
+  return state.replace(**restored), meta["step"]
+
+
+def _abandon(checkpoints: Checkpointer, writer: MetricWriter) -> None:
+  """On an error: let checkpoint writes already started finish (they are complete and valid), then close."""
+  try:
+    checkpoints.wait()
+    checkpoints.close()
+  except Exception:  # The error being raised is the one to report.
+    pass
+  writer.close()
 
 
 def train(config, workdir: str | Path) -> dict[str, float]:
-  """Trains `config` in `workdir` (resuming if it holds checkpoints); returns the final eval metrics."""
+  """Trains `config` in `workdir` (resuming if it holds checkpoints); returns the last eval metrics."""
   # --- Config: validate and record. -------------------------------------------------------------
   check(config)
-  workdir = Path(workdir)
-  workdir.mkdir(parents=True, exist_ok=True)
+  workdir = Path(workdir).absolute()
   mesh = parallel.make_mesh(config)
   parallel.check_batch_size(config.data.batch_size, mesh, "data.batch_size")
   parallel.check_batch_size(config.data.eval_batch_size, mesh, "data.eval_batch_size")
-  preprocess = ops.build(config.data.preprocess)
+  _make_workdir(workdir)
   changed = config_lib.save(config, workdir)
 
   # --- Data. --------------------------------------------------------------------------------------
   train_arrays = get_split(config.data.name, "train")
   test_arrays = get_split(config.data.name, "test")
   pipeline = Pipeline(train_arrays, batch_size=config.data.batch_size, sharding=parallel.batch_sharding(mesh),
-                      preprocess=preprocess, seed=config.seed, shuffle=config.data.shuffle)
+                      preprocess=ops.build(config.data.preprocess), seed=config.seed, shuffle=config.data.shuffle)
   total_steps = config.train.steps if config.train.steps > 0 else config.train.epochs * pipeline.steps_per_epoch
 
   # --- Model, optimizer, state. -------------------------------------------------------------------
-  sample = preprocess({k: v[:2] for k, v in train_arrays.items()})[config.data.input_key]
-  model = MODELS.get(config.model.name)(config.model, sample, nnx.Rngs(config.seed))
-  tx, schedule = optim.build(config, total_steps)
-  graphdef, state = state_lib.create(model, tx, config.seed)
-  state = jax.device_put(state, parallel.replicated(mesh))
+  model = experiment.build_model(config, train_arrays)
+  graphdef, state, tx, schedule = experiment.build_state(config, model, total_steps, mesh)
   train_step, eval_step = make_steps(graphdef, tx, mesh, strategy=config.parallel.strategy,
-                                     input_key=config.data.input_key,
-                                     label_smoothing=config.get("label_smoothing", 0.0))
+                                     input_key=config.data.input_key, label_smoothing=config.label_smoothing)
 
-  # --- Resume from the newest readable checkpoint, if any. -----------------------------------------
-  checkpoints = Checkpointer(workdir / "checkpoints", every=config.checkpoint.every, keep=config.checkpoint.keep)
+  # --- Resume from the newest readable checkpoint, or start (optionally from another run's params). --
+  cc = config.checkpoint
+  checkpoints = Checkpointer(workdir / "checkpoints", every=cc.every, keep=cc.keep, best_metric=cc.best_metric,
+                             best_mode=cc.best_mode, keep_best=cc.keep_best)
+  progress = Progress(total_steps, 0, config.data.batch_size)
   restored = checkpoints.restore(state)
-  start = 0
+  start, progress_meta = 0, {}
   if restored is not None:
     state, meta = restored
-    start = int(meta["step"])
-  writer = MetricWriter(workdir, resume_step=start)
-  progress = Progress(total_steps, start, config.data.batch_size)
-  if start:
+    start, progress_meta = int(meta["step"]), meta.get("progress", {})
     progress.message(f"Resuming from step {start} in {checkpoints.directory}.")
     if changed:
       progress.message(f"warning: the config differs from the one this workdir was trained with: {', '.join(changed)}")
+  elif config.init_from:
+    state, source_step = _init_from(config.init_from, state, config)
+    progress.message(f"Initialized parameters from {config.init_from} (step {source_step}).")
+  if progress_meta.get("stopped_early"):
+    total_steps = start  # An early-stopped run is finished.
+  writer = MetricWriter(workdir, resume_step=start)
+  progress = Progress(total_steps, start, config.data.batch_size)
 
   # --- Train. ---------------------------------------------------------------------------------------
   stop = min(total_steps, start + config.train.stop_after_steps) if config.train.stop_after_steps else total_steps
   log_every = config.train.log_every or total_steps
   eval_every = config.train.eval_every
-  pending: list[dict] = []  # Step metrics still on device; fetched together at the next log.
+  patience = config.train.early_stopping_patience
+  best_value = progress_meta.get("best_value")
+  bad_evals = progress_meta.get("bad_evals", 0)
+  pending: list[dict] = []  # Step metrics still on device.
+  fetched: list[dict] = []  # Step metrics on the host, not yet logged.
   timer_step, timer = start, time.perf_counter()
-  final = {}
-  for step, batch in zip(range(start + 1, stop + 1), pipeline.iterate(start, stop - start)):
-    state, step_metrics = train_step(state, batch)
-    pending.append(step_metrics)
-    last = step == total_steps
-    if step % log_every == 0 or step == stop:
-      fetched = jax.device_get(pending)
-      pending = []
-      elapsed = time.perf_counter() - timer
-      steps_per_sec = (step - timer_step) / elapsed
-      values = {f"train/{k}": float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
-      values.update({"train/learning_rate": float(schedule(step - 1)), "perf/steps_per_sec": steps_per_sec,
-                     "perf/examples_per_sec": steps_per_sec * config.data.batch_size})
-      writer.scalars(step, values)
-      progress.update(step, {"loss": values["train/loss"]})
-      timer_step, timer = step, time.perf_counter()
-    elif len(pending) % MAX_UNAWAITED_STEPS == 0:
-      jax.block_until_ready(step_metrics)
+  final: dict[str, float] = {}
+  stopped_early = preempted = False
 
-    if (eval_every and step % eval_every == 0) or last:
-      final = evaluate(eval_step, state, test_arrays, config, mesh, preprocess)
-      writer.scalars(step, {f"eval/{k}": v for k, v in final.items()})
-      progress.message(f"step {step}: " + ", ".join(f"eval {k} {v:.4f}" for k, v in final.items()))
-      timer = time.perf_counter()  # Evaluation time is not training throughput.
+  def fetch(first_step: int) -> None:
+    """Moves pending step metrics to the host and applies the NaN policy to them."""
+    nonlocal pending
+    for offset, m in enumerate(jax.device_get(pending)):
+      if m["nonfinite"]:
+        where = (f"non-finite train metric at step {first_step + offset}: loss={m['loss']}, "
+                 f"grad_norm={m['grad_norm']}")
+        if config.nan_policy == "stop":
+          raise TrainingError(f"{where}. The update was not applied and no checkpoint holds it; lower "
+                              f"optimizer.learning_rate, set optimizer.clip_norm, or set nan_policy='skip'.")
+        progress.message(f"warning: {where}; update skipped (nan_policy='skip').")
+      fetched.append(m)
+    pending = []
 
-    if checkpoints.save(step, state, pipeline.position(step), force=step == stop):
-      timer = time.perf_counter()
+  try:
+    with PreemptionGuard() as preemption:
+      for step, batch in zip(range(start + 1, stop + 1), pipeline.iterate(start, stop - start)):
+        state, step_metrics = train_step(state, batch)
+        pending.append(step_metrics)
+        due_eval = (eval_every and step % eval_every == 0) or step == total_steps
+        due_log = step % log_every == 0 or step == stop
+        sync = due_log or due_eval or len(pending) == MAX_UNAWAITED_STEPS
+        preempted = preemption.requested(step, sync)
+        if sync or preempted or checkpoints.due(step):  # Never save past an unchecked step.
+          fetch(step - len(pending) + 1)
+        if due_log and fetched:
+          elapsed = time.perf_counter() - timer
+          steps_per_sec = (step - timer_step) / elapsed
+          finite = [m for m in fetched if not m["nonfinite"]] or fetched
+          values = {f"train/{k}": float(np.mean([m[k] for m in finite])) for k in ("loss", "grad_norm")}
+          values.update({"train/learning_rate": float(schedule(step - 1)),
+                         "train/skipped_steps": float(state.skipped_steps) if config.nan_policy == "skip" else 0.0,
+                         "perf/steps_per_sec": steps_per_sec,
+                         "perf/examples_per_sec": steps_per_sec * config.data.batch_size})
+          writer.scalars(step, values)
+          progress.update(step, {"loss": values["train/loss"]})
+          fetched = []
+          timer_step, timer = step, time.perf_counter()
+
+        eval_metrics = None
+        if due_eval:
+          final = eval_metrics = evaluate(eval_step, state, test_arrays, config, mesh)
+          writer.scalars(step, {f"eval/{k}": v for k, v in eval_metrics.items()})
+          progress.message(f"step {step}: " + ", ".join(f"eval {k} {v:.4f}" for k, v in eval_metrics.items()))
+          if cc.best_metric:
+            value = eval_metrics[cc.best_metric]
+            if best_value is None or (value > best_value if cc.best_mode == "max" else value < best_value):
+              best_value, bad_evals = value, 0
+            else:
+              bad_evals += 1
+            stopped_early = bool(patience) and bad_evals >= patience
+          timer = time.perf_counter()  # Evaluation time is not training throughput.
+
+        force = step == stop or preempted or stopped_early or (eval_metrics is not None and bool(cc.best_metric))
+        progress_meta = {"best_value": best_value, "bad_evals": bad_evals, "stopped_early": stopped_early}
+        try:
+          if checkpoints.save(step, state, pipeline.position(step), force=force, eval_metrics=eval_metrics,
+                              progress=progress_meta):
+            timer = time.perf_counter()
+        except Exception as e:  # Disk full, permissions: name the path; older checkpoints are untouched.
+          raise CheckpointError(f"Saving the checkpoint of step {step} to {checkpoints.directory} failed: {e}. "
+                                f"Checkpoints already written are intact: {checkpoints.steps()}.") from e
+        if preempted:
+          break
+        if stopped_early:
+          progress.message(f"Early stopping at step {step}: eval {cc.best_metric} has not improved for {patience} "
+                           f"evaluations; best is step {checkpoints.best_step()} ({best_value:.4f}).")
+          break
+  except BaseException:
+    _abandon(checkpoints, writer)
+    raise
 
   # --- Finish: wait for the last checkpoint write. ---------------------------------------------------
-  if stop < total_steps:
-    progress.message(f"Stopped after step {stop} of {total_steps} (train.stop_after_steps); rerun to continue.")
-  if start >= total_steps:
-    final = evaluate(eval_step, state, test_arrays, config, mesh, preprocess)
-    progress.message(f"Already trained to step {start} of {total_steps}; eval: {final}")
-  checkpoints.wait()
+  try:
+    checkpoints.wait()
+  except Exception as e:
+    raise CheckpointError(f"Writing checkpoints to {checkpoints.directory} failed: {e}. "
+                          f"Checkpoints already written are intact.") from e
   checkpoints.close()
   writer.close()
+  if preempted:
+    progress.message(f"Stopped by {preemption.signal_name} after step {step}; checkpoint saved in "
+                     f"{checkpoints.directory}. Rerun the same command to resume.")
+  elif stop < total_steps and not stopped_early:
+    progress.message(f"Stopped after step {stop} of {total_steps} (train.stop_after_steps); rerun to continue.")
+  elif start >= total_steps:
+    final = evaluate(eval_step, state, test_arrays, config, mesh)
+    progress.message(f"Already trained to step {start}; eval: " + ", ".join(f"{k} {v:.4f}" for k, v in final.items()))
   return final

@@ -24,12 +24,25 @@ from research.train.state import TrainState
 STRATEGIES = ("auto", "pmap")
 
 
-def _classify(graphdef, params, model_state, batch, input_key, train, rng=None, label_smoothing=0.0):
+def forward(graphdef, params, model_state, batch, *, input_key: str, train: bool, rng=None,
+            label_smoothing: float = 0.0):
+  """Returns (mean loss, metric sums, new model state) of one batch.
+
+  A model with a `loss(batch, *, train, rngs)` method (e.g. a language model or
+  a VAE) defines its own objective; any other model is a classifier of
+  `batch[input_key]` scored with softmax cross-entropy against `batch["label"]`.
+  """
   model = nnx.merge(graphdef, params, model_state)
   rngs = nnx.Rngs(dropout=rng) if rng is not None else None
-  logits = model(batch[input_key], train=train, rngs=rngs)
-  per_example = losses.softmax_cross_entropy(logits, batch["label"], label_smoothing)
-  return logits, per_example, nnx.state(model, nnx.Not(nnx.Param))
+  if hasattr(model, "loss"):
+    loss, sums = model.loss(batch, train=train, rngs=rngs)
+  else:
+    logits = model(batch[input_key], train=train, rngs=rngs)
+    per_example = losses.softmax_cross_entropy(logits, batch["label"], label_smoothing)
+    mask = batch.get("mask")
+    loss = losses.masked_mean(per_example, mask)
+    sums = metrics.classification_sums(logits, batch["label"], per_example, mask)
+  return loss, sums, nnx.state(model, nnx.Not(nnx.Param))
 
 
 def _pmean_floats(tree, axis):
@@ -42,22 +55,31 @@ def _train_step(state: TrainState, batch, *, graphdef, tx, input_key, label_smoo
     rng = jax.random.fold_in(rng, jax.lax.axis_index(axis))
 
   def loss_fn(params):
-    _, per_example, model_state = _classify(graphdef, params, state.model_state, batch, input_key, True, rng,
-                                            label_smoothing)
-    return jnp.mean(per_example), model_state
+    loss, _, model_state = forward(graphdef, params, state.model_state, batch, input_key=input_key, train=True,
+                                   rng=rng, label_smoothing=label_smoothing)
+    return loss, model_state
 
   (loss, model_state), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   if axis is not None:
     grads, loss, model_state = jax.lax.pmean(grads, axis), jax.lax.pmean(loss, axis), _pmean_floats(model_state, axis)
-  updates, opt_state = tx.update(grads, state.opt_state, state.params)
-  params = optax.apply_updates(state.params, updates)
-  new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state, model_state=model_state)
-  return new_state, {"loss": loss, "grad_norm": optax.tree.norm(grads)}
+  grad_norm = optax.tree.norm(grads)
+  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+
+  def apply_update(_):
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    return optax.apply_updates(state.params, updates), opt_state, model_state
+
+  def skip_update(_):  # A non-finite step never reaches the parameters (nor, so, a checkpoint).
+    return state.params, state.opt_state, state.model_state
+
+  params, opt_state, model_state = jax.lax.cond(finite, apply_update, skip_update, None)
+  new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state, model_state=model_state,
+                            skipped_steps=state.skipped_steps + (~finite).astype(jnp.int32))
+  return new_state, {"loss": loss, "grad_norm": grad_norm, "nonfinite": ~finite}
 
 
 def _eval_step(state: TrainState, batch, *, graphdef, input_key, axis=None):
-  logits, per_example, _ = _classify(graphdef, state.params, state.model_state, batch, input_key, False)
-  sums = metrics.classification_sums(logits, batch["label"], per_example, batch["mask"])
+  _, sums, _ = forward(graphdef, state.params, state.model_state, batch, input_key=input_key, train=False)
   return jax.lax.psum(sums, axis) if axis is not None else sums
 
 

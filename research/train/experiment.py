@@ -1,0 +1,86 @@
+"""An experiment's parts built from its config, and the same parts read back from a workdir.
+
+`scripts/train.py`, `scripts/evaluate.py` and the exporters all build the model
+and its TrainState the same way, through here, so a checkpoint always restores
+onto exactly the structure that saved it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jax
+import ml_collections
+import numpy as np
+from flax import nnx
+
+from research import models, optim, parallel  # noqa: F401  (models: registers the zoo)
+from research.checkpoint import Checkpointer
+from research.data import ops
+from research.data.sources import get_split
+from research.errors import ConfigError
+from research.registry import MODELS
+from research.train import state as state_lib
+
+
+def sample_input(config, arrays: dict[str, np.ndarray]) -> np.ndarray:
+  """Two preprocessed examples of the model's input: what a model needs to size its layers."""
+  preprocess = ops.build(config.data.preprocess)
+  return preprocess({k: v[:2] for k, v in arrays.items()})[config.data.input_key]
+
+
+def build_model(config, arrays: dict[str, np.ndarray]) -> nnx.Module:
+  return MODELS.get(config.model.name)(config.model, sample_input(config, arrays), nnx.Rngs(config.seed))
+
+
+def build_state(config, model: nnx.Module, total_steps: int, mesh):
+  """Returns (graphdef, replicated TrainState at step 0, optimizer, schedule)."""
+  tx, schedule = optim.build(config, total_steps)
+  graphdef, state = state_lib.create(model, tx, config.seed)
+  return graphdef, jax.device_put(state, parallel.replicated(mesh)), tx, schedule
+
+
+def load_config(workdir: str | Path) -> ml_collections.ConfigDict:
+  path = Path(workdir) / "config.json"
+  if not path.exists():
+    raise ConfigError(f"{path} does not exist: is {workdir} the workdir of a training run?")
+  return ml_collections.ConfigDict(json.loads(path.read_text()))
+
+
+def resolve_step(checkpoints: Checkpointer, step: str | int | None) -> int | None:
+  """'latest' / None -> newest, 'best' -> the marked best, else an int that must exist."""
+  available = checkpoints.steps()
+  if not available:
+    raise ConfigError(f"No checkpoints in {checkpoints.directory}.")
+  if step in (None, "latest"):
+    return None
+  if step == "best":
+    best = checkpoints.best_step()
+    if best is None:
+      raise ConfigError(f"No best checkpoint is marked in {checkpoints.directory} "
+                        f"(set checkpoint.best_metric in the config to track one). Steps: {available}.")
+    return best
+  if int(step) not in available:
+    raise ConfigError(f"No checkpoint at step {step} in {checkpoints.directory}; available: {available}.")
+  return int(step)
+
+
+def restore(workdir: str | Path, step: str | int | None = "latest", config=None):
+  """Reads a trained run back: returns (config, graphdef, state, meta) on the current devices."""
+  workdir = Path(workdir)
+  config = config or load_config(workdir)
+  mesh = parallel.make_mesh(config)
+  model = build_model(config, get_split(config.data.name, "train"))
+  graphdef, state, _, _ = build_state(config, model, 1, mesh)
+  checkpoints = Checkpointer(workdir / "checkpoints", every=0, keep=0, read_only=True)
+  restored = checkpoints.restore(state, resolve_step(checkpoints, step))
+  checkpoints.close()
+  state, meta = restored
+  return config, graphdef, state, meta
+
+
+def trained_model(workdir: str | Path, step: str | int | None = "latest") -> tuple[nnx.Module, ml_collections.ConfigDict, dict]:
+  """The model of `workdir` at `step` as an nnx.Module, with its config and checkpoint metadata."""
+  config, graphdef, state, meta = restore(workdir, step)
+  return nnx.merge(graphdef, state.params, state.model_state), config, meta
