@@ -1,0 +1,92 @@
+"""`scripts/export.py`: parse flags, call research.export, report errors in one line.
+
+Exit codes: 0 done; 1 an artifact failed its parity check, or --verify found a
+changed, missing or unlisted file; 2 bad arguments (unknown format, missing
+workdir or checkpoint, a combination that cannot work), reported before any work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from research.errors import CheckpointError, ConfigError, DataUnavailableError
+
+
+class _Parser(argparse.ArgumentParser):
+  def error(self, message):  # argparse's usage + message on two lines -> our one-line error
+    raise ConfigError(f"{message} (see --help)")
+
+
+def _step(text: str):
+  if text in ("latest", "best"):
+    return text
+  try:
+    return int(text)
+  except ValueError:
+    raise ConfigError(f"--step must be latest, best or a checkpoint step number, not {text!r}.") from None
+
+
+def _batch_sizes(text: str) -> list[int]:
+  try:
+    sizes = [int(s) for s in text.split(",") if s.strip()]
+  except ValueError:
+    sizes = []
+  if len(sizes) < 1 or min(sizes) < 1:
+    raise ConfigError(f"--parity-batch-sizes takes positive integers like 1,64, not {text!r}.")
+  return sizes
+
+
+def parser() -> argparse.ArgumentParser:
+  from research.export.api import DEFAULT_BATCH_SIZES, FORMATS
+  from research.export.parity import DEFAULT_TOLERANCE
+
+  p = _Parser(prog="export.py", description="Export a trained run for deployment, parity-checked, with a manifest; "
+              "or verify an export directory.")
+  p.add_argument("--workdir", help="the training run's workdir")
+  p.add_argument("--step", default="latest", help="checkpoint: latest (default), best, or a step number")
+  p.add_argument("--format", default="onnx", help=f"comma-separated, from: {', '.join(FORMATS.names())} (default onnx)")
+  p.add_argument("--out", help="export directory (default WORKDIR/export); an older export there is replaced")
+  p.add_argument("--parity-batch-sizes", default=",".join(map(str, DEFAULT_BATCH_SIZES)),
+                 help="batch sizes of real test inputs to check each artifact at (default %(default)s)")
+  p.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE,
+                 help="max abs difference from JAX allowed on the outputs (default %(default)g)")
+  p.add_argument("--verify", metavar="DIR", help="recompute every sha256 in DIR/manifest.json, export nothing")
+  return p
+
+
+def run(argv: list[str]) -> int:
+  from research.export import api
+
+  args = parser().parse_args(argv)
+  if args.verify:
+    if args.workdir:
+      raise ConfigError("--verify checks an existing export; give it without --workdir.")
+    from research.export.manifest import VerifyError
+
+    try:
+      manifest = api.verify(args.verify)
+    except VerifyError as e:
+      print(f"error: {e}", file=sys.stderr)
+      return 1
+    print(f"ok: {len(manifest['files'])} files in {args.verify} match manifest.json")
+    return 0
+  if not args.workdir:
+    raise ConfigError("Give --workdir of a training run to export, or --verify DIR to check an export.")
+  from research.export.parity import ParityError
+
+  try:
+    api.export(args.workdir, step=_step(args.step), formats=args.format, out=args.out,
+               batch_sizes=_batch_sizes(args.parity_batch_sizes), tolerance=args.tolerance)
+  except ParityError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 1
+  return 0
+
+
+def main(argv: list[str]) -> int:
+  try:
+    return run(argv)
+  except (ConfigError, DataUnavailableError, CheckpointError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2

@@ -1,0 +1,196 @@
+"""manifest.json: everything a server or an app needs to use an export directory, and its checksums.
+
+    {"manifest_version", "created", "model": {"name", "config"}, "config",
+     "source": {"workdir", "step", "eval"},
+     "inputs": [{"name", "shape": [null, ...], "dtype"}], "outputs": [...],
+     "preprocessing": {"pipeline", "ops": [{"name", "params"}], "raw_inputs"},
+     "labels", "artifacts": {format: {"path", "files", "parity", ...}},
+     "versions": {package: version}, "files": {relative path: {"sha256", "bytes"}}}
+
+`verify(directory)` recomputes every checksum: a changed, missing or unlisted
+file is a failure that names the file.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import importlib.metadata
+import inspect
+import json
+import os
+import platform
+import sys
+from pathlib import Path
+
+import numpy as np
+
+MANIFEST = "manifest.json"
+VERSION = 1
+PACKAGES = ("jax", "jaxlib", "flax", "numpy", "ml-collections", "jax2onnx", "onnx", "onnxruntime",
+            "tensorflow", "tensorflow-cpu", "ai-edge-litert")
+# Class names of datasets whose loaders do not declare LABEL_NAMES themselves.
+KNOWN_LABELS = {
+    "mnist": [str(i) for i in range(10)],
+    "fashion_mnist": ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                      "Ankle boot"],
+}
+
+
+class VerifyError(RuntimeError):
+  """An export directory does not match its manifest; the message names every bad file."""
+
+
+def sha256(path: Path) -> str:
+  digest = hashlib.sha256()
+  with open(path, "rb") as f:
+    for chunk in iter(lambda: f.read(1 << 20), b""):
+      digest.update(chunk)
+  return digest.hexdigest()
+
+
+def _files(directory: Path) -> list[str]:
+  return sorted(p.relative_to(directory).as_posix() for p in directory.rglob("*")
+                if p.is_file() and p.relative_to(directory).as_posix() != MANIFEST)
+
+
+def checksums(directory: Path) -> dict:
+  return {name: {"sha256": sha256(directory / name), "bytes": (directory / name).stat().st_size}
+          for name in _files(directory)}
+
+
+def versions() -> dict:
+  import research
+
+  found = {"python": platform.python_version(), "research": research.__version__}
+  for package in PACKAGES:
+    try:
+      found[package] = importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+      pass
+  return found
+
+
+def label_names(dataset: str) -> list[str] | None:
+  from research.registry import DATASETS
+
+  if dataset in DATASETS:
+    names = getattr(sys.modules.get(DATASETS.get(dataset).__module__), "LABEL_NAMES", None)
+    if names is not None:
+      return [str(n) for n in names]
+  return KNOWN_LABELS.get(dataset)
+
+
+def _jsonable(value):
+  if isinstance(value, (tuple, list)):
+    return [_jsonable(v) for v in value]
+  if isinstance(value, dict):
+    return {str(k): _jsonable(v) for k, v in value.items()}
+  if isinstance(value, np.generic):
+    return value.item()
+  if isinstance(value, np.ndarray):
+    return value.tolist()
+  return value
+
+
+def preprocessing(config, raw: dict[str, np.ndarray] | None = None) -> dict:
+  """The pipeline string and each op with every parameter resolved (defaults included)."""
+  from research.data import ops
+  from research.registry import OPS
+
+  resolved = []
+  for text in filter(None, (part.strip() for part in config.data.preprocess.split("|"))):
+    name, args, kwargs = ops._parse_op(text)
+    fn = OPS.get(name)
+    bound = inspect.signature(fn).bind(None, *args, **kwargs)
+    bound.apply_defaults()
+    params = dict(list(bound.arguments.items())[1:])  # the first argument is the batch
+    resolved.append({"name": name, "params": _jsonable(params), "doc": (inspect.getdoc(fn) or "").split("\n")[0]})
+  result = {"pipeline": config.data.preprocess, "ops": resolved, "input_key": config.data.input_key}
+  if raw:
+    result["raw_inputs"] = {k: {"shape": [None, *v.shape[1:]], "dtype": str(v.dtype)} for k, v in raw.items()}
+  return result
+
+
+def eval_metrics(workdir: Path, meta: dict) -> tuple[dict, str | None]:
+  """The eval metrics of the checkpoint's step ({"accuracy": ...}): from its metadata, else WORKDIR/metrics.jsonl."""
+  if meta.get("eval"):
+    return _jsonable(meta["eval"]), "checkpoint"
+  path, found = Path(workdir) / "metrics.jsonl", {}
+  if path.is_file() and meta.get("step") is not None:
+    for line in path.read_text().splitlines():
+      try:
+        row = json.loads(line)
+      except json.JSONDecodeError:
+        continue
+      if row.get("step") == meta["step"]:
+        found.update({k.removeprefix("eval/"): v for k, v in row.items() if k.startswith("eval/")})
+  return found, ("metrics.jsonl" if found else None)
+
+
+def build(ex, workdir: Path, artifacts: dict, raw: dict[str, np.ndarray] | None = None) -> dict:
+  from research.config import to_dict
+
+  config = to_dict(ex.config)
+  metrics, metrics_from = eval_metrics(workdir, ex.meta)
+  outputs = [{"name": n, "shape": [None, *s.shape[1:]], "dtype": str(s.dtype)}
+             for n, s in zip(ex.output_names, ex.output_structs(1))]
+  return {
+      "manifest_version": VERSION,
+      "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+      "model": {"name": ex.name, "config": config.get("model", {})},
+      "config": config,
+      "source": {"workdir": str(Path(workdir).resolve()), "step": ex.meta.get("step"),
+                 "eval": metrics,
+                 "eval_from": metrics_from},
+      "inputs": [s.to_json() for s in ex.inputs],
+      "outputs": outputs,
+      "preprocessing": preprocessing(ex.config, raw),
+      "labels": label_names(ex.config.data.name),
+      "artifacts": _jsonable(artifacts),
+      "versions": versions(),
+  }
+
+
+def write(directory: Path, manifest: dict) -> Path:
+  """Adds the checksums of every file now in `directory` and writes manifest.json atomically."""
+  manifest = {**manifest, "files": checksums(directory)}
+  path = directory / MANIFEST
+  tmp = path.with_suffix(".json.tmp")
+  tmp.write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n")
+  os.replace(tmp, path)
+  return path
+
+
+def read(directory: Path) -> dict:
+  path = Path(directory) / MANIFEST
+  if not path.is_file():
+    raise FileNotFoundError(f"{path} does not exist: is {directory} an export directory?")
+  try:
+    return json.loads(path.read_text())
+  except json.JSONDecodeError as e:
+    raise VerifyError(f"{path} is not valid JSON ({e}).") from None
+
+
+def verify(directory: str | Path) -> dict:
+  """Recomputes every sha256; returns the manifest, or raises VerifyError naming each bad file."""
+  directory = Path(directory)
+  manifest = read(directory)
+  listed = manifest.get("files")
+  if not isinstance(listed, dict) or not listed:
+    raise VerifyError(f"{directory / MANIFEST} lists no files.")
+  problems = []
+  for name, entry in sorted(listed.items()):
+    path = directory / name
+    if not path.is_file():
+      problems.append(f"{name}: missing")
+      continue
+    actual = sha256(path)
+    if actual != entry.get("sha256"):
+      problems.append(f"{name}: sha256 mismatch (manifest {entry.get('sha256')}, file {actual}): the file was changed")
+  for name in _files(directory):
+    if name not in listed:
+      problems.append(f"{name}: not listed in the manifest")
+  if problems:
+    raise VerifyError(f"{directory} does not match its manifest:\n  " + "\n  ".join(problems))
+  return manifest

@@ -1,0 +1,131 @@
+"""A trained model as an exporter sees it: a pure function of input arrays, plus its weights.
+
+Every format starts from an `Exportable`:
+
+- `apply(weights, *inputs) -> outputs` is a pure JAX function; `weights` is a
+  flat list of arrays (the model's variables, RNG state excluded). A flat list
+  is what `jax.export` and TF tracking can serialize: NNX states keyed by
+  integers (lists of layers) cannot be.
+- `__call__(*inputs)` is the same function with the weights bound: what ONNX
+  and TFLite bake in as constants.
+- `inputs` names each input with its per-example shape and dtype; the batch
+  dimension is always leading and dynamic.
+
+Nothing here knows a model family: a model is whatever `model(x, train=False)`
+computes on `batch[config.data.input_key]` after the config's preprocessing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+from typing import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+BATCH = "batch"  # The name of the dynamic batch dimension in every artifact.
+
+
+@dataclasses.dataclass(frozen=True)
+class InputSpec:
+  name: str
+  shape: tuple[int, ...]  # per example: the batch dimension is left out
+  dtype: str
+
+  def to_json(self) -> dict:
+    return {"name": self.name, "shape": [None, *self.shape], "dtype": self.dtype}
+
+
+@dataclasses.dataclass
+class Exportable:
+  name: str
+  apply: Callable[..., tuple]  # apply(weights, *inputs) -> tuple of outputs
+  weights: list[np.ndarray]
+  inputs: list[InputSpec]
+  output_names: list[str]
+  config: ml_collections.ConfigDict
+  meta: dict = dataclasses.field(default_factory=dict)
+
+  def __call__(self, *inputs):
+    return self.apply(self.weights, *inputs)
+
+  def input_structs(self, batch: int | str | None = None) -> list[jax.ShapeDtypeStruct]:
+    """ShapeDtypeStructs of the inputs at `batch`: an int, or None for one symbolic batch dimension."""
+    if batch is None:
+      (batch,) = jax.export.symbolic_shape(BATCH)
+    return [jax.ShapeDtypeStruct((batch, *s.shape), jnp.dtype(s.dtype)) for s in self.inputs]
+
+  def weight_structs(self) -> list[jax.ShapeDtypeStruct]:
+    return [jax.ShapeDtypeStruct(w.shape, w.dtype) for w in self.weights]
+
+  def output_structs(self, batch: int | None = None) -> list[jax.ShapeDtypeStruct]:
+    return list(jax.eval_shape(self, *self.input_structs(batch)))
+
+  def reference(self) -> Callable[..., list[np.ndarray]]:
+    """The JAX function that every artifact is compared against: jitted, numpy in and out."""
+    fn = jax.jit(self.apply)
+    return lambda *inputs: [np.asarray(y) for y in fn(self.weights, *inputs)]
+
+
+def _as_tuple(outputs) -> tuple:
+  return tuple(outputs) if isinstance(outputs, (tuple, list)) else (outputs,)
+
+
+def from_model(model, config: ml_collections.ConfigDict, meta: dict, sample: Sequence[np.ndarray],
+               input_names: Sequence[str], output_names: Sequence[str] = ("logits",)) -> Exportable:
+  """Wraps an nnx.Module called as `model(*inputs, train=False)`; `sample` sizes the input specs."""
+  from flax import nnx
+
+  graphdef, rng_state, state = nnx.split(model, nnx.RngState, ...)
+  leaves, treedef = jax.tree.flatten(state)
+  weights = [np.asarray(jax.device_get(leaf)) for leaf in leaves]
+  rng_state = jax.device_get(rng_state)  # Unused in inference; kept so the graph merges back whole.
+
+  def apply(weights, *inputs):
+    module = nnx.merge(graphdef, rng_state, jax.tree.unflatten(treedef, list(weights)))
+    return _as_tuple(module(*inputs, train=False))
+
+  specs = [InputSpec(name, tuple(int(d) for d in x.shape[1:]), str(np.dtype(x.dtype)))
+           for name, x in zip(input_names, sample)]
+  return Exportable(name=config.model.name, apply=apply, weights=weights, inputs=specs,
+                    output_names=list(output_names), config=config, meta=meta)
+
+
+def from_workdir(workdir: str | Path, step: str | int | None = "latest") -> Exportable:
+  """The model of a training run at `step` ("latest", "best" or a number)."""
+  from research.train.experiment import trained_model
+
+  absl = logging.getLogger("absl")
+  level = absl.level
+  absl.setLevel(logging.ERROR)  # Orbax warns that a read-only checkpoint manager is read-only.
+  try:
+    model, config, meta = trained_model(workdir, step)
+  finally:
+    absl.setLevel(level)
+  sample = real_inputs(config, "test", [2])[0]
+  return from_model(model, config, meta, sample, [config.data.input_key])
+
+
+def real_inputs(config: ml_collections.ConfigDict, split: str, sizes: Sequence[int],
+                offset: int = 0) -> list[list[np.ndarray]]:
+  """Consecutive batches of `sizes` examples of the real `split`, preprocessed as in training.
+
+  Each batch is a list of input arrays (one per model input). Batches wrap
+  around the split if it is shorter than their total.
+  """
+  from research.data import get_split, ops
+
+  arrays = get_split(config.data.name, split)
+  n = len(next(iter(arrays.values())))
+  preprocess = ops.build(config.data.preprocess)
+  batches, start = [], offset
+  for size in sizes:
+    index = np.arange(start, start + size) % n
+    batch = preprocess({k: v[index] for k, v in arrays.items()})
+    batches.append([np.asarray(batch[config.data.input_key])])
+    start += size
+  return batches

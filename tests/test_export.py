@@ -1,0 +1,139 @@
+"""Export: ONNX artifacts checked against JAX on real MNIST, manifest.json, --verify, errors.
+
+One smoke MLP is trained per module (a real subprocess) and exported once
+through the command-line entry point, in this process.
+"""
+
+import hashlib
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from tests import helpers
+
+pytest.importorskip("jax2onnx", reason="the `onnx` extra is not installed: pip install -e '.[onnx]'")
+pytest.importorskip("onnxruntime", reason="the `onnx` extra is not installed: pip install -e '.[onnx]'")
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("export_run")
+  helpers.train(workdir)
+  return workdir
+
+
+@pytest.fixture(scope="module")
+def onnx_export(run):
+  from research.export import cli
+
+  assert cli.main(["--workdir", str(run), "--format", "onnx"]) == 0
+  return run / "export"
+
+
+def test_onnx_runs_in_onnxruntime_like_jax_at_any_batch_size(run, onnx_export):
+  import onnxruntime as ort
+
+  from research.export.model import real_inputs
+  from research.train.experiment import trained_model
+
+  session = ort.InferenceSession(str(onnx_export / "model.onnx"), providers=["CPUExecutionProvider"])
+  (image,) = session.get_inputs()
+  assert image.name == "image" and isinstance(image.shape[0], str) and image.shape[1:] == [784]
+  model, config, _ = trained_model(run)
+  for (x,) in real_inputs(config, "test", [3, 17], offset=100):  # sizes the exporter did not check
+    want = np.asarray(model(x, train=False))
+    got = session.run(None, {"image": x})[0]
+    assert got.shape == (len(x), 10)
+    np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
+
+
+def test_manifest_records_parity_at_two_batch_sizes(onnx_export):
+  manifest = json.loads((onnx_export / "manifest.json").read_text())
+  report = manifest["artifacts"]["onnx"]["parity"]
+  assert report["passed"] and report["tolerance"] == 1e-4
+  assert sorted({b["batch_size"] for b in report["batches"]}) == [1, 64]
+  assert all(b["max_abs_diff"] <= 1e-4 and b["argmax_agreement"] == 1.0 for b in report["batches"])
+
+
+def test_manifest_is_complete_and_every_sha256_matches(run, onnx_export):
+  manifest = json.loads((onnx_export / "manifest.json").read_text())
+  assert manifest["model"]["name"] == "mlp" and manifest["config"]["data"]["name"] == "mnist"
+  assert manifest["inputs"] == [{"name": "image", "shape": [None, 784], "dtype": "float32"}]
+  assert manifest["outputs"] == [{"name": "logits", "shape": [None, 10], "dtype": "float32"}]
+  pre = manifest["preprocessing"]
+  assert pre["pipeline"] == "normalize(0.1307, 0.3081)|flatten"
+  assert pre["ops"][0]["params"] == {"mean": 0.1307, "std": 0.3081, "max_value": 255.0, "key": "image"}
+  assert pre["raw_inputs"]["image"] == {"shape": [None, 28, 28, 1], "dtype": "uint8"}
+  assert manifest["labels"] == [str(i) for i in range(10)]
+  assert manifest["source"]["step"] == 20
+  evals = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+  final_eval = [row for row in evals if row["step"] == 20 and "eval/accuracy" in row][-1]
+  assert manifest["source"]["eval"]["accuracy"] == pytest.approx(final_eval["eval/accuracy"], abs=1e-6)
+  for package in ("python", "research", "jax", "jaxlib", "flax", "numpy", "jax2onnx", "onnx", "onnxruntime"):
+    assert manifest["versions"][package], package
+  on_disk = sorted(p.relative_to(onnx_export).as_posix() for p in onnx_export.rglob("*") if p.is_file())
+  assert sorted([*manifest["files"], "manifest.json"]) == on_disk
+  for name, entry in manifest["files"].items():
+    data = (onnx_export / name).read_bytes()
+    assert entry == {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+
+
+def test_verify_detects_one_changed_byte(onnx_export, tmp_path):
+  copy = tmp_path / "export"
+  shutil.copytree(onnx_export, copy)
+  done = helpers.run_script("export.py", "--verify", str(copy), timeout=120)
+  assert done.returncode == 0 and "match" in done.stdout, done.stderr
+  data = bytearray((copy / "model.onnx").read_bytes())
+  data[len(data) // 2] ^= 0x01
+  (copy / "model.onnx").write_bytes(bytes(data))
+  done = helpers.run_script("export.py", "--verify", str(copy), timeout=120)
+  assert done.returncode == 1
+  assert "model.onnx: sha256 mismatch" in done.stderr
+
+
+def test_verify_names_missing_and_unlisted_files(onnx_export, tmp_path):
+  from research.export import VerifyError, verify
+
+  copy = tmp_path / "export"
+  shutil.copytree(onnx_export, copy)
+  (copy / "model.onnx").rename(copy / "renamed.onnx")
+  with pytest.raises(VerifyError, match=r"model\.onnx: missing[\s\S]*renamed\.onnx: not listed"):
+    verify(copy)
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--format", "onnx,pdf"], ["'pdf'", "onnx"]),
+    (["--step", "999"], ["step 999", "available"]),
+    (["--format", "onnx", "--out", "{workdir}"], ["would replace the workdir"]),
+])
+def test_bad_arguments_exit_2_with_one_line(run, args, words):
+  args = [a.format(workdir=run) for a in args]
+  done = helpers.run_script("export.py", "--workdir", str(run), *args, timeout=120)
+  assert done.returncode == 2
+  lines = done.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith("error: "), done.stderr
+  for word in words:
+    assert word in lines[0], lines[0]
+
+
+def test_missing_workdir_exits_2(tmp_path):
+  done = helpers.run_script("export.py", "--workdir", str(tmp_path / "nope"), timeout=120)
+  assert done.returncode == 2 and done.stderr.strip().splitlines() == [f"error: Workdir {tmp_path / 'nope'} does not exist."]
+
+
+def test_parity_failure_fails_the_export_with_a_report(run, onnx_export, tmp_path, monkeypatch, capsys):
+  from research.export import cli
+  from research.export import onnx as onnx_format
+
+  load = onnx_format.load
+  monkeypatch.setattr(onnx_format, "load", lambda out, artifact: (
+      lambda *inputs: [y + 1e-3 for y in load(out, artifact)(*inputs)]))
+  out = tmp_path / "export"
+  assert cli.main(["--workdir", str(run), "--out", str(out)]) == 1
+  err = capsys.readouterr().err
+  assert "parity check failed for onnx" in err and "FAILED" in err and "batch    1" in err and "batch   64" in err
+  assert not out.exists()  # no manifest claims a failed artifact
+  report = json.loads((tmp_path / "export.failed" / "parity.json").read_text())
+  assert not report["passed"] and report["max_abs_diff"] > 1e-4
