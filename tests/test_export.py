@@ -28,7 +28,7 @@ def run(tmp_path_factory):
 def onnx_export(run):
   from research.export import cli
 
-  assert cli.main(["--workdir", str(run), "--format", "onnx"]) == 0
+  assert cli.main(["--workdir", str(run), "--format", "onnx,stablehlo"]) == 0
   return run / "export"
 
 
@@ -49,9 +49,28 @@ def test_onnx_runs_in_onnxruntime_like_jax_at_any_batch_size(run, onnx_export):
     np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
 
 
-def test_manifest_records_parity_at_two_batch_sizes(onnx_export):
+def test_stablehlo_deserializes_and_runs_like_jax_at_any_batch_size(run, onnx_export):
+  import jax
+
+  from research.export.model import real_inputs
+  from research.train.experiment import trained_model
+
+  folder = onnx_export / "stablehlo"
+  exported = jax.export.deserialize(bytearray((folder / "model.jax_exported").read_bytes()))
+  assert set(exported.platforms) == {"cpu", "cuda"}
+  assert "tensor<?x784xf32>" in (folder / "model.mlir").read_text()  # dynamic batch
+  with np.load(folder / "weights.npz") as f:
+    weights = [f[k] for k in sorted(f.files)]
+  model, config, _ = trained_model(run)
+  for (x,) in real_inputs(config, "test", [5, 33], offset=200):
+    (got,) = exported.call(weights, x)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(model(x, train=False)), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "stablehlo"])
+def test_manifest_records_parity_at_two_batch_sizes(onnx_export, fmt):
   manifest = json.loads((onnx_export / "manifest.json").read_text())
-  report = manifest["artifacts"]["onnx"]["parity"]
+  report = manifest["artifacts"][fmt]["parity"]
   assert report["passed"] and report["tolerance"] == 1e-4
   assert sorted({b["batch_size"] for b in report["batches"]}) == [1, 64]
   assert all(b["max_abs_diff"] <= 1e-4 and b["argmax_agreement"] == 1.0 for b in report["batches"])

@@ -46,6 +46,8 @@ FORMATS: Registry = Registry("export format")
 for _f in [
     Format("onnx", "research.export.onnx", "onnx", ("jax2onnx", "onnx", "onnxruntime"),
            "model.onnx via jax2onnx, dynamic batch; checked in onnxruntime"),
+    Format("stablehlo", "research.export.stablehlo", None, (),
+           "stablehlo/ via jax.export (cpu, cuda), weights beside it, dynamic batch; checked after deserialize"),
 ]:
   FORMATS.register(_f.name)(_f)
 
