@@ -126,6 +126,8 @@ def test_verify_names_missing_and_unlisted_files(onnx_export, tmp_path):
     (["--format", "onnx,pdf"], ["'pdf'", "onnx"]),
     (["--step", "999"], ["step 999", "available"]),
     (["--format", "onnx", "--out", "{workdir}"], ["would replace the workdir"]),
+    (["--format", "onnx", "--tflite-batch", "1"], ["add tflite to --format"]),
+    (["--parity-batch-sizes", "0,64"], ["positive integers"]),
 ])
 def test_bad_arguments_exit_2_with_one_line(run, args, words):
   args = [a.format(workdir=run) for a in args]
@@ -156,3 +158,27 @@ def test_parity_failure_fails_the_export_with_a_report(run, onnx_export, tmp_pat
   assert not out.exists()  # no manifest claims a failed artifact
   report = json.loads((tmp_path / "export.failed" / "parity.json").read_text())
   assert not report["passed"] and report["max_abs_diff"] > 1e-4
+
+
+def test_a_format_whose_extra_is_missing_names_the_extra(monkeypatch):
+  import importlib.util
+
+  from research.errors import ConfigError
+  from research.export import parse_formats
+
+  find_spec = importlib.util.find_spec
+  monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "tensorflow" else find_spec(name, *a))
+  with pytest.raises(ConfigError, match=r"'tflite' needs tensorflow .*pip install -e '\.\[tf\]'"):
+    parse_formats("onnx,tflite")
+
+
+def test_the_core_export_path_does_not_import_tensorflow():
+  import subprocess
+  import sys
+
+  code = ("import sys, research.export.cli, research.export.onnx, research.export.stablehlo, research.export.manifest;"
+          "research.export.cli.parser();"
+          "print(sorted(m for m in ('tensorflow', 'jax.experimental.jax2tf', 'jax2onnx') if m in sys.modules))")
+  done = subprocess.run([sys.executable, "-c", code], cwd=helpers.ROOT, capture_output=True, text=True, timeout=120)
+  assert done.returncode == 0, done.stderr
+  assert done.stdout.strip() == "[]"

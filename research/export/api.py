@@ -42,13 +42,19 @@ class Format:
     return importlib.import_module(self.module)
 
 
-FORMATS: Registry = Registry("export format")
-for _f in [
+# In export order: tflite converts the saved_model exported before it in the same run.
+ORDER = [
     Format("onnx", "research.export.onnx", "onnx", ("jax2onnx", "onnx", "onnxruntime"),
            "model.onnx via jax2onnx, dynamic batch; checked in onnxruntime"),
     Format("stablehlo", "research.export.stablehlo", None, (),
            "stablehlo/ via jax.export (cpu, cuda), weights beside it, dynamic batch; checked after deserialize"),
-]:
+    Format("saved_model", "research.export.tf", "tf", ("tensorflow",),
+           "saved_model/ via jax2tf native serialization (cpu, cuda), serving_default, dynamic batch; checked in TF"),
+    Format("tflite", "research.export.tflite", "tf", ("tensorflow", "ai_edge_litert"),
+           "model.tflite converted from that SavedModel, dynamic or fixed batch; checked in the LiteRT interpreter"),
+]
+FORMATS: Registry = Registry("export format")
+for _f in ORDER:
   FORMATS.register(_f.name)(_f)
 
 
@@ -58,11 +64,12 @@ def parse_formats(formats: str | Sequence[str]) -> list[Format]:
   if not names:
     raise ConfigError(f"No export format given; known: {', '.join(FORMATS.names())}.")
   chosen = [FORMATS.get(n) for n in dict.fromkeys(names)]
+  chosen.sort(key=ORDER.index)
   for f in chosen:
     missing = f.missing()
     if missing:
-      raise ConfigError(f"Format {f.name!r} needs {', '.join(missing)}, which is not installed: "
-                        f"pip install -e '.[{f.extra}]'.")
+      raise ConfigError(f"Format {f.name!r} needs {' and '.join(missing)} (not installed): "
+                        f"install the {f.extra!r} extra, pip install -e '.[{f.extra}]'.")
   return chosen
 
 

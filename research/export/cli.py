@@ -51,6 +51,7 @@ def parser() -> argparse.ArgumentParser:
                  help="batch sizes of real test inputs to check each artifact at (default %(default)s)")
   p.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE,
                  help="max abs difference from JAX allowed on the outputs (default %(default)g)")
+  p.add_argument("--tflite-batch", type=int, help="fix the TFLite batch size (default: dynamic)")
   p.add_argument("--verify", metavar="DIR", help="recompute every sha256 in DIR/manifest.json, export nothing")
   return p
 
@@ -75,9 +76,16 @@ def run(argv: list[str]) -> int:
     raise ConfigError("Give --workdir of a training run to export, or --verify DIR to check an export.")
   from research.export.parity import ParityError
 
+  options = {}
+  if args.tflite_batch is not None:
+    if args.tflite_batch < 1:
+      raise ConfigError(f"--tflite-batch must be a positive batch size, not {args.tflite_batch}.")
+    if "tflite" not in args.format.split(","):
+      raise ConfigError("--tflite-batch fixes the batch of the TFLite model: add tflite to --format.")
+    options["tflite"] = {"batch": args.tflite_batch}
   try:
     api.export(args.workdir, step=_step(args.step), formats=args.format, out=args.out,
-               batch_sizes=_batch_sizes(args.parity_batch_sizes), tolerance=args.tolerance)
+               batch_sizes=_batch_sizes(args.parity_batch_sizes), tolerance=args.tolerance, options=options)
   except ParityError as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
