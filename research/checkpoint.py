@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -20,13 +21,13 @@ import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import AnyPreservationPolicy, BestN, LatestN
 
-from research.errors import CheckpointError
+from research.errors import CheckpointError, brief
 
 FORMAT_VERSION = 1
 BEST_FILE = "best.json"
 
 
-def _key_name(key) -> str:
+def key_name(key) -> str:
   for attr in ("key", "name", "idx"):
     if hasattr(key, attr):
       return str(getattr(key, attr))
@@ -38,7 +39,7 @@ def to_string_tree(tree) -> dict:
   nested: dict = {}
   for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
     node = nested
-    names = [_key_name(k) for k in path]
+    names = [key_name(k) for k in path]
     for name in names[:-1]:
       node = node.setdefault(name, {})
     node[names[-1]] = leaf
@@ -51,7 +52,7 @@ def from_string_tree(nested: dict, like):
   for path, _ in jax.tree_util.tree_flatten_with_path(like)[0]:
     node = nested
     for key in path:
-      node = node[_key_name(key)]
+      node = node[key_name(key)]
     leaves.append(node)
   return jax.tree.unflatten(jax.tree.structure(like), leaves)
 
@@ -73,6 +74,7 @@ class Checkpointer:
                best_mode: str = "max", keep_best: int = 1, read_only: bool = False):
     self.directory = Path(directory).absolute()
     self.every = every
+    self.read_only = read_only
     self.best_metric, self.best_mode = best_metric, best_mode
     policies = [LatestN(keep)]
     if best_metric and keep_best > 0:
@@ -82,6 +84,7 @@ class Checkpointer:
         self.directory,
         options=ocp.CheckpointManagerOptions(
             create=not read_only, read_only=read_only, enable_async_checkpointing=True,
+            cleanup_tmp_directories=not read_only,  # Leftovers of a killed save.
             preservation_policy=AnyPreservationPolicy(policies) if not read_only else None),
         item_names=("state", "meta"),
     )
@@ -153,16 +156,37 @@ class Checkpointer:
         meta = dict(restored["meta"])
         if meta.get("format_version") != FORMAT_VERSION or meta.get("step") != s:
           raise ValueError(f"bad metadata {meta!r}")
-        return from_string_tree(restored["state"], like), meta
+        result = from_string_tree(restored["state"], like), meta
       except Exception as e:  # Orbax raises many types for damaged files; each is reported.
-        reason = f"{e.__class__.__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-        failures.append(f"step {s}: {reason}")
+        reason = brief(e, 200)
+        failures.append((s, reason))
         print(f"warning: checkpoint at step {s} in {self.directory} is unreadable ({reason}); "
               f"trying an older one.", file=sys.stderr)
+        continue
+      self._set_aside([failed for failed, _ in failures])
+      return result
     if failures:
-      raise CheckpointError(f"No readable checkpoint in {self.directory}. Tried:\n  " + "\n  ".join(failures) +
-                            "\nMove the directory away to start from scratch.")
+      tried = "\n  ".join(f"step {s}: {reason}" for s, reason in failures)
+      raise CheckpointError(f"No readable checkpoint in {self.directory}. Tried:\n  {tried}\n"
+                            f"Move the directory away to start from scratch.")
     return None
+
+  def _set_aside(self, steps: list[int]) -> None:
+    """Renames unreadable checkpoints newer than the one restored to `<step>.unreadable-<time>`.
+
+    Nothing is deleted (the files stay for inspection), and the resumed run can
+    write those steps again.
+    """
+    if not steps or self.read_only:  # Evaluation never changes a workdir.
+      return
+    if jax.process_index() != 0:
+      self.manager.reload()
+      return
+    for s in steps:
+      target = self.directory / f"{s}.unreadable-{int(time.time())}"
+      (self.directory / str(s)).rename(target)
+      print(f"warning: moved the unreadable checkpoint of step {s} to {target}.", file=sys.stderr)
+    self.manager.reload()
 
   def wait(self) -> None:
     self.manager.wait_until_finished()

@@ -1,18 +1,20 @@
-"""Command-line plumbing shared by scripts/: parse --config/--workdir and overrides, report errors in one line."""
+"""Command-line plumbing shared by scripts/: parse flags and overrides, report errors in one line."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from pathlib import Path
 
-from research.errors import ConfigError, DataUnavailableError
+from research.errors import CheckpointError, ConfigError, DataUnavailableError, TrainingError
 
 
-def parse(argv: list[str], description: str):
+def parse_train(argv: list[str]):
   """Returns (args, config) where config has every `--config.key=value` override applied."""
   from research import config as config_lib
 
-  parser = argparse.ArgumentParser(description=description)
+  parser = argparse.ArgumentParser(description="Train an experiment; rerun to resume.")
   parser.add_argument("--config", required=True, help="configs/<name>.py[:variant]")
   parser.add_argument("--workdir", required=True, help="directory for checkpoints, logs and exports")
   args, rest = parser.parse_known_args(argv)
@@ -25,14 +27,39 @@ def parse(argv: list[str], description: str):
   return args, config
 
 
-def main(command: str, argv: list[str]) -> int:
-  try:
-    if command == "train":
-      args, config = parse(argv, "Train an experiment.")
-      from research.train.loop import train
+def train(argv: list[str]) -> None:
+  args, config = parse_train(argv)
+  from research.train.loop import train as run
 
-      train(config, args.workdir)
+  run(config, args.workdir)
+
+
+def evaluate(argv: list[str]) -> None:
+  """Evaluates a checkpoint of a run and writes WORKDIR/eval_<step>.json."""
+  parser = argparse.ArgumentParser(description="Evaluate a checkpoint of a training run.")
+  parser.add_argument("--workdir", required=True)
+  parser.add_argument("--step", default="latest", help="a step number, 'latest' or 'best'")
+  parser.add_argument("--split", default="test")
+  args = parser.parse_args(argv)
+  from research.train.evaluate import evaluate_checkpoint
+
+  result = evaluate_checkpoint(args.workdir, args.step, args.split)
+  path = Path(args.workdir) / f"eval_{result['step']}.json"
+  path.write_text(json.dumps(result, indent=2) + "\n")
+  print(json.dumps(result))
+
+
+COMMANDS = {"train": train, "evaluate": evaluate}
+
+
+def main(command: str, argv: list[str]) -> int:
+  """Runs a command; bad input exits 2 and a failed run exits 1, each with a one-line message."""
+  try:
+    COMMANDS[command](argv)
     return 0
   except (ConfigError, DataUnavailableError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
+  except (CheckpointError, TrainingError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 1

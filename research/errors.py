@@ -1,6 +1,14 @@
 """Errors that speak to the user: what was wrong, what was expected, what to do."""
 
 
+def brief(error: BaseException, limit: int = 300) -> str:
+  """`Type: first line of the message`, its middle cut to fit `limit` (library errors can be pages long)."""
+  text = str(error).strip().splitlines()[0] if str(error).strip() else ""
+  if len(text) > limit:
+    text = f"{text[:limit // 2]} ... {text[-limit // 2:]}"
+  return f"{error.__class__.__name__}: {text}"
+
+
 class ConfigError(ValueError):
   """A bad config, override or name. Scripts print it as one line and exit 2."""
 

@@ -100,7 +100,11 @@ _DONE = object()
 
 
 def prefetch_iter(source: Iterator, size: int) -> Iterator:
-  """Runs `source` on a daemon thread, `size` items ahead; re-raises its errors in the consumer."""
+  """Runs `source` on a daemon thread, `size` items ahead; re-raises its errors in the consumer.
+
+  Close the returned generator (`contextlib.closing`) when leaving it early: a
+  thread still inside JAX when the interpreter exits aborts the process.
+  """
   if size <= 0:
     yield from source
     return
@@ -132,5 +136,6 @@ def prefetch_iter(source: Iterator, size: int) -> Iterator:
       if isinstance(item, BaseException):
         raise item
       yield item
-  finally:
+  finally:  # Closed early (an error, a preemption): stop the producer before the interpreter exits.
     stop.set()
+    thread.join(timeout=30)

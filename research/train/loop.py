@@ -11,6 +11,7 @@ all-reduce rendezvous (see DESIGN.md).
 
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from research.checkpoint import Checkpointer
 from research.data import ops
 from research.data.pipeline import Pipeline, eval_batches
 from research.data.sources import get_split
-from research.errors import CheckpointError, ConfigError, TrainingError
+from research.errors import CheckpointError, ConfigError, TrainingError, brief
 from research.logging import MetricWriter, Progress
 from research.registry import DATASETS, MODELS
 from research.train import experiment
@@ -39,10 +40,11 @@ def evaluate(eval_step, state, arrays, config, mesh) -> dict[str, float]:
   sums = None
   batches = eval_batches(arrays, config.data.eval_batch_size, parallel.batch_sharding(mesh),
                          ops.build(config.data.preprocess))
-  for i, batch in enumerate(batches, 1):
-    sums = metrics.add(sums, eval_step(state, batch))
-    if i % MAX_UNAWAITED_STEPS == 0:
-      jax.block_until_ready(sums)
+  with contextlib.closing(batches):
+    for i, batch in enumerate(batches, 1):
+      sums = metrics.add(sums, eval_step(state, batch))
+      if i % MAX_UNAWAITED_STEPS == 0:
+        jax.block_until_ready(sums)
   return metrics.summarize(jax.device_get(sums))
 
 
@@ -174,8 +176,8 @@ def train(config, workdir: str | Path) -> dict[str, float]:
     pending = []
 
   try:
-    with PreemptionGuard() as preemption:
-      for step, batch in zip(range(start + 1, stop + 1), pipeline.iterate(start, stop - start)):
+    with PreemptionGuard() as preemption, contextlib.closing(pipeline.iterate(start, stop - start)) as batches:
+      for step, batch in zip(range(start + 1, stop + 1), batches):
         state, step_metrics = train_step(state, batch)
         pending.append(step_metrics)
         due_eval = (eval_every and step % eval_every == 0) or step == total_steps
@@ -219,7 +221,7 @@ def train(config, workdir: str | Path) -> dict[str, float]:
                               progress=progress_meta):
             timer = time.perf_counter()
         except Exception as e:  # Disk full, permissions: name the path; older checkpoints are untouched.
-          raise CheckpointError(f"Saving the checkpoint of step {step} to {checkpoints.directory} failed: {e}. "
+          raise CheckpointError(f"Saving the checkpoint of step {step} to {checkpoints.directory} failed: {brief(e)}. "
                                 f"Checkpoints already written are intact: {checkpoints.steps()}.") from e
         if preempted:
           break
@@ -235,7 +237,7 @@ def train(config, workdir: str | Path) -> dict[str, float]:
   try:
     checkpoints.wait()
   except Exception as e:
-    raise CheckpointError(f"Writing checkpoints to {checkpoints.directory} failed: {e}. "
+    raise CheckpointError(f"Writing checkpoints to {checkpoints.directory} failed: {brief(e)}. "
                           f"Checkpoints already written are intact.") from e
   checkpoints.close()
   writer.close()

@@ -1,0 +1,252 @@
+"""Checkpoints that survive anything: real processes killed, signalled, starved of disk, fed NaNs."""
+
+import json
+import random
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from research import config as config_lib
+from research.checkpoint import key_name
+from research.train import loop
+from research.train import experiment
+from tests import helpers
+
+pytestmark = pytest.mark.slow
+
+FAST = ("--config.train.log_every=1", "--config.checkpoint.every=5", "--config.train.eval_every=0")
+
+
+def _start(workdir, *overrides, config="configs/mnist_mlp.py:smoke", preexec_fn=None):
+  return subprocess.Popen(
+      [sys.executable, str(helpers.ROOT / "scripts/train.py"), "--config", config, "--workdir", str(workdir),
+       *overrides], cwd=helpers.ROOT, env=helpers.env_with_devices(8), stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE, text=True, preexec_fn=preexec_fn)
+
+
+def _logged_step(workdir) -> int:
+  try:
+    lines = (workdir / "metrics.jsonl").read_text().splitlines()
+    return max((json.loads(line)["step"] for line in lines if line.endswith("}")), default=0)
+  except (OSError, ValueError):
+    return 0
+
+
+def _wait_for_step(proc, workdir, step: int, timeout: float = 120) -> None:
+  deadline = time.time() + timeout
+  while _logged_step(workdir) < step and proc.poll() is None:
+    if time.time() > deadline:
+      proc.kill()
+      raise AssertionError(f"no progress to step {step} in {timeout}s")
+    time.sleep(0.005)
+
+
+def _assert_same_params(a, b, step):
+  pa, pb = helpers.checkpoint_params(a, step), helpers.checkpoint_params(b, step)
+  assert pa.keys() == pb.keys()
+  for key in pa:
+    assert np.array_equal(pa[key], pb[key]), key
+
+
+def test_sigkill_at_random_points_then_resume_is_bitwise_identical(tmp_path):
+  overrides = (*FAST, "--config.train.steps=60")
+  helpers.train(tmp_path / "straight", *overrides)
+  workdir = tmp_path / "killed"
+  rng = random.Random(1234)
+  kill_points = sorted(rng.sample(range(2, 58), 5))
+  for point in kill_points:
+    proc = _start(workdir, *overrides)
+    _wait_for_step(proc, workdir, point)
+    time.sleep(rng.uniform(0, 0.03))  # Land anywhere: mid-step, mid-save, mid-log.
+    proc.send_signal(signal.SIGKILL)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, f"run ended before the kill at step {point}: {err[-2000:]}"
+  helpers.train(workdir, *overrides)
+  _assert_same_params(tmp_path / "straight", workdir, 60)
+  rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+  assert [r["step"] for r in rows if "train/loss" in r] == list(range(1, 61))  # Nothing lost or logged twice.
+
+
+def test_sigterm_saves_exits_zero_and_resumes_exactly(tmp_path):
+  constant = ("--config.schedule.name=constant", *FAST)
+  proc = _start(tmp_path / "run", *constant, "--config.train.steps=100000")
+  _wait_for_step(proc, tmp_path / "run", 25)
+  proc.send_signal(signal.SIGTERM)
+  _, err = proc.communicate(timeout=120)
+  assert proc.returncode == 0, err[-2000:]
+  last = err.strip().splitlines()[-1]
+  assert last.startswith("Stopped by SIGTERM after step ") and "Rerun the same command" in last
+  reached = int(last.split("after step ")[1].split(";")[0])
+  assert reached >= 25 and (tmp_path / "run/checkpoints" / str(reached)).is_dir()
+  # Resuming (to a few steps further) matches a straight run to the same step, bit for bit.
+  target = f"--config.train.steps={reached + 7}"
+  assert f"Resuming from step {reached}" in helpers.train(tmp_path / "run", *constant, target)
+  helpers.train(tmp_path / "straight", *constant, target)
+  _assert_same_params(tmp_path / "straight", tmp_path / "run", reached + 7)
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+  """A 20-step smoke run with checkpoints at 10 and 20."""
+  workdir = tmp_path_factory.mktemp("finished")
+  helpers.train(workdir)
+  return workdir
+
+
+def _data_file(checkpoint_dir):
+  return max((checkpoint_dir / "state").rglob("ocdbt.process_0/d/*"), key=lambda p: p.stat().st_size)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "delete", "bad_metadata"])
+def test_unreadable_latest_checkpoint_falls_back_to_the_previous(finished_run, tmp_path, damage):
+  workdir = tmp_path / "run"
+  shutil.copytree(finished_run, workdir)
+  latest = workdir / "checkpoints/20"
+  if damage == "truncate":
+    data = _data_file(latest)
+    data.write_bytes(data.read_bytes()[:1000])
+  elif damage == "delete":
+    (latest / "state/manifest.ocdbt").unlink()
+  else:
+    (latest / "meta/metadata").write_text("{not json")
+  log = helpers.train(workdir)
+  assert "checkpoint at step 20" in log and "unreadable" in log
+  assert "Resuming from step 10" in log and "moved the unreadable checkpoint of step 20" in log
+  assert len(list((workdir / "checkpoints").glob("20.unreadable-*"))) == 1  # set aside, not deleted
+  _assert_same_params(finished_run, workdir, 20)  # retrained from 10: the same result
+
+
+def test_no_readable_checkpoint_stops_with_the_list_of_what_was_tried(finished_run, tmp_path):
+  workdir = tmp_path / "run"
+  shutil.copytree(finished_run, workdir)
+  for step in (10, 20):
+    (workdir / f"checkpoints/{step}/meta/metadata").write_text("{not json")
+  done = helpers.run_script("train.py", "--config", "configs/mnist_mlp.py:smoke", "--workdir", str(workdir))
+  assert done.returncode == 1
+  assert "No readable checkpoint" in done.stderr and "step 20:" in done.stderr and "step 10:" in done.stderr
+
+
+@pytest.mark.parametrize("policy", ["stop", "skip"])
+def test_nan_guard(tmp_path, policy):
+  # A sane rate for 7 steps (checkpoint at 5), then 1e30 from step 8: the loss of step 9 overflows.
+  diverge = ("--config.optimizer.name=sgd", "--config.optimizer.learning_rate=0.01", "--config.schedule.name=step",
+             "--config.schedule.boundaries=(7,)", "--config.schedule.factor=1e32", f"--config.nan_policy={policy}",
+             *FAST)
+  done = helpers.run_script("train.py", "--config", "configs/mnist_mlp.py:smoke", "--workdir", str(tmp_path),
+                            *diverge)
+  if policy == "stop":
+    assert done.returncode == 1
+    message = done.stderr.strip().splitlines()[-1]
+    assert "non-finite train metric at step 9" in message and "loss=" in message
+  else:
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "update skipped" in done.stderr
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert max(r.get("train/skipped_steps", 0) for r in rows) > 0
+  steps = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
+  assert steps == ([5] if policy == "stop" else [10, 15, 20])
+  for step in steps:
+    for key, value in helpers.checkpoint_params(tmp_path, step).items():
+      assert np.isfinite(value).all(), f"NaN in checkpoint {step}: {key}"
+
+
+RESTORE = """
+import sys, json, numpy as np, jax
+from research.checkpoint import key_name
+from research.train import experiment
+config, graphdef, state, meta = experiment.restore(sys.argv[1])
+leaves = jax.tree_util.tree_flatten_with_path(state.params)[0]
+np.savez(sys.argv[2], **{"/".join(key_name(k) for k in p): np.asarray(v) for p, v in leaves})
+print(json.dumps({"devices": jax.device_count(), "step": meta["step"],
+                  "shards": len(leaves[0][1].sharding.device_set)}))
+"""
+
+
+@pytest.mark.parametrize("devices", [1, 4])
+def test_checkpoint_saved_on_8_devices_restores_on_fewer(finished_run, tmp_path, devices):
+  out = tmp_path / "params.npz"
+  done = subprocess.run([sys.executable, "-c", RESTORE, str(finished_run), str(out)], cwd=helpers.ROOT,
+                        env=helpers.env_with_devices(devices), capture_output=True, text=True, timeout=300)
+  assert done.returncode == 0, done.stderr[-2000:]
+  info = json.loads(done.stdout.strip().splitlines()[-1])
+  assert info == {"devices": devices, "step": 20, "shards": devices}
+  restored = np.load(out)
+  saved = helpers.checkpoint_params(finished_run, 20)
+  assert len(restored.files) == len(saved)
+  for key, value in saved.items():
+    assert np.array_equal(restored[key], value), key
+
+
+def test_evaluate_script_reproduces_the_logged_accuracy(finished_run):
+  done = helpers.run_script("evaluate.py", "--workdir", str(finished_run), "--step", "10")
+  assert done.returncode == 0, done.stderr[-2000:]
+  written = json.loads((finished_run / "eval_10.json").read_text())
+  logged = [json.loads(line) for line in (finished_run / "metrics.jsonl").read_text().splitlines()]
+  at_10 = next(r for r in logged if r["step"] == 10 and "eval/accuracy" in r)
+  assert written["step"] == 10 and written["split"] == "test"
+  assert written["metrics"]["accuracy"] == at_10["eval/accuracy"]
+  assert written["metrics"]["loss"] == pytest.approx(at_10["eval/loss"], rel=1e-6)
+  bad = helpers.run_script("evaluate.py", "--workdir", str(finished_run), "--step", "7")
+  assert bad.returncode == 2 and "No checkpoint at step 7" in bad.stderr and "[10, 20]" in bad.stderr
+
+
+def test_early_stopping_keeps_and_marks_the_best_step(tmp_path):
+  # Ranking by *maximum* loss: the first evaluation is best and never beaten, so patience runs out.
+  workdir = tmp_path / "run"
+  log = helpers.train(workdir, "--config.train.steps=100", "--config.train.eval_every=2",
+                      "--config.train.early_stopping_patience=3", "--config.checkpoint.best_metric=loss",
+                      "--config.checkpoint.best_mode=max", "--config.checkpoint.keep=1",
+                      "--config.checkpoint.every=0")
+  assert "Early stopping at step 8" in log and "best is step 2" in log
+  best = json.loads((workdir / "checkpoints/best.json").read_text())
+  assert best["step"] == 2 and best["metric"] == "loss"
+  assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()) == [2, 8]
+  again = helpers.train(workdir, "--config.train.steps=100", "--config.train.eval_every=2",
+                        "--config.train.early_stopping_patience=3", "--config.checkpoint.best_metric=loss",
+                        "--config.checkpoint.best_mode=max", "--config.checkpoint.keep=1",
+                        "--config.checkpoint.every=0")
+  assert "Already trained to step 8" in again  # an early-stopped run stays stopped
+  done = helpers.run_script("evaluate.py", "--workdir", str(workdir), "--step", "best")
+  assert json.loads(done.stdout.strip().splitlines()[-1])["step"] == 2
+
+
+def test_init_from_restores_only_the_parameters(finished_run, tmp_path):
+  config = config_lib.load("configs/mnist_mlp.py:smoke")
+  config.optimizer.name = "sgd"  # a different optimizer: its state cannot come from the source run
+  config.init_from = f"{finished_run}:10"
+  mesh = loop.parallel.make_mesh(config)
+  arrays = loop.get_split("mnist", "train")
+  _, state, _, _ = experiment.build_state(config, experiment.build_model(config, arrays), 20, mesh)
+  state, step = loop._init_from(config.init_from, state, config)
+  assert step == 10 and int(state.step) == 0
+  saved = helpers.checkpoint_params(finished_run, 10)
+  for path, leaf in loop.jax.tree_util.tree_flatten_with_path(state.params)[0]:
+    key = "/".join(key_name(k) for k in path)
+    assert np.array_equal(np.asarray(leaf), saved[key]), key
+
+
+def test_unwritable_workdir_and_a_full_disk_fail_clearly_and_keep_old_checkpoints(tmp_path):
+  blocker = tmp_path / "file"
+  blocker.write_text("not a directory")
+  done = helpers.run_script("train.py", "--config", "configs/mnist_mlp.py:smoke", "--workdir", str(blocker / "run"))
+  assert done.returncode == 1 and f"Cannot write to workdir {blocker / 'run'}" in done.stderr
+
+  workdir = tmp_path / "run"
+  helpers.train(workdir, "--config.train.stop_after_steps=10")
+
+  def small_disk():  # Files may not grow past 200 kB: the next checkpoint (~5 MB) cannot be written.
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000))
+
+  proc = _start(workdir, preexec_fn=small_disk)
+  _, err = proc.communicate(timeout=300)
+  assert proc.returncode == 1
+  message = err.strip().splitlines()[-1]
+  assert str(workdir / "checkpoints") in message and "File too large" in message and "intact" in message
+  assert "Resuming from step 10" in helpers.train(workdir)  # the old checkpoint still restores
