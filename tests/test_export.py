@@ -1,4 +1,4 @@
-"""Export: ONNX artifacts checked against JAX on real MNIST, manifest.json, --verify, errors.
+"""Export: ONNX (float and int8) and StableHLO checked against JAX on real MNIST, manifest.json, --verify, errors.
 
 One smoke MLP is trained per module (a real subprocess) and exported once
 through the command-line entry point, in this process.
@@ -25,20 +25,20 @@ def run(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def onnx_export(run):
+def exported(run):
   from research.export import cli
 
-  assert cli.main(["--workdir", str(run), "--format", "onnx,stablehlo"]) == 0
+  assert cli.main(["--workdir", str(run), "--format", "onnx,stablehlo,onnx_int8_dynamic,onnx_int8_static"]) == 0
   return run / "export"
 
 
-def test_onnx_runs_in_onnxruntime_like_jax_at_any_batch_size(run, onnx_export):
+def test_onnx_runs_in_onnxruntime_like_jax_at_any_batch_size(run, exported):
   import onnxruntime as ort
 
   from research.export.model import real_inputs
   from research.train.experiment import trained_model
 
-  session = ort.InferenceSession(str(onnx_export / "model.onnx"), providers=["CPUExecutionProvider"])
+  session = ort.InferenceSession(str(exported / "model.onnx"), providers=["CPUExecutionProvider"])
   (image,) = session.get_inputs()
   assert image.name == "image" and isinstance(image.shape[0], str) and image.shape[1:] == [784]
   model, config, _ = trained_model(run)
@@ -49,13 +49,13 @@ def test_onnx_runs_in_onnxruntime_like_jax_at_any_batch_size(run, onnx_export):
     np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
 
 
-def test_stablehlo_deserializes_and_runs_like_jax_at_any_batch_size(run, onnx_export):
+def test_stablehlo_deserializes_and_runs_like_jax_at_any_batch_size(run, exported):
   import jax
 
   from research.export.model import real_inputs
   from research.train.experiment import trained_model
 
-  folder = onnx_export / "stablehlo"
+  folder = exported / "stablehlo"
   exported = jax.export.deserialize(bytearray((folder / "model.jax_exported").read_bytes()))
   assert set(exported.platforms) == {"cpu", "cuda"}
   assert "tensor<?x784xf32>" in (folder / "model.mlir").read_text()  # dynamic batch
@@ -68,16 +68,16 @@ def test_stablehlo_deserializes_and_runs_like_jax_at_any_batch_size(run, onnx_ex
 
 
 @pytest.mark.parametrize("fmt", ["onnx", "stablehlo"])
-def test_manifest_records_parity_at_two_batch_sizes(onnx_export, fmt):
-  manifest = json.loads((onnx_export / "manifest.json").read_text())
+def test_manifest_records_parity_at_two_batch_sizes(exported, fmt):
+  manifest = json.loads((exported / "manifest.json").read_text())
   report = manifest["artifacts"][fmt]["parity"]
   assert report["passed"] and report["tolerance"] == 1e-4
   assert sorted({b["batch_size"] for b in report["batches"]}) == [1, 64]
   assert all(b["max_abs_diff"] <= 1e-4 and b["argmax_agreement"] == 1.0 for b in report["batches"])
 
 
-def test_manifest_is_complete_and_every_sha256_matches(run, onnx_export):
-  manifest = json.loads((onnx_export / "manifest.json").read_text())
+def test_manifest_is_complete_and_every_sha256_matches(run, exported):
+  manifest = json.loads((exported / "manifest.json").read_text())
   assert manifest["model"]["name"] == "mlp" and manifest["config"]["data"]["name"] == "mnist"
   assert manifest["inputs"] == [{"name": "image", "shape": [None, 784], "dtype": "float32"}]
   assert manifest["outputs"] == [{"name": "logits", "shape": [None, 10], "dtype": "float32"}]
@@ -92,16 +92,68 @@ def test_manifest_is_complete_and_every_sha256_matches(run, onnx_export):
   assert manifest["source"]["eval"]["accuracy"] == pytest.approx(final_eval["eval/accuracy"], abs=1e-6)
   for package in ("python", "research", "jax", "jaxlib", "flax", "numpy", "jax2onnx", "onnx", "onnxruntime"):
     assert manifest["versions"][package], package
-  on_disk = sorted(p.relative_to(onnx_export).as_posix() for p in onnx_export.rglob("*") if p.is_file())
+  on_disk = sorted(p.relative_to(exported).as_posix() for p in exported.rglob("*") if p.is_file())
   assert sorted([*manifest["files"], "manifest.json"]) == on_disk
   for name, entry in manifest["files"].items():
-    data = (onnx_export / name).read_bytes()
+    data = (exported / name).read_bytes()
     assert entry == {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
 
 
-def test_verify_detects_one_changed_byte(onnx_export, tmp_path):
+@pytest.mark.parametrize("fmt, ops", [
+    ("onnx_int8_dynamic", {"DynamicQuantizeLinear", "MatMulInteger"}),
+    ("onnx_int8_static", {"QuantizeLinear", "DequantizeLinear"}),
+])
+def test_int8_onnx_is_3x_smaller_and_keeps_test_accuracy_within_1_point(run, exported, fmt, ops):
+  import onnx
+  import onnxruntime as ort
+
+  from research.export.model import labeled_inputs
+  from research.train.experiment import load_config
+
+  manifest = json.loads((exported / "manifest.json").read_text())
+  artifact = manifest["artifacts"][fmt]
+  path = exported / artifact["path"]
+  assert ops <= {node.op_type for node in onnx.load(str(path)).graph.node}
+  assert (exported / "model.onnx").stat().st_size / path.stat().st_size >= 3
+  (x,), labels = labeled_inputs(load_config(run), "test")
+  assert len(labels) == 10_000  # the whole real test set
+
+  def accuracy(file):
+    session = ort.InferenceSession(str(exported / file), providers=["CPUExecutionProvider"])
+    return float(np.mean(np.argmax(session.run(None, {"image": x})[0], -1) == labels))
+
+  float_accuracy, int8_accuracy = accuracy("model.onnx"), accuracy(artifact["path"])
+  assert float_accuracy - int8_accuracy <= 0.01
+  assert artifact["accuracy"] == pytest.approx(int8_accuracy)
+  assert manifest["artifacts"]["onnx"]["accuracy"] == pytest.approx(float_accuracy)
+  assert artifact["vs_float"]["passed"] and artifact["vs_float"]["size_ratio"] >= 3
+  assert set(artifact["latency_ms"]) == {"1", "64"}
+  if fmt == "onnx_int8_static":
+    assert artifact["calibration"] == {"split": "train", "batches": 16, "batch_size": 64}
+
+
+def test_a_quantized_artifact_that_loses_accuracy_fails_the_export(run, tmp_path):
+  from research.export import ParityError, export
+
+  out = tmp_path / "export"
+  with pytest.raises(ParityError, match=r"onnx_int8_dynamic[\s\S]*points below onnx"):
+    export(run, formats="onnx_int8_dynamic", out=out, max_accuracy_drop=-1.0)  # demands a 100-point gain
+  assert not out.exists() and (tmp_path / "export.failed" / "check.json").exists()
+
+
+def test_quantizing_needs_labelled_test_data(run, tmp_path, monkeypatch):
+  from research.errors import ConfigError
+  from research.export import export
+  from research.export import model as model_lib
+
+  monkeypatch.setattr(model_lib, "labeled_inputs", lambda *a, **k: None)
+  with pytest.raises(ConfigError, match="checked by test accuracy"):
+    export(run, formats="onnx_int8_static", out=tmp_path / "export")
+
+
+def test_verify_detects_one_changed_byte(exported, tmp_path):
   copy = tmp_path / "export"
-  shutil.copytree(onnx_export, copy)
+  shutil.copytree(exported, copy)
   done = helpers.run_script("export.py", "--verify", str(copy), timeout=120)
   assert done.returncode == 0 and "match" in done.stdout, done.stderr
   data = bytearray((copy / "model.onnx").read_bytes())
@@ -112,11 +164,11 @@ def test_verify_detects_one_changed_byte(onnx_export, tmp_path):
   assert "model.onnx: sha256 mismatch" in done.stderr
 
 
-def test_verify_names_missing_and_unlisted_files(onnx_export, tmp_path):
+def test_verify_names_missing_and_unlisted_files(exported, tmp_path):
   from research.export import VerifyError, verify
 
   copy = tmp_path / "export"
-  shutil.copytree(onnx_export, copy)
+  shutil.copytree(exported, copy)
   (copy / "model.onnx").rename(copy / "renamed.onnx")
   with pytest.raises(VerifyError, match=r"model\.onnx: missing[\s\S]*renamed\.onnx: not listed"):
     verify(copy)
@@ -144,7 +196,7 @@ def test_missing_workdir_exits_2(tmp_path):
   assert done.returncode == 2 and done.stderr.strip().splitlines() == [f"error: Workdir {tmp_path / 'nope'} does not exist."]
 
 
-def test_parity_failure_fails_the_export_with_a_report(run, onnx_export, tmp_path, monkeypatch, capsys):
+def test_parity_failure_fails_the_export_with_a_report(run, exported, tmp_path, monkeypatch, capsys):
   from research.export import cli
   from research.export import onnx as onnx_format
 
@@ -154,9 +206,9 @@ def test_parity_failure_fails_the_export_with_a_report(run, onnx_export, tmp_pat
   out = tmp_path / "export"
   assert cli.main(["--workdir", str(run), "--out", str(out)]) == 1
   err = capsys.readouterr().err
-  assert "parity check failed for onnx" in err and "FAILED" in err and "batch    1" in err and "batch   64" in err
+  assert "check failed for onnx" in err and "FAILED" in err and "batch    1" in err and "batch   64" in err
   assert not out.exists()  # no manifest claims a failed artifact
-  report = json.loads((tmp_path / "export.failed" / "parity.json").read_text())
+  report = json.loads((tmp_path / "export.failed" / "check.json").read_text())
   assert not report["passed"] and report["max_abs_diff"] > 1e-4
 
 

@@ -1,4 +1,4 @@
-"""SavedModel (jax2tf) and TFLite exports, run back in TensorFlow and the LiteRT interpreter.
+"""SavedModel (jax2tf) and TFLite (float and int8) exports, run back in TensorFlow and the LiteRT interpreter.
 
 Skipped unless the `tf` extra is installed (pip install -e '.[tf]').
 """
@@ -25,7 +25,7 @@ def run(tmp_path_factory):
 def tf_export(run):
   from research.export import cli
 
-  assert cli.main(["--workdir", str(run), "--format", "tflite,saved_model"]) == 0
+  assert cli.main(["--workdir", str(run), "--format", "tflite_int8,saved_model"]) == 0  # tflite comes with int8
   return run / "export"
 
 
@@ -96,3 +96,24 @@ def test_tflite_with_a_fixed_batch(run, tmp_path, reference):
   interpreter.invoke()
   got = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
   np.testing.assert_allclose(got, want[:4], atol=1e-4, rtol=0)
+
+
+def test_tflite_int8_is_3x_smaller_and_keeps_test_accuracy_within_1_point(run, tf_export):
+  from research.export import tflite
+  from research.export.model import labeled_inputs
+  from research.train.experiment import load_config
+
+  manifest = json.loads((tf_export / "manifest.json").read_text())
+  artifact = manifest["artifacts"]["tflite_int8"]
+  assert (tf_export / "model.tflite").stat().st_size / (tf_export / "model.int8.tflite").stat().st_size >= 3
+  inputs, labels = labeled_inputs(load_config(run), "test")
+  assert len(labels) == 10_000
+
+  def accuracy(file):
+    run_model = tflite.runner(tf_export / file, ["image"], ["logits"])
+    return float(np.mean(np.argmax(run_model(*inputs)[0], -1) == labels))
+
+  float_accuracy, int8_accuracy = accuracy("model.tflite"), accuracy("model.int8.tflite")
+  assert float_accuracy - int8_accuracy <= 0.01
+  assert artifact["accuracy"] == pytest.approx(int8_accuracy)
+  assert artifact["vs_float"]["format"] == "tflite" and artifact["vs_float"]["passed"]

@@ -8,6 +8,7 @@ Format packages (jax2onnx, onnxruntime, TensorFlow) are imported only when a
 format that needs them is used: the core install stays TF-free.
 """
 
-from research.export.api import FORMATS, export, parse_formats, verify  # noqa: F401
+from research.export.api import export, verify  # noqa: F401
+from research.export.formats import FORMATS, parse as parse_formats  # noqa: F401
 from research.export.manifest import VerifyError  # noqa: F401
 from research.export.parity import ParityError  # noqa: F401

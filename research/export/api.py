@@ -1,16 +1,19 @@
-"""`export()`: a training run's checkpoint -> artifacts in several formats, each parity-checked, + manifest.json.
+"""`export()`: a training run's checkpoint -> checked artifacts in several formats + manifest.json.
+
+For each format: export, load the artifact back in its own runtime, and check it
+on real test inputs. Float artifacts must match JAX within the tolerance at each
+parity batch size; quantized ones must keep their float base's test accuracy
+within `max_accuracy_drop`. Each artifact's test accuracy (for classifiers) and
+latency are recorded too.
 
 The export directory is built beside its destination and moved into place only
-when every artifact has passed its parity check, so a directory with a
-manifest.json is always a complete, checked export. A failed check leaves the
-artifacts in `<out>.failed/` with `parity.json`, and raises ParityError.
+when every artifact has passed, so a directory with a manifest.json is always a
+complete, checked export. A failed check leaves the artifacts in `<out>.failed/`
+with `check.json`, and raises ParityError.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import importlib
-import importlib.util
 import json
 import shutil
 import sys
@@ -20,57 +23,13 @@ from typing import Callable, Sequence
 
 from research.errors import ConfigError
 from research.export import manifest as manifest_lib
+from research.export import measure
 from research.export import model as model_lib
 from research.export import parity
-from research.registry import Registry
+from research.export.formats import FORMATS, parse as parse_formats  # noqa: F401  (re-exported)
 
 DEFAULT_BATCH_SIZES = (1, 64)
-
-
-@dataclasses.dataclass(frozen=True)
-class Format:
-  name: str
-  module: str  # implements export(ex, out, **options) -> artifact dict, and load(out, artifact) -> runner
-  extra: str | None  # the pip extra that installs its packages
-  packages: tuple[str, ...]  # importable modules it needs
-  description: str
-
-  def missing(self) -> list[str]:
-    return [p for p in self.packages if importlib.util.find_spec(p) is None]
-
-  def implementation(self):
-    return importlib.import_module(self.module)
-
-
-# In export order: tflite converts the saved_model exported before it in the same run.
-ORDER = [
-    Format("onnx", "research.export.onnx", "onnx", ("jax2onnx", "onnx", "onnxruntime"),
-           "model.onnx via jax2onnx, dynamic batch; checked in onnxruntime"),
-    Format("stablehlo", "research.export.stablehlo", None, (),
-           "stablehlo/ via jax.export (cpu, cuda), weights beside it, dynamic batch; checked after deserialize"),
-    Format("saved_model", "research.export.tf", "tf", ("tensorflow",),
-           "saved_model/ via jax2tf native serialization (cpu, cuda), serving_default, dynamic batch; checked in TF"),
-    Format("tflite", "research.export.tflite", "tf", ("tensorflow", "ai_edge_litert"),
-           "model.tflite converted from that SavedModel, dynamic or fixed batch; checked in the LiteRT interpreter"),
-]
-FORMATS: Registry = Registry("export format")
-for _f in ORDER:
-  FORMATS.register(_f.name)(_f)
-
-
-def parse_formats(formats: str | Sequence[str]) -> list[Format]:
-  """'onnx,stablehlo' -> Formats, checked: known names, packages installed."""
-  names = [n.strip() for n in (formats.split(",") if isinstance(formats, str) else formats) if n.strip()]
-  if not names:
-    raise ConfigError(f"No export format given; known: {', '.join(FORMATS.names())}.")
-  chosen = [FORMATS.get(n) for n in dict.fromkeys(names)]
-  chosen.sort(key=ORDER.index)
-  for f in chosen:
-    missing = f.missing()
-    if missing:
-      raise ConfigError(f"Format {f.name!r} needs {' and '.join(missing)} (not installed): "
-                        f"install the {f.extra!r} extra, pip install -e '.[{f.extra}]'.")
-  return chosen
+DEFAULT_MAX_ACCURACY_DROP = 0.01  # a quantized artifact may lose at most 1 point of test accuracy
 
 
 def _check_out(out: Path, workdir: Path) -> None:
@@ -97,15 +56,39 @@ def _replace(src: Path, dest: Path) -> None:
   shutil.rmtree(old, ignore_errors=True)
 
 
+def _fail(tmp: Path, out: Path, error: parity.ParityError) -> None:
+  failed = out.with_name(f"{out.name}.failed")
+  (tmp / "check.json").write_text(json.dumps(error.report, indent=2) + "\n")
+  _replace(tmp, failed)
+  error.args = (f"{error.args[0]}\nThe artifacts that failed are in {failed}.",)
+  raise error
+
+
+def _compare_with_base(artifact: dict, base: dict, base_name: str, max_drop: float) -> dict:
+  """A quantized artifact against its float base: size, accuracy and latency ratios; raises if accuracy drops."""
+  drop = base["accuracy"] - artifact["accuracy"]
+  speedups = {b: round(base["latency_ms"][b]["p50"] / artifact["latency_ms"][b]["p50"], 3)
+              for b in artifact["latency_ms"] if b in base["latency_ms"]}
+  report = {"format": base_name, "size_ratio": round(base["bytes"] / artifact["bytes"], 3),
+            "float_accuracy": base["accuracy"], "accuracy_drop": round(drop, 6), "max_accuracy_drop": max_drop,
+            "speedup_p50": speedups, "passed": drop <= max_drop}
+  if not report["passed"]:
+    raise parity.ParityError({**artifact["parity"], "passed": False, "problem":
+                              f"test accuracy {artifact['accuracy']:.4f} is {drop * 100:.2f} points below "
+                              f"{base_name}'s {base['accuracy']:.4f} (at most {max_drop * 100:.2f} allowed)"})
+  return report
+
+
 def export(workdir: str | Path, *, step: str | int | None = "latest", formats: str | Sequence[str] = ("onnx",),
            out: str | Path | None = None, batch_sizes: Sequence[int] = DEFAULT_BATCH_SIZES,
-           tolerance: float = parity.DEFAULT_TOLERANCE, options: dict | None = None,
+           tolerance: float = parity.DEFAULT_TOLERANCE, max_accuracy_drop: float = DEFAULT_MAX_ACCURACY_DROP,
+           accuracy_examples: int | None = None, options: dict | None = None,
            log: Callable[[str], None] = _log) -> Path:
   """Exports the run in `workdir` to each format in `out` (default WORKDIR/export); returns `out`.
 
   `options` maps a format name to keyword arguments of its exporter. Raises
-  ConfigError for bad arguments (before any work), ParityError if an artifact
-  does not match JAX within `tolerance` on real test inputs at each batch size.
+  ConfigError for bad arguments (before any work), ParityError when an artifact
+  fails its check.
   """
   workdir = Path(workdir)
   if not workdir.is_dir():
@@ -123,9 +106,19 @@ def export(workdir: str | Path, *, step: str | int | None = "latest", formats: s
   _check_out(out, workdir)
 
   ex = model_lib.from_workdir(workdir, step)
+  classifier = ex.output_structs(1)[0].ndim == 2
+  evaluation = model_lib.labeled_inputs(ex.config, "test", accuracy_examples) if classifier else None
+  quantized = [f.name for f in chosen if f.quantized]
+  if quantized and evaluation is None:
+    raise ConfigError(f"{', '.join(quantized)} are checked by test accuracy, which needs a classifier and "
+                      f"labelled test data; {ex.name} on {ex.config.data.name} has none. Export float formats.")
   log(f"exporting {ex.name} from {workdir} at step {ex.meta.get('step')} to {out}: {', '.join(f.name for f in chosen)}")
   batches = model_lib.real_inputs(ex.config, "test", batch_sizes)
   reference = ex.reference()
+  summary = {"runtime": "jax.jit (this machine's default backend)", "latency_ms": measure.latencies(reference, batches)}
+  if evaluation:
+    summary["accuracy"] = measure.accuracy(reference, *evaluation)
+    summary["evaluation"] = {"split": "test", "examples": int(len(evaluation[1]))}
 
   out.parent.mkdir(parents=True, exist_ok=True)
   tmp = out.with_name(f".{out.name}.partial")
@@ -133,30 +126,45 @@ def export(workdir: str | Path, *, step: str | int | None = "latest", formats: s
   tmp.mkdir()
   artifacts = {}
   for f in chosen:
-    impl = f.implementation()
     start = time.perf_counter()
-    artifact = impl.export(ex, tmp, **options.get(f.name, {}))
-    runner = impl.load(tmp, artifact)
+    artifact = f.export(ex, tmp, **options.get(f.name, {}))
+    run = f.load(tmp, artifact)
     try:
-      artifact["parity"] = parity.compare(f.name, reference, runner, batches, ex.output_names, tolerance)
+      artifact["parity"] = parity.compare(f.name, reference, run, batches, ex.output_names,
+                                          tolerance=tolerance, enforce=not f.quantized)
+      artifact["bytes"] = sum((tmp / name).stat().st_size for name in artifact["files"])
+      artifact["latency_ms"] = measure.latencies(run, batches)
+      if evaluation:
+        artifact["accuracy"] = measure.accuracy(run, *evaluation)
+      if f.quantized:
+        artifact["vs_float"] = _compare_with_base(artifact, artifacts[f.base], f.base, max_accuracy_drop)
     except parity.ParityError as e:
-      failed = out.with_name(f"{out.name}.failed")
-      (tmp / "parity.json").write_text(json.dumps(e.report, indent=2) + "\n")
-      _replace(tmp, failed)
-      e.args = (f"{e.args[0]}\nThe artifacts that failed are in {failed}.",)
-      raise
-    artifact["bytes"] = sum((tmp / name).stat().st_size for name in artifact["files"])
+      _fail(tmp, out, e)
     artifact["seconds"] = round(time.perf_counter() - start, 2)
     artifacts[f.name] = artifact
-    log(f"  {f.name}: {artifact['path']} ({artifact['bytes'] / 1e6:.2f} MB), {parity.summary(artifact['parity'])}")
+    log(f"  {f.name}: " + _describe(artifact))
 
   from research.data import get_split
 
   raw = {ex.config.data.input_key: get_split(ex.config.data.name, "test")[ex.config.data.input_key][:1]}
-  manifest_lib.write(tmp, manifest_lib.build(ex, workdir, artifacts, raw))
+  manifest_lib.write(tmp, manifest_lib.build(ex, workdir, artifacts, raw, reference=summary))
   _replace(tmp, out)
   log(f"wrote {out / manifest_lib.MANIFEST}")
   return out
+
+
+def _describe(artifact: dict) -> str:
+  parts = [f"{artifact['path']} ({artifact['bytes'] / 1e6:.2f} MB)"]
+  if "vs_float" in artifact:
+    v = artifact["vs_float"]
+    parts.append(f"{v['size_ratio']:.2f}x smaller than {v['format']}, accuracy {artifact['accuracy']:.2%} "
+                 f"({v['format']} {v['float_accuracy']:.2%}), max abs diff {artifact['parity']['max_abs_diff']:.2g}")
+  else:
+    parts.append(parity.summary(artifact["parity"]))
+    if "accuracy" in artifact:
+      parts.append(f"accuracy {artifact['accuracy']:.2%}")
+  parts.append("p50 " + ", ".join(f"{v['p50']:.3g} ms at batch {b}" for b, v in artifact["latency_ms"].items()))
+  return ", ".join(parts)
 
 
 def verify(directory: str | Path) -> dict:

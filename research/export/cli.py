@@ -38,7 +38,7 @@ def _batch_sizes(text: str) -> list[int]:
 
 
 def parser() -> argparse.ArgumentParser:
-  from research.export.api import DEFAULT_BATCH_SIZES, FORMATS
+  from research.export.api import DEFAULT_BATCH_SIZES, DEFAULT_MAX_ACCURACY_DROP, FORMATS
   from research.export.parity import DEFAULT_TOLERANCE
 
   p = _Parser(prog="export.py", description="Export a trained run for deployment, parity-checked, with a manifest; "
@@ -51,7 +51,11 @@ def parser() -> argparse.ArgumentParser:
                  help="batch sizes of real test inputs to check each artifact at (default %(default)s)")
   p.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE,
                  help="max abs difference from JAX allowed on the outputs (default %(default)g)")
-  p.add_argument("--tflite-batch", type=int, help="fix the TFLite batch size (default: dynamic)")
+  p.add_argument("--max-accuracy-drop", type=float, default=DEFAULT_MAX_ACCURACY_DROP,
+                 help="quantized formats: the most test accuracy (a fraction) they may lose against their float "
+                 "base (default %(default)g)")
+  p.add_argument("--accuracy-examples", type=int, help="test examples to measure accuracy on (default: all)")
+  p.add_argument("--tflite-batch", type=int, help="fix the batch size of tflite and tflite_int8 (default: dynamic)")
   p.add_argument("--verify", metavar="DIR", help="recompute every sha256 in DIR/manifest.json, export nothing")
   return p
 
@@ -80,12 +84,16 @@ def run(argv: list[str]) -> int:
   if args.tflite_batch is not None:
     if args.tflite_batch < 1:
       raise ConfigError(f"--tflite-batch must be a positive batch size, not {args.tflite_batch}.")
-    if "tflite" not in args.format.split(","):
+    names = [f.name for f in api.parse_formats(args.format)]
+    if "tflite" not in names:
       raise ConfigError("--tflite-batch fixes the batch of the TFLite model: add tflite to --format.")
-    options["tflite"] = {"batch": args.tflite_batch}
+    options.update({n: {"batch": args.tflite_batch} for n in ("tflite", "tflite_int8") if n in names})
+  if args.accuracy_examples is not None and args.accuracy_examples < 1:
+    raise ConfigError(f"--accuracy-examples must be positive, not {args.accuracy_examples}.")
   try:
     api.export(args.workdir, step=_step(args.step), formats=args.format, out=args.out,
-               batch_sizes=_batch_sizes(args.parity_batch_sizes), tolerance=args.tolerance, options=options)
+               batch_sizes=_batch_sizes(args.parity_batch_sizes), tolerance=args.tolerance,
+               max_accuracy_drop=args.max_accuracy_drop, accuracy_examples=args.accuracy_examples, options=options)
   except ParityError as e:
     print(f"error: {e}", file=sys.stderr)
     return 1

@@ -4,8 +4,9 @@
      "source": {"workdir", "step", "eval"},
      "inputs": [{"name", "shape": [null, ...], "dtype"}], "outputs": [...],
      "preprocessing": {"pipeline", "ops": [{"name", "params"}], "raw_inputs"},
-     "labels", "artifacts": {format: {"path", "files", "parity", ...}},
-     "versions": {package: version}, "files": {relative path: {"sha256", "bytes"}}}
+     "labels", "reference": JAX's {"accuracy", "latency_ms"},
+     "artifacts": {format: {"path", "files", "bytes", "parity", "accuracy", "latency_ms", ...}},
+     "versions": {package: version}, "machine", "files": {relative path: {"sha256", "bytes"}}}
 
 `verify(directory)` recomputes every checksum: a changed, missing or unlisted
 file is a failure that names the file.
@@ -128,7 +129,8 @@ def eval_metrics(workdir: Path, meta: dict) -> tuple[dict, str | None]:
   return found, ("metrics.jsonl" if found else None)
 
 
-def build(ex, workdir: Path, artifacts: dict, raw: dict[str, np.ndarray] | None = None) -> dict:
+def build(ex, workdir: Path, artifacts: dict, raw: dict[str, np.ndarray] | None = None,
+          reference: dict | None = None) -> dict:
   from research.config import to_dict
 
   config = to_dict(ex.config)
@@ -147,8 +149,10 @@ def build(ex, workdir: Path, artifacts: dict, raw: dict[str, np.ndarray] | None 
       "outputs": outputs,
       "preprocessing": preprocessing(ex.config, raw),
       "labels": label_names(ex.config.data.name),
+      "reference": _jsonable(reference or {}),
       "artifacts": _jsonable(artifacts),
       "versions": versions(),
+      "machine": {"platform": platform.platform(), "processor": platform.machine(), "cpus": os.cpu_count()},
   }
 
 

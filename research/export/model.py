@@ -129,3 +129,17 @@ def real_inputs(config: ml_collections.ConfigDict, split: str, sizes: Sequence[i
     batches.append([np.asarray(batch[config.data.input_key])])
     start += size
   return batches
+
+
+def labeled_inputs(config: ml_collections.ConfigDict, split: str,
+                   limit: int | None = None) -> tuple[list[np.ndarray], np.ndarray] | None:
+  """(inputs, labels) of the first `limit` (default all) examples of `split`, preprocessed; None without labels."""
+  from research.data import get_split, ops
+
+  label_key = config.data.get("label_key", "label")
+  arrays = get_split(config.data.name, split)
+  if label_key not in arrays:
+    return None
+  arrays = {k: v[:limit] for k, v in arrays.items()}
+  batch = ops.build(config.data.preprocess)(arrays)
+  return [np.asarray(batch[config.data.input_key])], np.asarray(arrays[label_key])
