@@ -15,7 +15,8 @@ def get_config(arg=None):
   config.data = dict(
       name="mnist",
       input_key="image",
-      preprocess="normalize(0.1307, 0.3081)|flatten",
+      preprocess="normalize(0.1307, 0.3081)|flatten",  # host ops, research/data/ops.py
+      augment="",  # on-device train-time ops, research/data/augment.py, e.g. "random_crop(pad=2)"
       batch_size=128,
       eval_batch_size=1000,
       shuffle=True,

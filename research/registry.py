@@ -52,6 +52,7 @@ class Registry(Generic[T]):
 MODELS: Registry = Registry("model")
 DATASETS: Registry = Registry("dataset")
 OPS: Registry = Registry("preprocessing op")
+AUGMENTS: Registry = Registry("augmentation op")
 OPTIMIZERS: Registry = Registry("optimizer")
 SCHEDULES: Registry = Registry("learning-rate schedule")
 LOSSES: Registry = Registry("loss")

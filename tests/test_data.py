@@ -1,13 +1,15 @@
+import json
 import os
 import shutil
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from research import parallel
 from research import config as config_lib
-from research.data import get_split, ops
+from research.data import augment, get_split, ops
 from research.data.pipeline import Pipeline, eval_batches
 from research.data.sources import load_cached
 from research.errors import ConfigError, DataUnavailableError
@@ -115,3 +117,41 @@ def test_eval_batches_cover_the_split_once_with_a_mask(mnist, mesh):
   labels = np.concatenate([np.asarray(b["label"]) for b in batches])
   assert mask.sum() == 1000 and mask[:1000].all()
   np.testing.assert_array_equal(labels[:1000], test["label"])
+
+
+def test_standardize_fits_on_the_train_split_once_and_reuses_the_saved_state(tmp_path):
+  rng = np.random.default_rng(0)
+  train = {"image": rng.integers(0, 256, (100, 4, 4, 3), dtype=np.uint8)}
+  op = ops.build("standardize", fit_on=train, assets_dir=tmp_path)
+  x = train["image"].astype(np.float64) / 255
+  out = op(train)["image"]
+  np.testing.assert_allclose(out.mean((0, 1, 2)), 0, atol=1e-5)
+  np.testing.assert_allclose(out.std((0, 1, 2)), 1, atol=1e-4)
+  state = json.loads((tmp_path / ops.STATE_FILE).read_text())["0:standardize"]
+  np.testing.assert_allclose(state["mean"], x.mean((0, 1, 2)), rtol=1e-10)
+  # Reloaded without the data (resume, evaluate, export): the same function.
+  np.testing.assert_array_equal(ops.build("standardize", assets_dir=tmp_path)(train)["image"], out)
+  with pytest.raises(ConfigError, match="fitted state"):
+    ops.build("flatten|standardize", assets_dir=tmp_path)  # a different pipeline position: never fitted
+
+
+def test_augmentation_is_deterministic_given_the_rng_and_correct():
+  images = jnp.asarray(np.random.default_rng(0).random((16, 8, 8, 1)), jnp.float32)
+  batch = {"image": images, "label": jnp.arange(16)}
+  aug = augment.build("random_crop(pad=2)|flip_lr|rotate(degrees=15)")
+  a = aug(batch, jax.random.PRNGKey(1))["image"]
+  np.testing.assert_array_equal(a, aug(batch, jax.random.PRNGKey(1))["image"])
+  assert not np.array_equal(a, aug(batch, jax.random.PRNGKey(2))["image"])
+  assert a.shape == images.shape
+
+  flipped = augment.build("flip_lr(p=1.0)")(batch, jax.random.PRNGKey(0))["image"]
+  np.testing.assert_array_equal(flipped, images[:, :, ::-1])
+  np.testing.assert_allclose(augment.build("rotate(degrees=0)")(batch, jax.random.PRNGKey(0))["image"], images,
+                             atol=1e-6)
+  crops = augment.build("random_crop(pad=2)")(batch, jax.random.PRNGKey(3))["image"]
+  padded = np.pad(np.asarray(images), ((0, 0), (2, 2), (2, 2), (0, 0)))
+  for img, src in zip(np.asarray(crops), padded):  # each crop is some 8x8 window of its padded image
+    assert any(np.array_equal(img, src[r:r + 8, c:c + 8]) for r in range(5) for c in range(5))
+  assert augment.build("") is None
+  with pytest.raises(ConfigError, match="Unknown augmentation op 'flip'"):
+    augment.build("flip")

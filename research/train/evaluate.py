@@ -17,5 +17,6 @@ def evaluate_checkpoint(workdir: str | Path, step: str | int = "latest", split: 
   mesh = parallel.make_mesh(config)
   tx, _ = experiment.optim.build(config, 1)
   _, eval_step = make_steps(graphdef, tx, mesh, strategy=config.parallel.strategy, input_key=config.data.input_key)
-  metrics = evaluate(eval_step, state, get_split(config.data.name, split), config, mesh)
+  preprocess = experiment.preprocessor(config, workdir)
+  metrics = evaluate(eval_step, state, get_split(config.data.name, split), config, mesh, preprocess)
   return {"step": meta["step"], "split": split, "metrics": metrics}

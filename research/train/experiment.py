@@ -24,14 +24,15 @@ from research.registry import MODELS
 from research.train import state as state_lib
 
 
-def sample_input(config, arrays: dict[str, np.ndarray]) -> np.ndarray:
-  """Two preprocessed examples of the model's input: what a model needs to size its layers."""
-  preprocess = ops.build(config.data.preprocess)
-  return preprocess({k: v[:2] for k, v in arrays.items()})[config.data.input_key]
+def preprocessor(config, workdir: str | Path, train_arrays: dict[str, np.ndarray] | None = None):
+  """The run's preprocessing; fitted ops are fitted on `train_arrays` once and then read from `workdir`."""
+  return ops.build(config.data.preprocess, fit_on=train_arrays, assets_dir=workdir)
 
 
-def build_model(config, arrays: dict[str, np.ndarray]) -> nnx.Module:
-  return MODELS.get(config.model.name)(config.model, sample_input(config, arrays), nnx.Rngs(config.seed))
+def build_model(config, arrays: dict[str, np.ndarray], preprocess) -> nnx.Module:
+  """The registered model, sized by two preprocessed examples of `arrays`."""
+  sample = preprocess({k: v[:2] for k, v in arrays.items()})[config.data.input_key]
+  return MODELS.get(config.model.name)(config.model, sample, nnx.Rngs(config.seed))
 
 
 def build_state(config, model: nnx.Module, total_steps: int, mesh):
@@ -71,7 +72,7 @@ def restore(workdir: str | Path, step: str | int | None = "latest", config=None)
   workdir = Path(workdir)
   config = config or load_config(workdir)
   mesh = parallel.make_mesh(config)
-  model = build_model(config, get_split(config.data.name, "train"))
+  model = build_model(config, get_split(config.data.name, "train"), preprocessor(config, workdir))
   graphdef, state, _, _ = build_state(config, model, 1, mesh)
   checkpoints = Checkpointer(workdir / "checkpoints", every=0, keep=0, read_only=True)
   restored = checkpoints.restore(state, resolve_step(checkpoints, step))

@@ -21,7 +21,7 @@ import numpy as np
 from research import config as config_lib
 from research import metrics, parallel
 from research.checkpoint import Checkpointer
-from research.data import ops
+from research.data import augment, ops
 from research.data.pipeline import Pipeline, eval_batches
 from research.data.sources import get_split
 from research.errors import CheckpointError, ConfigError, TrainingError, brief
@@ -35,11 +35,10 @@ MAX_UNAWAITED_STEPS = 16
 NAN_POLICIES = ("stop", "skip")
 
 
-def evaluate(eval_step, state, arrays, config, mesh) -> dict[str, float]:
+def evaluate(eval_step, state, arrays, config, mesh, preprocess) -> dict[str, float]:
   """Metrics over a whole split, as exact sums over all its examples."""
   sums = None
-  batches = eval_batches(arrays, config.data.eval_batch_size, parallel.batch_sharding(mesh),
-                         ops.build(config.data.preprocess))
+  batches = eval_batches(arrays, config.data.eval_batch_size, parallel.batch_sharding(mesh), preprocess)
   with contextlib.closing(batches):
     for i, batch in enumerate(batches, 1):
       sums = metrics.add(sums, eval_step(state, batch))
@@ -52,7 +51,8 @@ def check(config) -> None:
   """Fails fast, before any data is loaded, on names and values the run cannot use."""
   MODELS.get(config.model.name)
   DATASETS.get(config.data.name)
-  ops.build(config.data.preprocess)
+  ops.parse(config.data.preprocess)
+  augment.build(config.data.augment)
   if config.parallel.strategy not in STRATEGIES:
     raise ConfigError(f"parallel.strategy={config.parallel.strategy!r}; choose one of {', '.join(STRATEGIES)}.")
   if config.nan_policy not in NAN_POLICIES:
@@ -117,15 +117,17 @@ def train(config, workdir: str | Path) -> dict[str, float]:
   # --- Data. --------------------------------------------------------------------------------------
   train_arrays = get_split(config.data.name, "train")
   test_arrays = get_split(config.data.name, "test")
+  preprocess = experiment.preprocessor(config, workdir, train_arrays)
   pipeline = Pipeline(train_arrays, batch_size=config.data.batch_size, sharding=parallel.batch_sharding(mesh),
-                      preprocess=ops.build(config.data.preprocess), seed=config.seed, shuffle=config.data.shuffle)
+                      preprocess=preprocess, seed=config.seed, shuffle=config.data.shuffle)
   total_steps = config.train.steps if config.train.steps > 0 else config.train.epochs * pipeline.steps_per_epoch
 
   # --- Model, optimizer, state. -------------------------------------------------------------------
-  model = experiment.build_model(config, train_arrays)
+  model = experiment.build_model(config, train_arrays, preprocess)
   graphdef, state, tx, schedule = experiment.build_state(config, model, total_steps, mesh)
   train_step, eval_step = make_steps(graphdef, tx, mesh, strategy=config.parallel.strategy,
-                                     input_key=config.data.input_key, label_smoothing=config.label_smoothing)
+                                     input_key=config.data.input_key, label_smoothing=config.label_smoothing,
+                                     augment=augment.build(config.data.augment))
 
   # --- Resume from the newest readable checkpoint, or start (optionally from another run's params). --
   cc = config.checkpoint
@@ -202,7 +204,7 @@ def train(config, workdir: str | Path) -> dict[str, float]:
 
         eval_metrics = None
         if due_eval:
-          final = eval_metrics = evaluate(eval_step, state, test_arrays, config, mesh)
+          final = eval_metrics = evaluate(eval_step, state, test_arrays, config, mesh, preprocess)
           writer.scalars(step, {f"eval/{k}": v for k, v in eval_metrics.items()})
           progress.message(f"step {step}: " + ", ".join(f"eval {k} {v:.4f}" for k, v in eval_metrics.items()))
           if cc.best_metric:
@@ -247,6 +249,6 @@ def train(config, workdir: str | Path) -> dict[str, float]:
   elif stop < total_steps and not stopped_early:
     progress.message(f"Stopped after step {stop} of {total_steps} (train.stop_after_steps); rerun to continue.")
   elif start >= total_steps:
-    final = evaluate(eval_step, state, test_arrays, config, mesh)
+    final = evaluate(eval_step, state, test_arrays, config, mesh, preprocess)
     progress.message(f"Already trained to step {start}; eval: " + ", ".join(f"{k} {v:.4f}" for k, v in final.items()))
   return final

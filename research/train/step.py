@@ -49,10 +49,13 @@ def _pmean_floats(tree, axis):
   return jax.tree.map(lambda x: jax.lax.pmean(x, axis) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
 
 
-def _train_step(state: TrainState, batch, *, graphdef, tx, input_key, label_smoothing, axis=None):
+def _train_step(state: TrainState, batch, *, graphdef, tx, input_key, label_smoothing, augment=None, axis=None):
   rng = jax.random.fold_in(state.rng, state.step)
-  if axis is not None:  # Each device draws its own dropout mask.
+  if axis is not None:  # Each device draws its own dropout mask and augmentation.
     rng = jax.random.fold_in(rng, jax.lax.axis_index(axis))
+  rng, augment_rng = jax.random.split(rng)
+  if augment is not None:
+    batch = augment(batch, augment_rng)
 
   def loss_fn(params):
     loss, _, model_state = forward(graphdef, params, state.model_state, batch, input_key=input_key, train=True,
@@ -84,9 +87,14 @@ def _eval_step(state: TrainState, batch, *, graphdef, input_key, axis=None):
 
 
 def make_steps(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, mesh: jax.sharding.Mesh, *,
-               strategy: str, input_key: str, label_smoothing: float = 0.0) -> tuple[Callable, Callable]:
-  """Returns jitted (train_step(state, batch) -> (state, metrics), eval_step(state, batch) -> sums)."""
-  train = partial(_train_step, graphdef=graphdef, tx=tx, input_key=input_key, label_smoothing=label_smoothing)
+               strategy: str, input_key: str, label_smoothing: float = 0.0,
+               augment: Callable | None = None) -> tuple[Callable, Callable]:
+  """Returns jitted (train_step(state, batch) -> (state, metrics), eval_step(state, batch) -> sums).
+
+  `augment(batch, rng) -> batch` (see research.data.augment) runs inside the train step only.
+  """
+  train = partial(_train_step, graphdef=graphdef, tx=tx, input_key=input_key, label_smoothing=label_smoothing,
+                  augment=augment)
   evaluate = partial(_eval_step, graphdef=graphdef, input_key=input_key)
   if strategy == "auto":
     repl, data = parallel.replicated(mesh), parallel.batch_sharding(mesh)
