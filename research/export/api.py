@@ -107,13 +107,13 @@ def export(workdir: str | Path, *, step: str | int | None = "latest", formats: s
 
   ex = model_lib.from_workdir(workdir, step)
   classifier = ex.output_structs(1)[0].ndim == 2
-  evaluation = model_lib.labeled_inputs(ex.config, "test", accuracy_examples) if classifier else None
+  evaluation = model_lib.labeled_inputs(ex.config, "test", accuracy_examples, ex.preprocess) if classifier else None
   quantized = [f.name for f in chosen if f.quantized]
   if quantized and evaluation is None:
     raise ConfigError(f"{', '.join(quantized)} are checked by test accuracy, which needs a classifier and "
                       f"labelled test data; {ex.name} on {ex.config.data.name} has none. Export float formats.")
   log(f"exporting {ex.name} from {workdir} at step {ex.meta.get('step')} to {out}: {', '.join(f.name for f in chosen)}")
-  batches = model_lib.real_inputs(ex.config, "test", batch_sizes)
+  batches = model_lib.real_inputs(ex.config, "test", batch_sizes, preprocess=ex.preprocess)
   reference = ex.reference()
   summary = {"runtime": "jax.jit (this machine's default backend)", "latency_ms": measure.latencies(reference, batches)}
   if evaluation:

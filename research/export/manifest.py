@@ -94,19 +94,33 @@ def _jsonable(value):
   return value
 
 
-def preprocessing(config, raw: dict[str, np.ndarray] | None = None) -> dict:
-  """The pipeline string and each op with every parameter resolved (defaults included)."""
+def preprocessing(config, raw: dict[str, np.ndarray] | None = None, workdir: Path | None = None) -> dict:
+  """The pipeline string and each op with every parameter resolved (defaults included).
+
+  A fitted op (one with a `fit`, e.g. per-channel statistics) also gets the
+  state it was fitted to, from WORKDIR/preprocess_state.json.
+  """
   from research.data import ops
   from research.registry import OPS
 
+  parse_op = getattr(ops, "parse_op", None) or ops._parse_op
+  state_file = Path(workdir) / getattr(ops, "STATE_FILE", "preprocess_state.json") if workdir else None
+  states = json.loads(state_file.read_text()) if state_file and state_file.is_file() else {}
   resolved = []
-  for text in filter(None, (part.strip() for part in config.data.preprocess.split("|"))):
-    name, args, kwargs = ops._parse_op(text)
+  for i, text in enumerate(filter(None, (part.strip() for part in config.data.preprocess.split("|")))):
+    name, args, kwargs = parse_op(text)
     fn = OPS.get(name)
-    bound = inspect.signature(fn).bind(None, *args, **kwargs)
+    fitted = hasattr(fn, "fit")
+    call = fn.__call__ if fitted else fn
+    bound = inspect.signature(call).bind(*([None] * (3 if fitted else 1)), *args, **kwargs)  # batch(, state, dir)
     bound.apply_defaults()
-    params = dict(list(bound.arguments.items())[1:])  # the first argument is the batch
-    resolved.append({"name": name, "params": _jsonable(params), "doc": (inspect.getdoc(fn) or "").split("\n")[0]})
+    skip = {"batch", "state", "assets_dir"}
+    params = {k: v for k, v in bound.arguments.items() if k not in skip and k != "self"}
+    doc = " ".join((inspect.getdoc(fn) or "").split("\n\n")[0].split())
+    entry = {"name": name, "params": _jsonable(params), "doc": doc}
+    if fitted:
+      entry["state"] = _jsonable(states.get(f"{i}:{name}"))
+    resolved.append(entry)
   result = {"pipeline": config.data.preprocess, "ops": resolved, "input_key": config.data.input_key}
   if raw:
     result["raw_inputs"] = {k: {"shape": [None, *v.shape[1:]], "dtype": str(v.dtype)} for k, v in raw.items()}
@@ -147,7 +161,7 @@ def build(ex, workdir: Path, artifacts: dict, raw: dict[str, np.ndarray] | None 
                  "eval_from": metrics_from},
       "inputs": [s.to_json() for s in ex.inputs],
       "outputs": outputs,
-      "preprocessing": preprocessing(ex.config, raw),
+      "preprocessing": preprocessing(ex.config, raw, workdir),
       "labels": label_names(ex.config.data.name),
       "reference": _jsonable(reference or {}),
       "artifacts": _jsonable(artifacts),

@@ -49,6 +49,7 @@ class Exportable:
   output_names: list[str]
   config: ml_collections.ConfigDict
   meta: dict = dataclasses.field(default_factory=dict)
+  preprocess: Callable | None = None  # the run's preprocessing (fitted ops read their state from the workdir)
 
   def __call__(self, *inputs):
     return self.apply(self.weights, *inputs)
@@ -76,7 +77,8 @@ def _as_tuple(outputs) -> tuple:
 
 
 def from_model(model, config: ml_collections.ConfigDict, meta: dict, sample: Sequence[np.ndarray],
-               input_names: Sequence[str], output_names: Sequence[str] = ("logits",)) -> Exportable:
+               input_names: Sequence[str], output_names: Sequence[str] = ("logits",),
+               preprocess: Callable | None = None) -> Exportable:
   """Wraps an nnx.Module called as `model(*inputs, train=False)`; `sample` sizes the input specs."""
   from flax import nnx
 
@@ -92,7 +94,7 @@ def from_model(model, config: ml_collections.ConfigDict, meta: dict, sample: Seq
   specs = [InputSpec(name, tuple(int(d) for d in x.shape[1:]), str(np.dtype(x.dtype)))
            for name, x in zip(input_names, sample)]
   return Exportable(name=config.model.name, apply=apply, weights=weights, inputs=specs,
-                    output_names=list(output_names), config=config, meta=meta)
+                    output_names=list(output_names), config=config, meta=meta, preprocess=preprocess)
 
 
 def from_workdir(workdir: str | Path, step: str | int | None = "latest") -> Exportable:
@@ -106,22 +108,33 @@ def from_workdir(workdir: str | Path, step: str | int | None = "latest") -> Expo
     model, config, meta = trained_model(workdir, step)
   finally:
     absl.setLevel(level)
-  sample = real_inputs(config, "test", [2])[0]
-  return from_model(model, config, meta, sample, [config.data.input_key])
+  preprocess = preprocessor(config, workdir)
+  sample = real_inputs(config, "test", [2], preprocess=preprocess)[0]
+  return from_model(model, config, meta, sample, [config.data.input_key], preprocess=preprocess)
 
 
-def real_inputs(config: ml_collections.ConfigDict, split: str, sizes: Sequence[int],
-                offset: int = 0) -> list[list[np.ndarray]]:
+def preprocessor(config: ml_collections.ConfigDict, workdir: str | Path | None = None) -> Callable:
+  """The run's preprocessing function of a batch dict, as training applied it."""
+  from research.data import ops
+  from research.train import experiment
+
+  if workdir is not None and hasattr(experiment, "preprocessor"):  # fitted ops: state kept in the workdir
+    return experiment.preprocessor(config, workdir)
+  return ops.build(config.data.preprocess)
+
+
+def real_inputs(config: ml_collections.ConfigDict, split: str, sizes: Sequence[int], offset: int = 0,
+                preprocess: Callable | None = None) -> list[list[np.ndarray]]:
   """Consecutive batches of `sizes` examples of the real `split`, preprocessed as in training.
 
   Each batch is a list of input arrays (one per model input). Batches wrap
   around the split if it is shorter than their total.
   """
-  from research.data import get_split, ops
+  from research.data import get_split
 
   arrays = get_split(config.data.name, split)
   n = len(next(iter(arrays.values())))
-  preprocess = ops.build(config.data.preprocess)
+  preprocess = preprocess or preprocessor(config)
   batches, start = [], offset
   for size in sizes:
     index = np.arange(start, start + size) % n
@@ -131,15 +144,15 @@ def real_inputs(config: ml_collections.ConfigDict, split: str, sizes: Sequence[i
   return batches
 
 
-def labeled_inputs(config: ml_collections.ConfigDict, split: str,
-                   limit: int | None = None) -> tuple[list[np.ndarray], np.ndarray] | None:
+def labeled_inputs(config: ml_collections.ConfigDict, split: str, limit: int | None = None,
+                   preprocess: Callable | None = None) -> tuple[list[np.ndarray], np.ndarray] | None:
   """(inputs, labels) of the first `limit` (default all) examples of `split`, preprocessed; None without labels."""
-  from research.data import get_split, ops
+  from research.data import get_split
 
   label_key = config.data.get("label_key", "label")
   arrays = get_split(config.data.name, split)
   if label_key not in arrays:
     return None
   arrays = {k: v[:limit] for k, v in arrays.items()}
-  batch = ops.build(config.data.preprocess)(arrays)
+  batch = (preprocess or preprocessor(config))(arrays)
   return [np.asarray(batch[config.data.input_key])], np.asarray(arrays[label_key])

@@ -94,7 +94,7 @@ def calibration_batches(ex: Exportable, batches: int = CALIBRATION_BATCHES, batc
   """`batches` random training batches (of the config's batch size), preprocessed as in training."""
   batch_size = batch_size or int(ex.config.data.batch_size)
   offset = int(np.random.default_rng(seed).integers(0, 1 << 30))  # a seeded window of the training split
-  return real_inputs(ex.config, "train", [batch_size] * batches, offset=offset)
+  return real_inputs(ex.config, "train", [batch_size] * batches, offset=offset, preprocess=ex.preprocess)
 
 
 def export_onnx_static(ex: Exportable, out: Path, *, batches: int = CALIBRATION_BATCHES,
