@@ -24,6 +24,10 @@ def add(a: dict | None, b: dict) -> dict:
 
 
 def summarize(sums: dict) -> dict[str, float]:
-  """{'loss_sum', 'correct', 'count'} -> {'loss', 'accuracy'} as Python floats."""
+  """Sums -> means, as Python floats: each `<name>_sum` becomes `<name>` (divided by `count`), and
+  `correct` becomes `accuracy`. A model may define its own `summarize(sums)` (e.g. adding perplexity)."""
   count = max(float(sums["count"]), 1.0)
-  return {"loss": float(sums["loss_sum"]) / count, "accuracy": float(sums["correct"]) / count}
+  out = {k[:-len("_sum")]: float(v) / count for k, v in sums.items() if k.endswith("_sum")}
+  if "correct" in sums:
+    out["accuracy"] = float(sums["correct"]) / count
+  return out

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from research import parallel
+from flax import nnx
+
+from research import metrics, optim, parallel
 from research.data.sources import get_split
 from research.train import experiment
 from research.train.loop import evaluate
@@ -15,8 +17,9 @@ def evaluate_checkpoint(workdir: str | Path, step: str | int = "latest", split: 
   """Returns {"step", "split", "metrics": {...}} for `step` ('latest', 'best' or a number) of `workdir`."""
   config, graphdef, state, meta = experiment.restore(workdir, step)
   mesh = parallel.make_mesh(config)
-  tx, _ = experiment.optim.build(config, 1)
+  tx, _ = optim.build(config, 1)
   _, eval_step = make_steps(graphdef, tx, mesh, strategy=config.parallel.strategy, input_key=config.data.input_key)
-  preprocess = experiment.preprocessor(config, workdir)
-  metrics = evaluate(eval_step, state, get_split(config.data.name, split), config, mesh, preprocess)
-  return {"step": meta["step"], "split": split, "metrics": metrics}
+  summarize = getattr(nnx.merge(graphdef, state.params, state.model_state), "summarize", metrics.summarize)
+  results = evaluate(eval_step, state, get_split(config.data.name, split), config, mesh,
+                     experiment.preprocessor(config, workdir), summarize)
+  return {"step": meta["step"], "split": split, "metrics": results}

@@ -35,8 +35,8 @@ MAX_UNAWAITED_STEPS = 16
 NAN_POLICIES = ("stop", "skip")
 
 
-def evaluate(eval_step, state, arrays, config, mesh, preprocess) -> dict[str, float]:
-  """Metrics over a whole split, as exact sums over all its examples."""
+def evaluate(eval_step, state, arrays, config, mesh, preprocess, summarize=metrics.summarize) -> dict[str, float]:
+  """Metrics over a whole split, as exact sums over all its examples, summarized by the model's rule."""
   sums = None
   batches = eval_batches(arrays, config.data.eval_batch_size, parallel.batch_sharding(mesh), preprocess)
   with contextlib.closing(batches):
@@ -44,7 +44,7 @@ def evaluate(eval_step, state, arrays, config, mesh, preprocess) -> dict[str, fl
       sums = metrics.add(sums, eval_step(state, batch))
       if i % MAX_UNAWAITED_STEPS == 0:
         jax.block_until_ready(sums)
-  return metrics.summarize(jax.device_get(sums))
+  return summarize(jax.device_get(sums))
 
 
 def check(config) -> None:
@@ -124,6 +124,7 @@ def train(config, workdir: str | Path) -> dict[str, float]:
 
   # --- Model, optimizer, state. -------------------------------------------------------------------
   model = experiment.build_model(config, train_arrays, preprocess)
+  summarize = getattr(model, "summarize", metrics.summarize)
   graphdef, state, tx, schedule = experiment.build_state(config, model, total_steps, mesh)
   train_step, eval_step = make_steps(graphdef, tx, mesh, strategy=config.parallel.strategy,
                                      input_key=config.data.input_key, label_smoothing=config.label_smoothing,
@@ -204,7 +205,7 @@ def train(config, workdir: str | Path) -> dict[str, float]:
 
         eval_metrics = None
         if due_eval:
-          final = eval_metrics = evaluate(eval_step, state, test_arrays, config, mesh, preprocess)
+          final = eval_metrics = evaluate(eval_step, state, test_arrays, config, mesh, preprocess, summarize)
           writer.scalars(step, {f"eval/{k}": v for k, v in eval_metrics.items()})
           progress.message(f"step {step}: " + ", ".join(f"eval {k} {v:.4f}" for k, v in eval_metrics.items()))
           if cc.best_metric:
@@ -249,6 +250,6 @@ def train(config, workdir: str | Path) -> dict[str, float]:
   elif stop < total_steps and not stopped_early:
     progress.message(f"Stopped after step {stop} of {total_steps} (train.stop_after_steps); rerun to continue.")
   elif start >= total_steps:
-    final = evaluate(eval_step, state, test_arrays, config, mesh, preprocess)
+    final = evaluate(eval_step, state, test_arrays, config, mesh, preprocess, summarize)
     progress.message(f"Already trained to step {start}; eval: " + ", ".join(f"{k} {v:.4f}" for k, v in final.items()))
   return final
