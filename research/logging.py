@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import jax
+import numpy as np
 
 
 class MetricWriter:
@@ -37,6 +38,18 @@ class MetricWriter:
     for tag, value in values.items():
       self.tb.add_scalar(tag, value, step)
     self.jsonl.write(json.dumps({"step": step, **values}) + "\n")
+    self.jsonl.flush()
+
+  def summaries(self, step: int, values: dict) -> None:
+    """Writes text (str) and images (float [H, W, C] in [0, 1]) to TensorBoard, and their tags to the jsonl."""
+    if not self.active:
+      return
+    for tag, value in values.items():
+      if isinstance(value, str):
+        self.tb.add_text(tag, value, step)
+      else:
+        self.tb.add_image(tag, np.asarray(value), step, dataformats="HWC")
+    self.jsonl.write(json.dumps({"step": step, "summaries": sorted(values)}) + "\n")
     self.jsonl.flush()
 
   def flush(self) -> None:

@@ -221,7 +221,7 @@ def test_init_from_restores_only_the_parameters(finished_run, tmp_path):
   config.optimizer.name = "sgd"  # a different optimizer: its state cannot come from the source run
   config.init_from = f"{finished_run}:10"
   mesh = loop.parallel.make_mesh(config)
-  arrays = loop.get_split("mnist", "train")
+  arrays = experiment.load_split(config, "train")
   _, state, _, _ = experiment.build_state(config, experiment.build_model(config, arrays, experiment.preprocessor(config, finished_run)), 20, mesh)
   state, step = loop._init_from(config.init_from, state, config)
   assert step == 10 and int(state.step) == 0

@@ -7,7 +7,6 @@ from pathlib import Path
 from flax import nnx
 
 from research import metrics, optim, parallel
-from research.data.sources import get_split
 from research.train import experiment
 from research.train.loop import evaluate
 from research.train.step import make_steps
@@ -20,6 +19,6 @@ def evaluate_checkpoint(workdir: str | Path, step: str | int = "latest", split: 
   tx, _ = optim.build(config, 1)
   _, eval_step = make_steps(graphdef, tx, mesh, strategy=config.parallel.strategy, input_key=config.data.input_key)
   summarize = getattr(nnx.merge(graphdef, state.params, state.model_state), "summarize", metrics.summarize)
-  results = evaluate(eval_step, state, get_split(config.data.name, split), config, mesh,
+  results = evaluate(eval_step, state, experiment.load_split(config, split), config, mesh,
                      experiment.preprocessor(config, workdir), summarize)
   return {"step": meta["step"], "split": split, "metrics": results}

@@ -17,11 +17,16 @@ from flax import nnx
 
 from research import models, optim, parallel  # noqa: F401  (models: registers the zoo)
 from research.checkpoint import Checkpointer
-from research.data import ops
+from research.data import clean, ops
 from research.data.sources import get_split
 from research.errors import ConfigError
 from research.registry import MODELS
 from research.train import state as state_lib
+
+
+def load_split(config, split: str) -> dict[str, np.ndarray]:
+  """A split of the configured dataset, after the config's cleaning (research/data/clean.py)."""
+  return clean.apply(config.data.get("clean", ""), get_split(config.data.name, split))
 
 
 def preprocessor(config, workdir: str | Path, train_arrays: dict[str, np.ndarray] | None = None):
@@ -72,7 +77,7 @@ def restore(workdir: str | Path, step: str | int | None = "latest", config=None)
   workdir = Path(workdir)
   config = config or load_config(workdir)
   mesh = parallel.make_mesh(config)
-  model = build_model(config, get_split(config.data.name, "train"), preprocessor(config, workdir))
+  model = build_model(config, load_split(config, "train"), preprocessor(config, workdir))
   graphdef, state, _, _ = build_state(config, model, 1, mesh)
   checkpoints = Checkpointer(workdir / "checkpoints", every=0, keep=0, read_only=True)
   restored = checkpoints.restore(state, resolve_step(checkpoints, step))

@@ -17,13 +17,13 @@ from pathlib import Path
 
 import jax
 import numpy as np
+from flax import nnx
 
 from research import config as config_lib
 from research import metrics, parallel
 from research.checkpoint import Checkpointer
-from research.data import augment, ops
+from research.data import augment, clean, ops
 from research.data.pipeline import Pipeline, eval_batches
-from research.data.sources import get_split
 from research.errors import CheckpointError, ConfigError, TrainingError, brief
 from research.logging import MetricWriter, Progress
 from research.registry import DATASETS, MODELS
@@ -53,6 +53,7 @@ def check(config) -> None:
   DATASETS.get(config.data.name)
   ops.parse(config.data.preprocess)
   augment.build(config.data.augment)
+  clean.parse(config.data.get("clean", ""))
   if config.parallel.strategy not in STRATEGIES:
     raise ConfigError(f"parallel.strategy={config.parallel.strategy!r}; choose one of {', '.join(STRATEGIES)}.")
   if config.nan_policy not in NAN_POLICIES:
@@ -115,8 +116,8 @@ def train(config, workdir: str | Path) -> dict[str, float]:
   changed = config_lib.save(config, workdir)
 
   # --- Data. --------------------------------------------------------------------------------------
-  train_arrays = get_split(config.data.name, "train")
-  test_arrays = get_split(config.data.name, "test")
+  train_arrays = experiment.load_split(config, "train")
+  test_arrays = experiment.load_split(config, "test")
   preprocess = experiment.preprocessor(config, workdir, train_arrays)
   pipeline = Pipeline(train_arrays, batch_size=config.data.batch_size, sharding=parallel.batch_sharding(mesh),
                       preprocess=preprocess, seed=config.seed, shuffle=config.data.shuffle)
@@ -125,6 +126,7 @@ def train(config, workdir: str | Path) -> dict[str, float]:
   # --- Model, optimizer, state. -------------------------------------------------------------------
   model = experiment.build_model(config, train_arrays, preprocess)
   summarize = getattr(model, "summarize", metrics.summarize)
+  summary_batch = preprocess({k: v[:16] for k, v in test_arrays.items()})  # fixed examples for summaries
   graphdef, state, tx, schedule = experiment.build_state(config, model, total_steps, mesh)
   train_step, eval_step = make_steps(graphdef, tx, mesh, strategy=config.parallel.strategy,
                                      input_key=config.data.input_key, label_smoothing=config.label_smoothing,
@@ -208,6 +210,9 @@ def train(config, workdir: str | Path) -> dict[str, float]:
           final = eval_metrics = evaluate(eval_step, state, test_arrays, config, mesh, preprocess, summarize)
           writer.scalars(step, {f"eval/{k}": v for k, v in eval_metrics.items()})
           progress.message(f"step {step}: " + ", ".join(f"eval {k} {v:.4f}" for k, v in eval_metrics.items()))
+          if hasattr(model, "summaries"):  # e.g. generated text, reconstructions: see research/models/__init__.py
+            trained = nnx.merge(graphdef, state.params, state.model_state)
+            writer.summaries(step, trained.summaries(summary_batch, jax.random.fold_in(state.rng, step)))
           if cc.best_metric:
             value = eval_metrics[cc.best_metric]
             if best_value is None or (value > best_value if cc.best_mode == "max" else value < best_value):
