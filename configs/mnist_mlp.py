@@ -34,6 +34,7 @@ def get_config(arg=None):
   # Keep the last `keep` checkpoints, plus the `keep_best` best by eval `best_metric` ("" = off).
   config.checkpoint = dict(every=1000, keep=3, best_metric="", best_mode="max", keep_best=1)
   config.nan_policy = "stop"  # or "skip": a step with a non-finite loss/gradient is never applied.
+  config.compilation_cache = ""  # "" = WORKDIR/cache/jax; a directory to share between runs; or "off".
   config.init_from = ""  # "WORKDIR[:STEP]": start from another run's parameters (fresh optimizer).
   config.parallel = dict(strategy="auto")
   config.mesh = dict(data=-1)

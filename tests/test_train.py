@@ -74,3 +74,14 @@ def test_workdir_holds_config_checkpoints_events_and_metrics(tmp_path):
   assert again["accuracy"] == pytest.approx(final["accuracy"])
   assert [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()] == \
       [r["step"] for r in rows]
+
+
+def test_compilation_cache_is_written_then_reused(tmp_path):
+  cache = tmp_path / "shared-cache"
+  helpers.train(tmp_path / "first", f"--config.compilation_cache={cache}")
+  entries = sorted(p.name for p in cache.iterdir())
+  assert any("train_step" in name for name in entries), entries
+  helpers.train(tmp_path / "second", f"--config.compilation_cache={cache}")
+  assert sorted(p.name for p in cache.iterdir()) == entries  # every compile was a cache hit
+  helpers.train(tmp_path / "default")
+  assert any((tmp_path / "default/cache/jax").iterdir())  # default: inside the workdir

@@ -27,7 +27,7 @@ from research.data.pipeline import Pipeline, eval_batches
 from research.errors import CheckpointError, ConfigError, TrainingError, brief
 from research.logging import MetricWriter, Progress
 from research.registry import DATASETS, MODELS
-from research.train import experiment
+from research.train import compilation, experiment
 from research.train.preemption import PreemptionGuard
 from research.train.step import STRATEGIES, make_steps
 
@@ -114,6 +114,7 @@ def train(config, workdir: str | Path) -> dict[str, float]:
   parallel.check_batch_size(config.data.eval_batch_size, mesh, "data.eval_batch_size")
   _make_workdir(workdir)
   changed = config_lib.save(config, workdir)
+  compilation.enable(config.get("compilation_cache", ""), workdir)
 
   # --- Data. --------------------------------------------------------------------------------------
   train_arrays = experiment.load_split(config, "train")
