@@ -69,7 +69,8 @@ class Exportable:
   def reference(self) -> Callable[..., list[np.ndarray]]:
     """The JAX function that every artifact is compared against: jitted, numpy in and out."""
     fn = jax.jit(self.apply)
-    return lambda *inputs: [np.asarray(y) for y in fn(self.weights, *inputs)]
+    weights = jax.device_put(self.weights)  # once, not on every call
+    return lambda *inputs: [np.asarray(y) for y in fn(weights, *inputs)]
 
 
 def _as_tuple(outputs) -> tuple:

@@ -49,6 +49,6 @@ def load_weights(path: Path) -> list[np.ndarray]:
 
 def load(out: Path, artifact: dict):
   exported = jax.export.deserialize(bytearray((out / artifact["path"]).read_bytes()))
-  weights = load_weights(out / artifact["weights"])
+  weights = jax.device_put(load_weights(out / artifact["weights"]))
   call = jax.jit(exported.call)
   return lambda *inputs: [np.asarray(y) for y in call(weights, *inputs)]
