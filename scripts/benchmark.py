@@ -1,0 +1,37 @@
+#!/usr/bin/env python
+"""Benchmarks; each section prints a markdown table and writes it to docs/benchmarks/<section>.md.
+
+    python scripts/benchmark.py checkpoint [--quick]
+"""
+
+import argparse
+import importlib
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # Run from a checkout without installing.
+
+SECTIONS = {"checkpoint": "research.bench.checkpoint"}
+
+
+def main() -> int:
+  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("section", choices=sorted(SECTIONS))
+  parser.add_argument("--quick", action="store_true", help="tiny sizes: checks the benchmark runs, not the numbers")
+  parser.add_argument("--out", default=None, help="markdown file (default docs/benchmarks/<section>.md; "
+                                                  "--quick writes nothing unless --out is given)")
+  args = parser.parse_args()
+  report = importlib.import_module(SECTIONS[args.section]).run(quick=args.quick)
+  command = f"python scripts/benchmark.py {args.section}{' --quick' if args.quick else ''}"
+  text = f"# Benchmark: {args.section}\n\nCommand: `{command}`\n\n{report}\n"
+  print(text)
+  out = args.out or (None if args.quick else ROOT / "docs" / "benchmarks" / f"{args.section}.md")
+  if out:
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(text)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
