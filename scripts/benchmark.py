@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Benchmarks; each section prints a markdown table and writes it to docs/benchmarks/<section>.md.
 
-    python scripts/benchmark.py checkpoint [--quick]
+    python scripts/benchmark.py checkpoint [--quick]   # save/restore cost (issue: checkpoints)
+    python scripts/benchmark.py train [--quick]        # trainer vs hand-written jax.jit, Keras 3, PyTorch
 """
 
 import argparse
@@ -12,7 +13,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # Run from a checkout without installing.
 
-SECTIONS = {"checkpoint": "research.bench.checkpoint"}
+SECTIONS = {"checkpoint": "research.bench.checkpoint", "train": "research.bench.train"}
 
 
 def main() -> int:
