@@ -234,3 +234,18 @@ def test_the_core_export_path_does_not_import_tensorflow():
   done = subprocess.run([sys.executable, "-c", code], cwd=helpers.ROOT, capture_output=True, text=True, timeout=120)
   assert done.returncode == 0, done.stderr
   assert done.stdout.strip() == "[]"
+
+
+def test_a_model_a_format_cannot_express_is_one_line_exit_2(run, tmp_path, monkeypatch, capsys):
+  from research.export import cli
+  from research.export import onnx as onnx_format
+
+  def unsupported(*args, **kwargs):  # what jax2onnx 0.17 raises for a bidirectional RNN's reverse scan
+    raise NotImplementedError("Reverse scan is not supported in IR pipeline.")
+
+  monkeypatch.setattr(onnx_format, "to_proto", unsupported)
+  out = tmp_path / "export"
+  assert cli.main(["--workdir", str(run), "--format", "stablehlo,onnx", "--out", str(out)]) == 2
+  (line,) = capsys.readouterr().err.strip().splitlines()[-1:]
+  assert line.startswith("error: Format 'onnx' cannot export model 'mlp': NotImplementedError: Reverse scan")
+  assert not out.exists() and not list(tmp_path.glob(".export*"))

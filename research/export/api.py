@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Callable, Sequence
 
-from research.errors import ConfigError
+from research.errors import ConfigError, brief
 from research.export import manifest as manifest_lib
 from research.export import measure
 from research.export import model as model_lib
@@ -127,7 +127,12 @@ def export(workdir: str | Path, *, step: str | int | None = "latest", formats: s
   artifacts = {}
   for f in chosen:
     start = time.perf_counter()
-    artifact = f.export(ex, tmp, **options.get(f.name, {}))
+    try:
+      artifact = f.export(ex, tmp, **options.get(f.name, {}))
+    except Exception as e:  # a model the format's converter cannot express: say which and why, in one line
+      shutil.rmtree(tmp, ignore_errors=True)
+      raise ConfigError(f"Format {f.name!r} cannot export model {ex.name!r}: {brief(e)}. "
+                        f"Other formats may: {', '.join(n for n in FORMATS.names() if n != f.name)}.") from e
     run = f.load(tmp, artifact)
     try:
       artifact["parity"] = parity.compare(f.name, reference, run, batches, ex.output_names,
