@@ -17,6 +17,10 @@ def parse_train(argv: list[str]):
   parser = argparse.ArgumentParser(description="Train an experiment; rerun to resume.")
   parser.add_argument("--config", required=True, help="configs/<name>.py[:variant]")
   parser.add_argument("--workdir", required=True, help="directory for checkpoints, logs and exports")
+  parser.add_argument("--coordinator_address", default=None,
+                      help="multi-process: host:port of process 0 (with --num_processes and --process_id)")
+  parser.add_argument("--num_processes", type=int, default=None)
+  parser.add_argument("--process_id", type=int, default=None)
   args, rest = parser.parse_known_args(argv)
   overrides = [a for a in rest if a.startswith(config_lib.OVERRIDE_PREFIX)]
   unknown = [a for a in rest if a not in overrides]
@@ -29,8 +33,10 @@ def parse_train(argv: list[str]):
 
 def train(argv: list[str]) -> None:
   args, config = parse_train(argv)
+  from research import parallel
   from research.train.loop import train as run
 
+  parallel.initialize(args.coordinator_address, args.num_processes, args.process_id)
   run(config, args.workdir)
 
 

@@ -7,9 +7,9 @@ import re
 import signal
 import subprocess
 import sys
-import warnings
 from pathlib import Path
 
+import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
@@ -44,9 +44,13 @@ def train(workdir, *overrides: str, config: str = "configs/mnist_mlp.py:smoke", 
 
 def checkpoint_params(workdir, step: int) -> dict[str, np.ndarray]:
   """The parameters saved at `step`, read straight from disk as numpy arrays keyed by path."""
-  with warnings.catch_warnings():  # Restoring without a target: orbax warns that it reads shardings from file.
-    warnings.simplefilter("ignore", UserWarning)
-    tree = ocp.PyTreeCheckpointer().restore(Path(workdir).absolute() / "checkpoints" / str(step) / "state")
+  path = Path(workdir).absolute() / "checkpoints" / str(step) / "state"
+  checkpointer = ocp.PyTreeCheckpointer()
+  metadata = checkpointer.metadata(path)
+  metadata = getattr(metadata, "item_metadata", metadata)
+  metadata = getattr(metadata, "tree", metadata)
+  as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), metadata)  # any device count
+  tree = checkpointer.restore(path, restore_args=as_numpy)
   flat = {}
 
   def walk(node, prefix):

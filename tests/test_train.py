@@ -85,3 +85,35 @@ def test_compilation_cache_is_written_then_reused(tmp_path):
   assert sorted(p.name for p in cache.iterdir()) == entries  # every compile was a cache hit
   helpers.train(tmp_path / "default")
   assert any((tmp_path / "default/cache/jax").iterdir())  # default: inside the workdir
+
+
+@pytest.mark.slow
+def test_two_processes_train_like_one(tmp_path):
+  """Real multi-process JAX on loopback: 2 processes x 4 CPU devices match 1 process x 8 devices."""
+  import socket
+  import subprocess
+  import sys
+
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+  common = ["--config", "configs/mnist_mlp.py:smoke", "--config.train.log_every=1", "--config.train.eval_every=10"]
+  procs = [subprocess.Popen(
+      [sys.executable, str(helpers.ROOT / "scripts/train.py"), *common, "--workdir", str(tmp_path / "multi"),
+       f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}"],
+      cwd=helpers.ROOT, env=helpers.env_with_devices(4), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+      for i in range(2)]
+  try:
+    outputs = [p.communicate(timeout=400) for p in procs]
+  finally:
+    for p in procs:
+      p.kill()  # A hung multi-process JAX run ignores SIGTERM.
+  for p, (_, err) in zip(procs, outputs):
+    assert p.returncode == 0, err[-3000:]
+  helpers.train(tmp_path / "single", *common[2:])
+  multi, single = _losses(tmp_path / "multi"), _losses(tmp_path / "single")
+  assert sorted(multi) == list(range(1, 21))
+  np.testing.assert_allclose([multi[s] for s in range(1, 21)], [single[s] for s in range(1, 21)], atol=1e-5)
+  assert _losses(tmp_path / "multi", "eval/accuracy") == _losses(tmp_path / "single", "eval/accuracy")
+  for key, value in helpers.checkpoint_params(tmp_path / "single", 20).items():
+    np.testing.assert_allclose(helpers.checkpoint_params(tmp_path / "multi", 20)[key], value, atol=1e-5)

@@ -74,7 +74,7 @@ def check(config) -> None:
 def _make_workdir(workdir: Path) -> None:
   try:
     workdir.mkdir(parents=True, exist_ok=True)
-    probe = workdir / ".write_test"
+    probe = workdir / f".write_test.{jax.process_index()}"
     probe.write_text("ok")
     probe.unlink()
   except OSError as e:
