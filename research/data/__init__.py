@@ -1,4 +1,5 @@
 """Data: sources (hub first, offline copies second), preprocessing ops, the input pipeline."""
 
 from research.data import mnist  # noqa: F401  (registers the dataset)
+from research.data import imdb, rotten_tomatoes, text, tokenizers  # noqa: F401  (registers text datasets, cleaners, ops)
 from research.data.sources import get_split
