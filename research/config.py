@@ -23,6 +23,48 @@ from research.errors import ConfigError
 OVERRIDE_PREFIX = "--config."
 
 
+def defaults() -> ml_collections.ConfigDict:
+  """Every field the loop reads, with its default. A config file starts from this and sets
+  what its experiment needs (at least data.name, data.preprocess and model)."""
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+  config.data = dict(
+      name="",
+      input_key="image",
+      clean="",  # whole-split cleaners at load time, research/data/clean.py
+      preprocess="",  # host ops per batch, research/data/ops.py, e.g. "normalize(0.5, 0.5)|flatten"
+      augment="",  # on-device train-time ops, research/data/augment.py, e.g. "random_crop(pad=2)|flip_lr"
+      batch_size=128,
+      eval_batch_size=1000,
+      shuffle=True,
+  )
+  config.model = dict(name="")
+  config.label_smoothing = 0.0
+  config.optimizer = dict(name="adam", learning_rate=1e-3, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0,
+                          clip_norm=0.0, momentum=0.9)
+  config.schedule = dict(name="warmup_cosine", warmup_steps=200, end_factor=0.0, boundaries=(), factor=0.1)
+  # steps > 0 overrides epochs. stop_after_steps > 0 ends this invocation early with a checkpoint
+  # (for jobs with a time limit); rerunning continues the same run.
+  # early_stopping_patience > 0 stops after that many evals without improving checkpoint.best_metric.
+  config.train = dict(epochs=10, steps=0, log_every=100, eval_every=1000, stop_after_steps=0,
+                      early_stopping_patience=0)
+  # Keep the last `keep` checkpoints, plus the `keep_best` best by eval `best_metric` ("" = off).
+  config.checkpoint = dict(every=1000, keep=3, best_metric="", best_mode="max", keep_best=1)
+  config.nan_policy = "stop"  # or "skip": a step with a non-finite loss/gradient is never applied.
+  config.compilation_cache = ""  # "" = WORKDIR/cache/jax; a directory to share between runs; or "off".
+  config.init_from = ""  # "WORKDIR[:STEP]": start from another run's parameters (fresh optimizer).
+  config.parallel = dict(strategy="auto")  # or "pmap": per-device code under shard_map
+  config.mesh = dict(data=-1)  # devices on the data axis; -1 = all
+  return config
+
+
+def smoke(config: ml_collections.ConfigDict, steps: int = 20) -> ml_collections.ConfigDict:
+  """Turns a config into its tiny `:smoke` variant: a few steps, logs, evals and checkpoints."""
+  config.train.update(dict(epochs=0, steps=steps, log_every=5, eval_every=steps // 2))
+  config.checkpoint.every = steps // 2
+  return config
+
+
 def load(spec: str) -> ml_collections.ConfigDict:
   """Loads `path/to/config.py` or `path/to/config.py:arg` and returns its ConfigDict."""
   path, _, arg = spec.partition(":")
