@@ -19,6 +19,24 @@ def softmax_cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing:
   return optax.softmax_cross_entropy(logits, targets)
 
 
+@LOSSES.register("elbo")
+def elbo(logits: jax.Array, targets: jax.Array, mean: jax.Array, logvar: jax.Array
+         ) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """Per-example evidence lower bound (nats) of a VAE with a Bernoulli decoder and a diagonal Gaussian
+  posterior q(z|x) = N(mean, exp(logvar)) under a standard normal prior.
+
+  Inputs: decoder `logits` and `targets` in [0, 1] of the same shape [B, ...] (pixels; grey levels give
+  the usual "Bernoulli on grey levels" cross-entropy), `mean` and `logvar` float[B, latent].
+  Returns (elbo, log_likelihood, kl), each float[B]: elbo = log_likelihood - kl, where
+  log_likelihood = sum over pixels of t log sigmoid(l) + (1 - t) log sigmoid(-l) (one sample of z), and
+  kl = KL(q(z|x) || N(0, I)) = 0.5 * sum(exp(logvar) + mean^2 - 1 - logvar), computed analytically.
+  """
+  axes = tuple(range(1, logits.ndim))
+  log_likelihood = -jnp.sum(optax.sigmoid_binary_cross_entropy(logits, targets.astype(logits.dtype)), axis=axes)
+  kl = 0.5 * jnp.sum(jnp.exp(logvar) + jnp.square(mean) - 1.0 - logvar, axis=-1)
+  return log_likelihood - kl, log_likelihood, kl
+
+
 def masked_mean(values: jax.Array, mask: jax.Array | None = None) -> jax.Array:
   if mask is None:
     return jnp.mean(values)

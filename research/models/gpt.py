@@ -1,0 +1,258 @@
+"""GPT-style decoder language model: causal self-attention, pre-LayerNorm, learned positions.
+
+    model = GPT(vocab_size=256, block_size=128, num_layers=4, num_heads=4, embed_dim=128, rngs=nnx.Rngs(0))
+    logits = model(tokens)                       # int[B, T] -> float32[B, T, vocab], T <= block_size
+    text_ids = generate(model, prompt, 100, rng=jax.random.key(0), temperature=0.8, top_k=20)
+
+Generation samples one token at a time with a KV cache: the prompt is run once
+(prefill) and writes every layer's keys and values into the cache; each new
+token then attends to the cache (incremental decode) inside one jitted
+`lax.scan`. Cached decoding computes the same logits as a full forward pass.
+
+Training (`GPT.loss`) reads `batch["tokens"]`, int[B, L] windows of text
+(research/data/shakespeare.py gives L = 257). Tokens 1..L-1 are the targets,
+each predicted from the tokens before it; when L - 1 > block_size the window is
+cut into (L - 1) / block_size chunks of block_size targets, each predicted from
+the context inside its chunk only.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from research import metrics
+from research.errors import ConfigError
+from research.registry import MODELS
+
+Cache = list[dict[str, jax.Array]]  # per layer: {"k", "v": float[B, max_len, heads, head_dim]}
+
+
+class CausalSelfAttention(nnx.Module):
+  """Multi-head self-attention where position t attends to positions <= t.
+
+  Inputs:  float[B, T, dim]; optionally a layer cache {"k", "v": float[B, S, heads, head_dim]} and the
+           position `index` of x's first token in it.
+  Outputs: (float[B, T, dim], the updated cache or None).
+  """
+
+  def __init__(self, dim: int, num_heads: int, *, dropout: float, residual_init, rngs: nnx.Rngs):
+    if dim % num_heads:
+      raise ConfigError(f"model.embed_dim={dim} must be divisible by model.num_heads={num_heads}.")
+    init = nnx.initializers.normal(0.02)
+    self.num_heads, self.head_dim = num_heads, dim // num_heads
+    self.qkv = nnx.Linear(dim, 3 * dim, kernel_init=init, rngs=rngs)
+    self.proj = nnx.Linear(dim, dim, kernel_init=residual_init, rngs=rngs)
+    self.attn_dropout = nnx.Dropout(dropout)
+    self.resid_dropout = nnx.Dropout(dropout)
+
+  def __call__(self, x, *, train=False, rngs=None, cache=None, index=0):
+    b, t, dim = x.shape
+    q, k, v = jnp.split(self.qkv(x).reshape(b, t, 3 * self.num_heads, self.head_dim), 3, axis=2)
+    query_pos = index + jnp.arange(t)
+    if cache is None:  # Full pass: attend within x.
+      keys, values, key_pos = k, v, jnp.arange(t)
+    else:  # Write this step's keys/values at `index`, attend to the whole cache (future slots masked).
+      keys = jax.lax.dynamic_update_slice(cache["k"], k.astype(cache["k"].dtype), (0, index, 0, 0))
+      values = jax.lax.dynamic_update_slice(cache["v"], v.astype(cache["v"].dtype), (0, index, 0, 0))
+      cache, key_pos = {"k": keys, "v": values}, jnp.arange(keys.shape[1])
+    scores = jnp.einsum("bthd,bshd->bhts", q, keys) / math.sqrt(self.head_dim)
+    causal = key_pos[None, :] <= query_pos[:, None]  # [T, S]
+    scores = jnp.where(causal, scores, jnp.finfo(scores.dtype).min)
+    weights = self.attn_dropout(jax.nn.softmax(scores, axis=-1), deterministic=not train, rngs=rngs)
+    out = jnp.einsum("bhts,bshd->bthd", weights, values).reshape(b, t, dim)
+    return self.resid_dropout(self.proj(out), deterministic=not train, rngs=rngs), cache
+
+
+class Block(nnx.Module):
+  """Pre-LayerNorm transformer block: x + attn(ln(x)), then x + mlp(ln(x)). float[B, T, dim] -> same."""
+
+  def __init__(self, dim: int, num_heads: int, mlp_ratio: int, *, dropout: float, residual_init, rngs: nnx.Rngs):
+    init = nnx.initializers.normal(0.02)
+    self.ln1 = nnx.LayerNorm(dim, epsilon=1e-5, rngs=rngs)
+    self.attn = CausalSelfAttention(dim, num_heads, dropout=dropout, residual_init=residual_init, rngs=rngs)
+    self.ln2 = nnx.LayerNorm(dim, epsilon=1e-5, rngs=rngs)
+    self.fc = nnx.Linear(dim, mlp_ratio * dim, kernel_init=init, rngs=rngs)
+    self.fc_out = nnx.Linear(mlp_ratio * dim, dim, kernel_init=residual_init, rngs=rngs)
+    self.dropout = nnx.Dropout(dropout)
+
+  def __call__(self, x, *, train=False, rngs=None, cache=None, index=0):
+    attended, cache = self.attn(self.ln1(x), train=train, rngs=rngs, cache=cache, index=index)
+    x = x + attended
+    hidden = self.fc_out(jax.nn.gelu(self.fc(self.ln2(x))))
+    return x + self.dropout(hidden, deterministic=not train, rngs=rngs), cache
+
+
+class GPT(nnx.Module):
+  """Decoder-only language model.
+
+  Inputs:  int[B, T] token ids, T <= block_size.
+  Outputs: float32[B, T, vocab_size] logits; position t's logits predict token t + 1.
+
+  `tie_embeddings=True` reuses the token embedding matrix as the output layer.
+  `sample_*` fields set the text that `summaries` logs at each evaluation.
+  """
+
+  def __init__(self, vocab_size: int, block_size: int, num_layers: int, num_heads: int, embed_dim: int, *,
+               mlp_ratio: int = 4, dropout: float = 0.0, tie_embeddings: bool = True, rngs: nnx.Rngs,
+               sample_prompt_length: int = 32, sample_tokens: int = 0, sample_temperature: float = 0.8,
+               sample_top_k: int = 0):
+    init = nnx.initializers.normal(0.02)
+    residual_init = nnx.initializers.normal(0.02 / math.sqrt(2 * num_layers))  # GPT-2's scaled residual init
+    self.vocab_size, self.block_size, self.tie_embeddings = vocab_size, block_size, tie_embeddings
+    self.token_embed = nnx.Embed(vocab_size, embed_dim, embedding_init=init, rngs=rngs)
+    self.pos_embed = nnx.Embed(block_size, embed_dim, embedding_init=init, rngs=rngs)
+    self.dropout = nnx.Dropout(dropout)
+    self.blocks = nnx.List([Block(embed_dim, num_heads, mlp_ratio, dropout=dropout, residual_init=residual_init,
+                                  rngs=rngs) for _ in range(num_layers)])
+    self.ln_f = nnx.LayerNorm(embed_dim, epsilon=1e-5, rngs=rngs)
+    self.head = None if tie_embeddings else nnx.Linear(embed_dim, vocab_size, use_bias=False, kernel_init=init,
+                                                        rngs=rngs)
+    self.sample_prompt_length, self.sample_tokens = sample_prompt_length, sample_tokens
+    self.sample_temperature, self.sample_top_k = sample_temperature, sample_top_k
+
+  def __call__(self, tokens: jax.Array, *, train: bool = False, rngs: nnx.Rngs | None = None) -> jax.Array:
+    return self.forward(tokens, train=train, rngs=rngs)[0]
+
+  def forward(self, tokens, *, train=False, rngs=None, cache: Cache | None = None, index=0):
+    """Logits of int[B, T] tokens at positions index..index+T-1: (float32[B, T, vocab], updated cache or None).
+
+    With a cache (from `init_cache`), keys and values of these positions are written into it and
+    the tokens attend to every earlier position held there.
+    """
+    t = tokens.shape[1]
+    if cache is None and t > self.block_size:
+      raise ValueError(f"a sequence of {t} tokens is longer than block_size={self.block_size}.")
+    positions = index + jnp.arange(t)
+    x = self.token_embed(tokens.astype(jnp.int32)) + self.pos_embed(positions)[None]
+    x = self.dropout(x, deterministic=not train, rngs=rngs)
+    new_cache = []
+    for i, block in enumerate(self.blocks):
+      x, layer_cache = block(x, train=train, rngs=rngs, cache=None if cache is None else cache[i], index=index)
+      new_cache.append(layer_cache)
+    x = self.ln_f(x)
+    logits = self.token_embed.attend(x) if self.tie_embeddings else self.head(x)
+    return logits.astype(jnp.float32), (None if cache is None else new_cache)
+
+  def init_cache(self, batch_size: int, max_length: int, dtype=jnp.float32) -> Cache:
+    """An empty KV cache for `max_length` (<= block_size) positions."""
+    if max_length > self.block_size:
+      raise ValueError(f"cannot cache {max_length} positions: block_size is {self.block_size}.")
+    attn = self.blocks[0].attn
+    shape = (batch_size, max_length, attn.num_heads, attn.head_dim)
+    return [{"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)} for _ in self.blocks]
+
+  def loss(self, batch, *, train: bool, rngs: nnx.Rngs | None = None):
+    """Next-token cross-entropy over `batch["tokens"]` (int[B, L]), in nats per token.
+
+    Returns (mean loss, sums) with sums = {"loss_sum": total nats, "count": number of target tokens},
+    counting only rows whose `batch["mask"]` (eval batches) is 1.
+    """
+    tokens = batch["tokens"].astype(jnp.int32)
+    b, length = tokens.shape
+    targets_per_row = length - 1
+    chunks = targets_per_row // self.block_size if targets_per_row > self.block_size else 1
+    if targets_per_row % chunks or targets_per_row // chunks > self.block_size:
+      raise ConfigError(f"windows of {length} tokens have {targets_per_row} targets; model.block_size="
+                        f"{self.block_size} must be >= that or divide it.")
+    inputs = tokens[:, :-1].reshape(b * chunks, -1)
+    targets = tokens[:, 1:].reshape(b * chunks, -1)
+    logits = self(inputs, train=train, rngs=rngs)
+    log_probs = jax.nn.log_softmax(logits, axis=-1)
+    nll = -jnp.take_along_axis(log_probs, targets[..., None], axis=-1)[..., 0]  # [B * chunks, block]
+    mask = batch.get("mask")
+    weights = jnp.ones((b,), jnp.float32) if mask is None else mask.astype(jnp.float32)
+    weights = jnp.repeat(weights, chunks)[:, None]
+    loss_sum = jnp.sum(nll * weights)
+    count = jnp.sum(weights) * nll.shape[1]
+    return loss_sum / jnp.maximum(count, 1.0), {"loss_sum": loss_sum, "count": count}
+
+  def summarize(self, sums) -> dict[str, float]:
+    """Summed eval metrics -> loss (nats per token), perplexity (exp of it) and bits per token."""
+    out = metrics.summarize(sums)
+    out["perplexity"] = float(np.exp(out["loss"]))
+    out["bits_per_token"] = out["loss"] / math.log(2)
+    return out
+
+  def summaries(self, batch, rng) -> dict[str, str]:
+    """A text sample for TensorBoard: the first `sample_prompt_length` tokens of the first eval window,
+    continued by `sample_tokens` sampled tokens (seeded by `rng`)."""
+    from research.data.shakespeare import decode  # Byte ids -> text.
+
+    num_tokens = self.sample_tokens or self.block_size - self.sample_prompt_length
+    prompt = np.asarray(batch["tokens"][:1, :self.sample_prompt_length], np.int32)
+    ids = generate(self, prompt, num_tokens, rng=rng, temperature=self.sample_temperature, top_k=self.sample_top_k)
+    prompt_text, continuation = decode(ids[0, :prompt.shape[1]]), decode(ids[0, prompt.shape[1]:])
+    text = f"{prompt_text}[{continuation}]"  # the prompt, then the model's continuation in brackets
+    return {"samples/text": "\n".join("    " + line for line in text.split("\n"))}  # markdown code block
+
+
+def sample_logits(logits: jax.Array, key: jax.Array, temperature=1.0, top_k=0) -> jax.Array:
+  """Draws one token per row of float[..., vocab] logits: int32[...].
+
+  Draws from softmax(logits / temperature); temperature 0 is greedy (argmax); top_k > 0 keeps only the
+  k most likely tokens before sampling (top_k=1 is greedy too). Both may be traced values, so one
+  compiled program serves every setting.
+  """
+  temperature = jnp.asarray(temperature, jnp.float32)
+  top_k = jnp.asarray(top_k, jnp.int32)
+  vocab = logits.shape[-1]
+  kth = jnp.take(jnp.sort(logits, axis=-1), vocab - jnp.clip(top_k, 1, vocab), axis=-1)[..., None]
+  logits = jnp.where((top_k > 0) & (logits < kth), -jnp.inf, logits)
+  sampled = jax.random.categorical(key, logits / jnp.where(temperature > 0, temperature, 1.0), axis=-1)
+  return jnp.where(temperature > 0, sampled, jnp.argmax(logits, axis=-1)).astype(jnp.int32)
+
+
+@partial(jax.jit, static_argnames=("graphdef", "num_tokens"))
+def _generate(graphdef, state, prompt, key, temperature, top_k, *, num_tokens):
+  model = nnx.merge(graphdef, state)
+  b, p = prompt.shape
+  cache = model.init_cache(b, p + num_tokens)
+  logits, cache = model.forward(prompt, cache=cache, index=0)  # prefill
+
+  def step(carry, i):
+    cache, last_logits = carry
+    token = sample_logits(last_logits, jax.random.fold_in(key, i), temperature, top_k)
+    logits, cache = model.forward(token[:, None], cache=cache, index=p + i)  # incremental decode
+    return (cache, logits[:, -1]), token
+
+  _, tokens = jax.lax.scan(step, (cache, logits[:, -1]), jnp.arange(num_tokens))
+  return jnp.concatenate([prompt, tokens.T], axis=1)
+
+
+def generate(model: GPT, prompt, num_tokens: int, *, rng: jax.Array, temperature: float = 1.0,
+             top_k: int = 0) -> np.ndarray:
+  """Continues int[B, P] `prompt` by `num_tokens` sampled tokens: int32[B, P + num_tokens] (numpy).
+
+  Seeded: token i is drawn with `fold_in(rng, i)`, so the same rng gives the same text. P + num_tokens
+  must fit in `block_size` (positions are learned). Runs prefill + cached decode as one jitted program.
+  """
+  prompt = jnp.asarray(prompt, jnp.int32)
+  if prompt.shape[1] + num_tokens > model.block_size:
+    raise ValueError(f"prompt ({prompt.shape[1]}) + num_tokens ({num_tokens}) exceeds block_size="
+                     f"{model.block_size}.")
+  graphdef, state = nnx.split(model)
+  return np.asarray(_generate(graphdef, state, prompt, rng, jnp.float32(temperature), jnp.int32(top_k),
+                              num_tokens=int(num_tokens)))
+
+
+@MODELS.register("gpt")
+def build_gpt(config, sample: jnp.ndarray, rngs: nnx.Rngs) -> GPT:
+  """`config.model` fields: vocab_size, block_size, num_layers, num_heads, embed_dim, mlp_ratio, dropout,
+  tie_embeddings, sample_prompt_length, sample_tokens, sample_temperature, sample_top_k.
+  `sample` is int[B, L] token windows; block_size must be >= L - 1 or divide it."""
+  targets = int(sample.shape[-1]) - 1
+  if targets > config.block_size and targets % config.block_size:
+    raise ConfigError(f"model.block_size={config.block_size} must divide the {targets} targets of each "
+                      f"{targets + 1}-token window (e.g. 32, 64, 128 or 256 for Shakespeare).")
+  if config.sample_prompt_length >= config.block_size:
+    raise ConfigError(f"model.sample_prompt_length={config.sample_prompt_length} must be < model.block_size.")
+  return GPT(config.vocab_size, config.block_size, config.num_layers, config.num_heads, config.embed_dim,
+             mlp_ratio=config.mlp_ratio, dropout=config.dropout, tie_embeddings=config.tie_embeddings, rngs=rngs,
+             sample_prompt_length=config.sample_prompt_length, sample_tokens=config.sample_tokens,
+             sample_temperature=config.sample_temperature, sample_top_k=config.sample_top_k)
