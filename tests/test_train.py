@@ -63,6 +63,8 @@ def test_workdir_holds_config_checkpoints_events_and_metrics(tmp_path):
   assert json.loads((tmp_path / "config.json").read_text())["train"]["steps"] == 20
   assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()) == ["10", "20"]
   assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+  meta = json.loads((tmp_path / "checkpoints/20/meta/metadata").read_text())
+  assert meta["data"] == {"epoch": 0, "index": 20, "preprocess_state": {}}  # smoke batch 64: 937 steps/epoch
   rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
   tags = set().union(*rows)
   assert {"train/loss", "train/learning_rate", "perf/steps_per_sec", "perf/examples_per_sec", "eval/loss",

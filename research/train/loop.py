@@ -120,6 +120,7 @@ def train(config, workdir: str | Path) -> dict[str, float]:
   train_arrays = experiment.load_split(config, "train")
   test_arrays = experiment.load_split(config, "test")
   preprocess = experiment.preprocessor(config, workdir, train_arrays)
+  preprocess_state = ops.fit_states(config.data.preprocess, None, workdir)  # fitted stats/tokenizers, kept in checkpoints
   pipeline = Pipeline(train_arrays, batch_size=config.data.batch_size, sharding=parallel.batch_sharding(mesh),
                       preprocess=preprocess, seed=config.seed, shuffle=config.data.shuffle)
   total_steps = config.train.steps if config.train.steps > 0 else config.train.epochs * pipeline.steps_per_epoch
@@ -225,8 +226,9 @@ def train(config, workdir: str | Path) -> dict[str, float]:
 
         force = step == stop or preempted or stopped_early or (eval_metrics is not None and bool(cc.best_metric))
         progress_meta = {"best_value": best_value, "bad_evals": bad_evals, "stopped_early": stopped_early}
+        data_position = {**pipeline.position(step), "preprocess_state": preprocess_state}
         try:
-          if checkpoints.save(step, state, pipeline.position(step), force=force, eval_metrics=eval_metrics,
+          if checkpoints.save(step, state, data_position, force=force, eval_metrics=eval_metrics,
                               progress=progress_meta):
             timer = time.perf_counter()
         except Exception as e:  # Disk full, permissions: name the path; older checkpoints are untouched.
