@@ -275,6 +275,12 @@ def test_smoke_config_trains_on_8_devices_and_evaluate_reloads_the_tokenizer(tmp
   again = evaluate_checkpoint(tmp_path)["metrics"]  # a fresh preprocessor: reads the saved tokenizer
   assert again["accuracy"] == pytest.approx(final["accuracy"], abs=1e-6)
   assert again["loss"] == pytest.approx(final["loss"], rel=1e-5)
+  pytest.importorskip("jax2onnx")
+  from research.export import export
+
+  out = export(tmp_path, formats="onnx", accuracy_examples=64, log=lambda message: None)  # parity-checked
+  manifest = json.loads((out / "manifest.json").read_text())
+  assert manifest["inputs"][0]["name"] == "tokens" and (out / "assets/tokenizer.json").exists()
 
 
 @pytest.mark.parametrize("name", ["imdb_lstm", "imdb_transformer"])

@@ -54,6 +54,8 @@ class MaskedRNN(nnx.Module):
     h0 = jnp.zeros((x.shape[0], self.hidden_size), x.dtype)
     carry = (h0, h0) if self.is_lstm else h0  # LSTM: (c, h); GRU: h
     xs, ms = jnp.swapaxes(x, 0, 1), jnp.swapaxes(mask, 0, 1)[..., None]  # time-major for the scan
+    if self.reverse:  # flip explicitly rather than scan(reverse=True), which jax2onnx cannot export
+      xs, ms = xs[::-1], ms[::-1]
 
     def step(carry, inputs):
       x_t, m_t = inputs
@@ -61,7 +63,9 @@ class MaskedRNN(nnx.Module):
       carry = jax.tree.map(lambda new, old: jnp.where(m_t, new, old), new_carry, carry)  # padding: keep state
       return carry, jnp.where(m_t, y, 0.0)
 
-    carry, ys = jax.lax.scan(step, carry, (xs, ms), reverse=self.reverse)
+    carry, ys = jax.lax.scan(step, carry, (xs, ms))
+    if self.reverse:
+      ys = ys[::-1]
     last = carry[1] if self.is_lstm else carry
     return jnp.swapaxes(ys, 0, 1), last
 
