@@ -2,65 +2,43 @@
 
     python scripts/train.py --config configs/imdb_transformer.py --workdir runs/imdb_transformer
 
-The same model as configs/rotten_tomatoes_transformer.py, for IMDB's long reviews: a larger
-vocabulary, 256 tokens per review (keeping each review's end, where the verdict usually is).
-IMDB loads only from the HF hub (`stanfordnlp/imdb`, cached after the first load): no real
-offline copy exists, and without the hub the run stops at once with an error that says so.
-This project's machines cannot reach the hub, so this config has not been trained to
-completion here: its smoke test checks that error.
-`configs/imdb_transformer.py:smoke` is a tiny variant (a few steps) for tests.
+The model of configs/rotten_tomatoes_transformer.py, for IMDB's long reviews: a larger vocabulary
+and 256 tokens per review, keeping each review's end (where the verdict usually is). IMDB loads
+only from the HF hub (`stanfordnlp/imdb`, cached after the first load): no real offline copy
+exists, and without the hub the run stops at once with an error that says so. This project's
+machines cannot reach the hub, so this config has not been trained here; its smoke test checks
+that error. `configs/imdb_transformer.py:smoke` is a tiny variant (8 steps) for tests.
 """
 
-import ml_collections
+from research import config as config_lib
 
 VOCAB_SIZE = 16000  # the tokenizer's ids are all below it; the embedding table has this many rows
 MAX_LENGTH = 256  # tokens per review after padding / truncation (reviews average ~300)
 
 
 def get_config(arg=None):
-  config = ml_collections.ConfigDict()
-  config.seed = 0
-
-  config.data = dict(
+  config = config_lib.defaults()
+  config.data.update(
       name="imdb",
       input_key="tokens",
-      # whole-split cleaning at load time, research/data/text.py
-      clean="normalize_text|drop_empty|dedupe",
-      # host ops, research/data/ops.py; `tokenize` is fitted on the train split (research/data/tokenizers.py)
-      preprocess=f"tokenize(kind='bpe', vocab_size={VOCAB_SIZE}, max_length={MAX_LENGTH}, "
-                 "truncation_side='left')",
-      augment="",  # on-device train-time ops, research/data/augment.py (image ops only so far)
+      clean="normalize_text|drop_empty|dedupe",  # research/data/text.py
+      preprocess=f"tokenize(kind='bpe', vocab_size={VOCAB_SIZE}, max_length={MAX_LENGTH}, truncation_side='left')",
       batch_size=64,
       eval_batch_size=512,
-      shuffle=True,
   )
-  config.model = dict(name="transformer", vocab_size=VOCAB_SIZE, num_classes=2, dim=128, num_heads=4,
-                      num_layers=2, mlp_dim=256, dropout=0.3, attention_dropout=0.1, positions="learned",
-                      pooling="mean", max_length=0, pad_id=0)  # max_length 0: the tokenizer's
-  config.label_smoothing = 0.0
-  config.optimizer = dict(name="adamw", learning_rate=1e-3, b1=0.9, b2=0.999, eps=1e-8, weight_decay=1e-2,
-                          clip_norm=1.0, momentum=0.9)
-  config.schedule = dict(name="warmup_cosine", warmup_steps=100, end_factor=0.0, boundaries=(), factor=0.1)
-  # steps > 0 overrides epochs. stop_after_steps > 0 ends this invocation early with a checkpoint
-  # (for jobs with a time limit); rerunning continues the same run.
-  # early_stopping_patience > 0 stops after that many evals without improving checkpoint.best_metric.
-  config.train = dict(epochs=4, steps=0, log_every=50, eval_every=500, stop_after_steps=0,
-                      early_stopping_patience=0)
-  # Keep the last `keep` checkpoints, plus the `keep_best` best by eval `best_metric` ("" = off).
-  config.checkpoint = dict(every=500, keep=3, best_metric="", best_mode="max", keep_best=1)
-  config.nan_policy = "stop"  # or "skip": a step with a non-finite loss/gradient is never applied.
-  config.compilation_cache = ""  # "" = WORKDIR/cache/jax; a directory to share between runs; or "off".
-  config.init_from = ""  # "WORKDIR[:STEP]": start from another run's parameters (fresh optimizer).
-  config.parallel = dict(strategy="auto")
-  config.mesh = dict(data=-1)
+  # max_length 0: the learned position table is as long as the tokenizer's max_length.
+  config.model = dict(name="transformer", vocab_size=VOCAB_SIZE, num_classes=2, dim=64, num_heads=4, num_layers=2,
+                      mlp_dim=128, dropout=0.3, attention_dropout=0.1, positions="learned", pooling="mean",
+                      max_length=0, pad_id=0)
+  config.optimizer.update(name="adamw", learning_rate=1e-3, weight_decay=1e-2, clip_norm=1.0)
+  config.schedule.warmup_steps = 100
+  config.train.update(epochs=4, log_every=50, eval_every=500)
+  config.checkpoint.every = 500
 
   if arg == "smoke":
     config.data.preprocess = "tokenize(kind='bpe', vocab_size=500, max_length=32)"
-    config.data.batch_size = 64
-    config.data.eval_batch_size = 512
-    config.model.update(dict(vocab_size=500, dim=16, num_heads=2, num_layers=1, mlp_dim=32))
-    config.train.update(dict(epochs=0, steps=8, log_every=4, eval_every=8))
-    config.checkpoint.every = 8
+    config.model.update(vocab_size=500, dim=16, num_heads=2, num_layers=1, mlp_dim=32)
+    config_lib.smoke(config, steps=8)
   elif arg:
     raise ValueError(f"configs/imdb_transformer.py knows the variant 'smoke', not {arg!r}.")
   return config
