@@ -32,7 +32,7 @@ def forward(graphdef, params, model_state, batch, *, input_key: str, train: bool
   a VAE) defines its own objective; any other model is a classifier of
   `batch[input_key]` scored with softmax cross-entropy against `batch["label"]`.
   """
-  model = nnx.merge(graphdef, params, model_state)
+  model = nnx.merge(graphdef, params, model_state, copy=True)  # fresh Variables: BatchNorm mutates them under the trace
   rngs = nnx.Rngs(dropout=rng) if rng is not None else None
   if hasattr(model, "loss"):
     loss, sums = model.loss(batch, train=train, rngs=rngs)
