@@ -151,7 +151,7 @@ def export(workdir: str | Path, *, step: str | int | None = "latest", formats: s
 
   from research.data import get_split
 
-  raw = {ex.config.data.input_key: get_split(ex.config.data.name, "test")[ex.config.data.input_key][:1]}
+  raw = {k: v[:1] for k, v in get_split(ex.config.data.name, "test").items() if k != "label"}  # what preprocessing reads
   manifest_lib.write(tmp, manifest_lib.build(ex, workdir, artifacts, raw, reference=summary))
   _replace(tmp, out)
   log(f"wrote {out / manifest_lib.MANIFEST}")
