@@ -106,14 +106,14 @@ def export(workdir: str | Path, *, step: str | int | None = "latest", formats: s
   _check_out(out, workdir)
 
   ex = model_lib.from_workdir(workdir, step)
-  classifier = ex.output_structs(1)[0].ndim == 2
+  classifier = ex.batch_inputs is None and ex.output_structs(1)[0].ndim == 2  # class scores of its data
   evaluation = model_lib.labeled_inputs(ex.config, "test", accuracy_examples, ex.preprocess) if classifier else None
   quantized = [f.name for f in chosen if f.quantized]
   if quantized and evaluation is None:
     raise ConfigError(f"{', '.join(quantized)} are checked by test accuracy, which needs a classifier and "
                       f"labelled test data; {ex.name} on {ex.config.data.name} has none. Export float formats.")
   log(f"exporting {ex.name} from {workdir} at step {ex.meta.get('step')} to {out}: {', '.join(f.name for f in chosen)}")
-  batches = model_lib.real_inputs(ex.config, "test", batch_sizes, preprocess=ex.preprocess)
+  batches = ex.real_inputs("test", batch_sizes)
   reference = ex.reference()
   summary = {"runtime": "jax.jit (this machine's default backend)", "latency_ms": measure.latencies(reference, batches)}
   if evaluation:
@@ -131,8 +131,9 @@ def export(workdir: str | Path, *, step: str | int | None = "latest", formats: s
       artifact = f.export(ex, tmp, **options.get(f.name, {}))
     except Exception as e:  # a model the format's converter cannot express: say which and why, in one line
       shutil.rmtree(tmp, ignore_errors=True)
-      raise ConfigError(f"Format {f.name!r} cannot export model {ex.name!r}: {brief(e)}. "
-                        f"Other formats may: {', '.join(n for n in FORMATS.names() if n != f.name)}.") from e
+      others = [n for n in FORMATS.names() if n != f.name and FORMATS.get(n).base != f.name]
+      raise ConfigError(f"Format {f.name!r} cannot export model {ex.name!r}: {brief(e).rstrip('.')}. "
+                        f"Other formats may: {', '.join(others)}.") from e
     run = f.load(tmp, artifact)
     try:
       artifact["parity"] = parity.compare(f.name, reference, run, batches, ex.output_names,
@@ -151,7 +152,9 @@ def export(workdir: str | Path, *, step: str | int | None = "latest", formats: s
 
   from research.data import get_split
 
-  raw = {k: v[:1] for k, v in get_split(ex.config.data.name, "test").items() if k != "label"}  # what preprocessing reads
+  label_key = ex.config.data.get("label_key", "label")
+  raw = {k: v[:1] for k, v in get_split(ex.config.data.name, "test").items() if k != label_key}  # preprocessing's input
+  manifest_lib.copy_assets(ex.config, workdir, tmp)  # e.g. the fitted tokenizer.json: a server needs it
   manifest_lib.write(tmp, manifest_lib.build(ex, workdir, artifacts, raw, reference=summary))
   _replace(tmp, out)
   log(f"wrote {out / manifest_lib.MANIFEST}")

@@ -3,7 +3,7 @@
     {"manifest_version", "created", "model": {"name", "config"}, "config",
      "source": {"workdir", "step", "eval"},
      "inputs": [{"name", "shape": [null, ...], "dtype"}], "outputs": [...],
-     "preprocessing": {"pipeline", "ops": [{"name", "params"}], "raw_inputs"},
+     "preprocessing": {"pipeline", "ops": [{"name", "params", "state", "file"}], "raw_inputs"},
      "labels", "reference": JAX's {"accuracy", "latency_ms"},
      "artifacts": {format: {"path", "files", "bytes", "parity", "accuracy", "latency_ms", ...}},
      "versions": {package: version}, "machine", "files": {relative path: {"sha256", "bytes"}}}
@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 MANIFEST = "manifest.json"
+ASSETS = "assets"  # files of fitted preprocessing ops (e.g. tokenizer.json), copied from the workdir
 VERSION = 1
 PACKAGES = ("jax", "jaxlib", "flax", "numpy", "ml-collections", "jax2onnx", "onnx", "onnxruntime",
             "tensorflow", "tensorflow-cpu", "ai-edge-litert")
@@ -120,11 +121,31 @@ def preprocessing(config, raw: dict[str, np.ndarray] | None = None, workdir: Pat
     entry = {"name": name, "params": _jsonable(params), "doc": doc}
     if fitted:
       entry["state"] = _jsonable(states.get(f"{i}:{name}"))
+      if isinstance(entry["state"], dict) and entry["state"].get("file"):  # copied by copy_assets
+        entry["file"] = f"{ASSETS}/{entry['state']['file']}"
     resolved.append(entry)
   result = {"pipeline": config.data.preprocess, "ops": resolved, "input_key": config.data.input_key}
   if raw:
     result["raw_inputs"] = {k: {"shape": [None, *v.shape[1:]], "dtype": str(v.dtype)} for k, v in raw.items()}
   return result
+
+
+def copy_assets(config, workdir: Path, directory: Path) -> list[str]:
+  """Copies the files fitted preprocessing ops wrote into the workdir (e.g. tokenizer.json) to DIR/assets/."""
+  import shutil
+
+  from research.data import ops
+
+  state_file = Path(workdir) / getattr(ops, "STATE_FILE", "preprocess_state.json")
+  states = json.loads(state_file.read_text()) if state_file.is_file() else {}
+  copied = []
+  for state in states.values():
+    name = state.get("file") if isinstance(state, dict) else None
+    if name and (Path(workdir) / name).is_file():
+      (directory / ASSETS).mkdir(exist_ok=True)
+      shutil.copyfile(Path(workdir) / name, directory / ASSETS / name)
+      copied.append(f"{ASSETS}/{name}")
+  return copied
 
 
 def eval_metrics(workdir: Path, meta: dict) -> tuple[dict, str | None]:
@@ -154,7 +175,10 @@ def build(ex, workdir: Path, artifacts: dict, raw: dict[str, np.ndarray] | None 
   return {
       "manifest_version": VERSION,
       "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-      "model": {"name": ex.name, "config": config.get("model", {})},
+      "model": {"name": ex.name, "config": config.get("model", {}),
+                # "__call__": model(x) on the preprocessed data; "export_fn": the model's own export function
+                # (e.g. a language model's logits, a VAE's decoder), whose inputs need not be the data
+                "function": "export_fn" if ex.batch_inputs is not None else "__call__"},
       "config": config,
       "source": {"workdir": str(Path(workdir).resolve()), "step": ex.meta.get("step"),
                  "eval": metrics,

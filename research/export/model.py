@@ -11,8 +11,26 @@ Every format starts from an `Exportable`:
 - `inputs` names each input with its per-example shape and dtype; the batch
   dimension is always leading and dynamic.
 
-Nothing here knows a model family: a model is whatever `model(x, train=False)`
-computes on `batch[config.data.input_key]` after the config's preprocessing.
+Nothing here knows a model family. By default a model is exported as what
+`model(x, train=False)` computes on `batch[config.data.input_key]` after the
+config's preprocessing. A model whose deployable function is something else
+(a language model's logits for a fixed context, a VAE's decoder) says so with
+an optional method:
+
+    def export_fn(self, batch: dict[str, np.ndarray]):  # preprocessed real test examples, numpy
+      return fn, inputs                  # or (fn, inputs, output_names); output_names default ("logits",)
+
+- `fn(model, *inputs)` computes the exported outputs (an array or a tuple of
+  arrays) from the module, in inference mode; it is traced with the weights
+  as arguments, so it must not close over the module's arrays;
+- `inputs` is a dict {input name: array} derived from `batch`, with the same
+  batch size: it names the inputs, fixes their per-example shapes and dtypes,
+  and is what every artifact is checked on (so derive it from the real
+  examples, e.g. `batch["tokens"][:, :self.block_size]`, or draw it with a
+  fixed seed where the function's input is not data, e.g. a VAE's latents).
+
+`export_fn` is called once per batch of real inputs the export checks; the
+`fn` of the first call is the one exported.
 """
 
 from __future__ import annotations
@@ -50,6 +68,8 @@ class Exportable:
   config: ml_collections.ConfigDict
   meta: dict = dataclasses.field(default_factory=dict)
   preprocess: Callable | None = None  # the run's preprocessing (fitted ops read their state from the workdir)
+  # a preprocessed batch dict -> the list of input arrays (default: [batch[config.data.input_key]])
+  batch_inputs: Callable[[dict], list[np.ndarray]] | None = None
 
   def __call__(self, *inputs):
     return self.apply(self.weights, *inputs)
@@ -66,6 +86,16 @@ class Exportable:
   def output_structs(self, batch: int | None = None) -> list[jax.ShapeDtypeStruct]:
     return list(jax.eval_shape(self, *self.input_structs(batch)))
 
+  def inputs_of(self, batch: dict) -> list[np.ndarray]:
+    """The model's input arrays for a preprocessed batch dict."""
+    if self.batch_inputs is not None:
+      return [np.asarray(x) for x in self.batch_inputs(batch)]
+    return [np.asarray(batch[self.config.data.input_key])]
+
+  def real_inputs(self, split: str, sizes: Sequence[int], offset: int = 0) -> list[list[np.ndarray]]:
+    """Consecutive batches of `sizes` real examples of `split`, as this exportable's input arrays."""
+    return [self.inputs_of(b) for b in real_batches(self.config, split, sizes, offset, self.preprocess)]
+
   def reference(self) -> Callable[..., list[np.ndarray]]:
     """The JAX function that every artifact is compared against: jitted, numpy in and out."""
     fn = jax.jit(self.apply)
@@ -77,12 +107,19 @@ def _as_tuple(outputs) -> tuple:
   return tuple(outputs) if isinstance(outputs, (tuple, list)) else (outputs,)
 
 
+def _call(module, *inputs):
+  return module(*inputs, train=False)
+
+
 def from_model(model, config: ml_collections.ConfigDict, meta: dict, sample: Sequence[np.ndarray],
                input_names: Sequence[str], output_names: Sequence[str] = ("logits",),
-               preprocess: Callable | None = None) -> Exportable:
-  """Wraps an nnx.Module called as `model(*inputs, train=False)`; `sample` sizes the input specs."""
+               preprocess: Callable | None = None, fn: Callable | None = None,
+               batch_inputs: Callable[[dict], list[np.ndarray]] | None = None) -> Exportable:
+  """Wraps an nnx.Module as `fn(model, *inputs)` (default `model(*inputs, train=False)`); `sample` sizes the
+  input specs."""
   from flax import nnx
 
+  fn = fn or _call
   graphdef, rng_state, state = nnx.split(model, nnx.RngState, ...)
   leaves, treedef = jax.tree.flatten(state)
   weights = [np.asarray(jax.device_get(leaf)) for leaf in leaves]
@@ -90,12 +127,45 @@ def from_model(model, config: ml_collections.ConfigDict, meta: dict, sample: Seq
 
   def apply(weights, *inputs):
     module = nnx.merge(graphdef, rng_state, jax.tree.unflatten(treedef, list(weights)))
-    return _as_tuple(module(*inputs, train=False))
+    return _as_tuple(fn(module, *inputs))
 
   specs = [InputSpec(name, tuple(int(d) for d in x.shape[1:]), str(np.dtype(x.dtype)))
            for name, x in zip(input_names, sample)]
   return Exportable(name=config.model.name, apply=apply, weights=weights, inputs=specs,
-                    output_names=list(output_names), config=config, meta=meta, preprocess=preprocess)
+                    output_names=list(output_names), config=config, meta=meta, preprocess=preprocess,
+                    batch_inputs=batch_inputs)
+
+
+def export_spec(model, batch: dict) -> tuple[Callable, dict[str, np.ndarray], list[str]]:
+  """`model.export_fn(batch)` checked and normalized to (fn, {name: array}, output names)."""
+  result = model.export_fn(batch)
+  if not isinstance(result, tuple) or len(result) not in (2, 3):
+    raise TypeError(f"{type(model).__name__}.export_fn must return (fn, inputs) or (fn, inputs, output_names), "
+                    f"got {type(result).__name__}")
+  fn, inputs, outputs = (*result, ("logits",))[:3]
+  if not callable(fn) or not isinstance(inputs, dict) or not inputs:
+    raise TypeError(f"{type(model).__name__}.export_fn must return a callable fn(model, *inputs) and a non-empty "
+                    f"dict of named input arrays")
+  inputs = {str(k): np.asarray(v) for k, v in inputs.items()}
+  return fn, inputs, [outputs] if isinstance(outputs, str) else list(outputs)
+
+
+def for_model(model, config: ml_collections.ConfigDict, meta: dict, preprocess: Callable,
+              split: str = "test") -> Exportable:
+  """The Exportable of a built or trained model: its `export_fn` if it has one, else `model(x, train=False)`."""
+  batch = real_batches(config, split, [2], preprocess=preprocess)[0]
+  if not hasattr(model, "export_fn"):
+    return from_model(model, config, meta, [batch[config.data.input_key]], [config.data.input_key],
+                      preprocess=preprocess)
+  fn, inputs, outputs = export_spec(model, batch)
+  names = list(inputs)
+
+  def batch_inputs(b):
+    _, arrays, _ = export_spec(model, b)
+    return [arrays[n] for n in names]
+
+  return from_model(model, config, meta, list(inputs.values()), names, outputs, preprocess=preprocess, fn=fn,
+                    batch_inputs=batch_inputs)
 
 
 def from_workdir(workdir: str | Path, step: str | int | None = "latest") -> Exportable:
@@ -109,9 +179,7 @@ def from_workdir(workdir: str | Path, step: str | int | None = "latest") -> Expo
     model, config, meta = trained_model(workdir, step)
   finally:
     absl.setLevel(level)
-  preprocess = preprocessor(config, workdir)
-  sample = real_inputs(config, "test", [2], preprocess=preprocess)[0]
-  return from_model(model, config, meta, sample, [config.data.input_key], preprocess=preprocess)
+  return for_model(model, config, meta, preprocessor(config, workdir))
 
 
 def preprocessor(config: ml_collections.ConfigDict, workdir: str | Path | None = None) -> Callable:
@@ -124,12 +192,11 @@ def preprocessor(config: ml_collections.ConfigDict, workdir: str | Path | None =
   return ops.build(config.data.preprocess)
 
 
-def real_inputs(config: ml_collections.ConfigDict, split: str, sizes: Sequence[int], offset: int = 0,
-                preprocess: Callable | None = None) -> list[list[np.ndarray]]:
-  """Consecutive batches of `sizes` examples of the real `split`, preprocessed as in training.
+def real_batches(config: ml_collections.ConfigDict, split: str, sizes: Sequence[int], offset: int = 0,
+                 preprocess: Callable | None = None) -> list[dict[str, np.ndarray]]:
+  """Consecutive batches of `sizes` examples of the real `split`, preprocessed as in training (dicts).
 
-  Each batch is a list of input arrays (one per model input). Batches wrap
-  around the split if it is shorter than their total.
+  Batches wrap around the split if it is shorter than their total.
   """
   from research.data import get_split
 
@@ -139,10 +206,18 @@ def real_inputs(config: ml_collections.ConfigDict, split: str, sizes: Sequence[i
   batches, start = [], offset
   for size in sizes:
     index = np.arange(start, start + size) % n
-    batch = preprocess({k: v[index] for k, v in arrays.items()})
-    batches.append([np.asarray(batch[config.data.input_key])])
+    batches.append({k: np.asarray(v) for k, v in preprocess({k: v[index] for k, v in arrays.items()}).items()})
     start += size
   return batches
+
+
+def real_inputs(config: ml_collections.ConfigDict, split: str, sizes: Sequence[int], offset: int = 0,
+                preprocess: Callable | None = None) -> list[list[np.ndarray]]:
+  """Like `real_batches`, each batch as the list [batch[config.data.input_key]] (a model called on its data).
+
+  For an Exportable (which may define its own inputs, see `export_fn`) use `Exportable.real_inputs`.
+  """
+  return [[b[config.data.input_key]] for b in real_batches(config, split, sizes, offset, preprocess)]
 
 
 def labeled_inputs(config: ml_collections.ConfigDict, split: str, limit: int | None = None,

@@ -5,8 +5,12 @@
 By default the batch dimension stays dynamic (resize the input before
 `allocate_tensors`). `batch=N` fixes it, which lets the converter and XNNPACK
 plan memory once and is much faster for on-device batch-1 inference; the parity
-check then feeds inputs in slices of N (the last one padded). Needs the `tf`
-extra (TensorFlow for the converter, ai-edge-litert for the interpreter).
+check then feeds inputs in slices of N (the last one padded). A fixed batch is
+converted from the model traced at that batch (jax2tf without polymorphic
+shapes), not from the dynamic-batch SavedModel: the StableHLO then holds no
+shape computations, and the TFLite graph no SHAPE/RESHAPE chains (measured: the
+MNIST CNN ran several times faster, docs/benchmarks/inference.md). Needs the `tf` extra (TensorFlow for the
+converter, ai-edge-litert for the interpreter).
 """
 
 from __future__ import annotations
@@ -41,15 +45,45 @@ def convert(saved_model: Path, *, batch: int | None = None, int8: bool = False) 
   return converter.convert()
 
 
-def export(ex: Exportable, out: Path, *, batch: int | None = None) -> dict:
+def convert_fixed(ex: Exportable, batch: int, *, int8: bool = False) -> bytes:
+  """TFLite flatbuffer of `ex` traced at a fixed `batch` (jax2tf native serialization without polymorphism)."""
+  tf = tf_format.import_tf()
+  from jax.experimental import jax2tf
+
+  converted = jax2tf.convert(ex.apply, with_gradient=False, native_serialization_platforms=("cpu",))
+  module = tf.Module()
+  module.params = [tf.Variable(w, trainable=False, name=f"w{i:04d}") for i, w in enumerate(ex.weights)]
+  specs = [tf.TensorSpec([batch, *s.shape], tf.dtypes.as_dtype(s.dtype), name=s.name) for s in ex.inputs]
+
+  @tf.function(autograph=False, input_signature=specs)
+  def serve(*inputs):
+    return dict(zip(ex.output_names, converted(module.params, *inputs)))
+
+  converter = tf.lite.TFLiteConverter.from_concrete_functions([serve.get_concrete_function()], module)
+  converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+  if int8:
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+  return converter.convert()
+
+
+def flatbuffer(ex: Exportable, out: Path, *, batch: int | None = None, int8: bool = False) -> tuple[bytes, str]:
+  """(TFLite bytes, what they were converted from): a fixed batch from `ex` itself, a dynamic one from the
+  SavedModel exported in this run (or one made for the purpose)."""
+  if batch is not None:
+    return convert_fixed(ex, batch, int8=int8), f"jax2tf at batch {batch}"
   saved_model = out / tf_format.DIR
   with tempfile.TemporaryDirectory() as tmp:
     if not (saved_model / "saved_model.pb").exists():  # not exported in this run: make one to convert
       saved_model = Path(tmp) / tf_format.DIR
       tf_format.save(ex, saved_model)
-    (out / FILE).write_bytes(convert(saved_model, batch=batch))
+    return convert(saved_model, int8=int8), "saved_model"
+
+
+def export(ex: Exportable, out: Path, *, batch: int | None = None) -> dict:
+  content, source = flatbuffer(ex, out, batch=batch)
+  (out / FILE).write_bytes(content)
   return {"files": [FILE], "path": FILE, "batch": batch, "dynamic_batch": batch is None,
-          "inputs": [s.name for s in ex.inputs], "outputs": ex.output_names, "converted_from": "saved_model",
+          "inputs": [s.name for s in ex.inputs], "outputs": ex.output_names, "converted_from": source,
           "runtime": "ai_edge_litert.interpreter.Interpreter (XNNPACK)"}
 
 
