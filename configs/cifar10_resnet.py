@@ -8,9 +8,10 @@ The recipe is He et al.'s CIFAR ResNet-20 (3 stages of 3 basic blocks, widths
 decay 5e-4, batch 128, 50 epochs of warmup + cosine decay (19,500 steps).
 Expected: about 91.5% test accuracy (ResNet-20 reaches 91.3% in the paper's
 182-epoch step schedule; cosine decay gets there in fewer epochs). Not measured
-by this project: its machines cannot reach the hub. Expected time: about 6
-hours on 2 CPU cores (a step of this model took ~1.1 s there, see the README's
-model-zoo table); minutes on one GPU.
+by this project: its machines cannot reach the hub. Expected time: about 5-6
+hours on 2 CPU cores (XLA counts 29 GFLOP per train step of 128; the
+mnist_cnn and fashion_mnist_resnet runs sustained ~30 GFLOP/s there, so ~1 s
+per step; estimated, not measured); minutes on one GPU.
 
 `configs/cifar10_resnet.py:smoke` is a tiny variant that runs offline: it trains
 and evaluates on the 20 real CIFAR-10 test images of the foolbox wheel
