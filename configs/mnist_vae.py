@@ -10,6 +10,10 @@ ELBO, nats per image, one z sample with a fixed key), `recon` and `kl`;
 TensorBoard gets reconstruction and prior-sample grids at each evaluation.
 `--config.model.architecture=conv` selects the convolutional encoder/decoder.
 
+Measured (1 CPU device): test negative ELBO 100.46 nats per image (recon 75.84 + KL 24.62)
+after 20 epochs (9,360 steps); 107.13 after 5 epochs. Wall time 4:51 on 2 CPU cores
+shared with other jobs (232 CPU-seconds).
+
 `configs/mnist_vae.py:smoke` is a tiny variant (a few steps) for tests.
 """
 
