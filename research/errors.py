@@ -1,9 +1,15 @@
 """Errors that speak to the user: what was wrong, what was expected, what to do."""
 
+import os
+import re
+
 
 def brief(error: BaseException, limit: int = 300) -> str:
   """`Type: first line of the message`, its middle cut to fit `limit` (library errors can be pages long)."""
   text = str(error).strip().splitlines()[0] if str(error).strip() else ""
+  os_error = re.search(r"os_error_code='(\d+)'", str(error))  # TensorStore buries the OS error's code
+  if os_error:
+    text = f"{os.strerror(int(os_error.group(1)))}: {text}"
   if len(text) > limit:
     text = f"{text[:limit // 2]} ... {text[-limit // 2:]}"
   return f"{error.__class__.__name__}: {text}"
