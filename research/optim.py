@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import optax
 
+from research import prune
 from research.errors import ConfigError
 from research.registry import OPTIMIZERS, SCHEDULES
 
@@ -72,4 +73,7 @@ def build(config, total_steps: int) -> tuple[optax.GradientTransformation, optax
   if cfg.get("weight_decay", 0.0) > 0 and cfg.name != "adamw":
     parts.append(optax.add_decayed_weights(cfg.weight_decay))
   parts.append(make(schedule, cfg))
+  pruning = prune.from_config(config)  # config.prune.sparsity > 0: global magnitude pruning, last in the chain
+  if pruning is not None:
+    parts.append(pruning)
   return optax.chain(*parts), schedule

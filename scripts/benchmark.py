@@ -3,6 +3,7 @@
 
     python scripts/benchmark.py checkpoint [--quick]   # save/restore cost (issue: checkpoints)
     python scripts/benchmark.py train [--quick]        # trainer vs hand-written jax.jit, Keras 3, PyTorch
+    python scripts/benchmark.py inference [--quick]    # JAX vs onnxruntime (float, int8), SavedModel, TFLite
 """
 
 import argparse
@@ -13,7 +14,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # Run from a checkout without installing.
 
-SECTIONS = {"checkpoint": "research.bench.checkpoint", "train": "research.bench.train"}
+SECTIONS = {"checkpoint": "research.bench.checkpoint", "train": "research.bench.train",
+            "inference": "research.bench.inference"}
 
 
 def main() -> int:

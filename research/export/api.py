@@ -132,7 +132,10 @@ def export(workdir: str | Path, *, step: str | int | None = "latest", formats: s
     except Exception as e:  # a model the format's converter cannot express: say which and why, in one line
       shutil.rmtree(tmp, ignore_errors=True)
       others = [n for n in FORMATS.names() if n != f.name and FORMATS.get(n).base != f.name]
-      raise ConfigError(f"Format {f.name!r} cannot export model {ex.name!r}: {brief(e).rstrip('.')}. "
+      hint = ""
+      if f.name in ("tflite", "tflite_int8") and options.get(f.name, {}).get("batch") is None:
+        hint = " A fixed batch (--tflite-batch N) converts without dynamic shapes and may succeed."
+      raise ConfigError(f"Format {f.name!r} cannot export model {ex.name!r}: {_reason(e).rstrip('.')}.{hint} "
                         f"Other formats may: {', '.join(others)}.") from e
     run = f.load(tmp, artifact)
     try:
@@ -159,6 +162,17 @@ def export(workdir: str | Path, *, step: str | int | None = "latest", formats: s
   _replace(tmp, out)
   log(f"wrote {out / manifest_lib.MANIFEST}")
   return out
+
+
+def _reason(error: BaseException) -> str:
+  """A converter's reason in one line: MLIR-based converters (TFLite) print pages of source locations
+  followed by `error: <reason>`; take the first such reason, else the error's first line."""
+  for line in str(error).splitlines():
+    if "error: " in line:
+      reason = line.rsplit("error: ", 1)[1].strip()
+      if reason and not reason.startswith("failed while converting"):
+        return f"{error.__class__.__name__}: {reason}"
+  return brief(error)
 
 
 def _describe(artifact: dict) -> str:
