@@ -52,6 +52,7 @@ def defaults() -> ml_collections.ConfigDict:
   config.checkpoint = dict(every=1000, keep=3, best_metric="", best_mode="max", keep_best=1)
   config.nan_policy = "stop"  # or "skip": a step with a non-finite loss/gradient is never applied.
   config.compilation_cache = ""  # "" = WORKDIR/cache/jax; a directory to share between runs; or "off".
+  config.fast_paths = True  # faster formulations of max-pool and BatchNorm (research/models/layers/fast_paths.py)
   config.init_from = ""  # "WORKDIR[:STEP]": start from another run's parameters (fresh optimizer).
   config.parallel = dict(strategy="auto")  # or "pmap": per-device code under shard_map
   config.mesh = dict(data=-1)  # devices on the data axis; -1 = all

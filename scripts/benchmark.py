@@ -4,6 +4,8 @@
     python scripts/benchmark.py checkpoint [--quick]   # save/restore cost (issue: checkpoints)
     python scripts/benchmark.py train [--quick]        # trainer vs hand-written jax.jit, Keras 3, PyTorch
     python scripts/benchmark.py inference [--quick]    # JAX vs onnxruntime (float, int8), SavedModel, TFLite
+    python scripts/benchmark.py cpu [--quick]          # XLA:CPU flags and fast formulations (the CPU investigation)
+    python scripts/benchmark.py pipeline [--quick]     # data wait, input supply vs consumption, compile time per zoo config
 """
 
 import argparse
@@ -15,7 +17,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # Run from a checkout without installing.
 
 SECTIONS = {"checkpoint": "research.bench.checkpoint", "train": "research.bench.train",
-            "inference": "research.bench.inference"}
+            "inference": "research.bench.inference", "pipeline": "research.bench.pipeline",
+            "cpu": "research.bench.cpu"}
 
 
 def main() -> int:

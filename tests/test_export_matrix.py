@@ -9,8 +9,7 @@ names the format and the converter's reason.
 
 GPT and the VAE are exported through their `export_fn` (research/export/model.py):
 GPT as logits of a fixed context of block_size tokens, the VAE as its decoder
-(latents -> pixel probabilities). Until the zoo models define it, the
-reference implementations below stand in (`_EXPORT_FNS`).
+(latents -> pixel probabilities).
 
 Also here: `scripts/benchmark.py inference --quick` runs end to end.
 """
@@ -63,52 +62,6 @@ FAMILIES = [
 ]
 
 
-# --- The `export_fn`s the zoo's GPT and VAE are asked to define (used only where the model has none). ---------
-
-def _gpt_logits(model, tokens):
-  return model(tokens, train=False)
-
-
-def gpt_export_fn(self, batch):
-  """Exported: logits float32[B, T, vocab] of a fixed context of T = block_size tokens."""
-  return _gpt_logits, {"tokens": np.asarray(batch["tokens"][:, :self.block_size], np.int32)}
-
-
-def _vae_decode(model, z):
-  import jax
-
-  return jax.nn.sigmoid(model.decode(z))
-
-
-def vae_export_fn(self, batch):
-  """Exported: the decoder, latents float32[B, latent_dim] -> pixel probabilities float32[B, H, W, C].
-
-  The inputs checked are draws from the prior N(0, I), seeded, one per example of `batch`.
-  """
-  n = len(batch["image"])
-  z = np.random.default_rng(n).standard_normal((n, self.latent_dim)).astype(np.float32)
-  return _vae_decode, {"z": z}, ("probs",)
-
-
-_EXPORT_FNS = {"gpt": ("research.models.gpt", "GPT", gpt_export_fn),
-               "vae": ("research.models.vae", "VAE", vae_export_fn)}
-
-
-@pytest.fixture
-def zoo_export_fns(monkeypatch):
-  """Stands in the reference export_fn on GPT/VAE classes that do not define one yet."""
-  missing = []
-  for name, (module, cls, fn) in _EXPORT_FNS.items():
-    if importlib.util.find_spec(module) is None:
-      continue
-    klass = getattr(importlib.import_module(module), cls)
-    if not hasattr(klass, "export_fn"):
-      monkeypatch.setattr(klass, "export_fn", fn, raising=False)
-      missing.append(f"{module}.{cls}")
-  return missing
-
-
-
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
   """trained(name) -> the workdir of configs/<name>.py:smoke trained for 2 steps (once per module)."""
@@ -142,7 +95,7 @@ def fast_latency(monkeypatch):
 
 
 @pytest.mark.parametrize("family", FAMILIES, ids=[f.config for f in FAMILIES])
-def test_family_exports_to_every_format_with_parity(family, tmp_path, trained, zoo_export_fns):
+def test_family_exports_to_every_format_with_parity(family, tmp_path, trained):
   from research.export import FORMATS as REGISTRY
   from research.export import export, verify
 
@@ -208,17 +161,6 @@ def test_a_function_a_converter_cannot_express_is_a_one_line_error_naming_format
   assert not (tmp_path / "out").exists()
   out = export(run, formats="stablehlo", out=tmp_path / "out", batch_sizes=(1, 3), log=lambda _: None)
   assert json.loads((out / "manifest.json").read_text())["artifacts"]["stablehlo"]["parity"]["passed"]
-
-
-def test_zoo_models_define_export_fn():
-  """GPT and the VAE name their deployable function themselves (see the module docstring)."""
-  missing = []
-  for module, cls, _ in _EXPORT_FNS.values():
-    if importlib.util.find_spec(module) is not None and not hasattr(getattr(importlib.import_module(module), cls),
-                                                                    "export_fn"):
-      missing.append(f"{module}.{cls}")
-  if missing:
-    pytest.xfail(f"{', '.join(missing)} define no export_fn yet; the matrix uses the reference ones in this file")
 
 
 def test_export_fn_must_return_a_function_and_named_inputs():

@@ -10,58 +10,81 @@ Peers that are not installed (keras, torch) are reported as such.
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
 from research.bench.timing import machine, table
 
-# name -> (batch size, input shape, number of classes)
-SHAPES = {"mlp": (128, (784,), 10)}
+# The three architectures of the performance issue. `model` is the library's config.model; peers.py builds
+# the same layers in Keras and PyTorch. `input_shape` excludes the batch.
+SPECS = {
+    "mlp": dict(batch=128, input_shape=(784,), input_key="image",
+                model=dict(name="mlp", hidden_sizes=[512, 256], num_classes=10, dropout=0.0, activation="relu")),
+    "cnn": dict(batch=128, input_shape=(28, 28, 1), input_key="image",
+                model=dict(name="cnn", channels=[32, 64], kernel_size=3, hidden_size=128, num_classes=10,
+                           dropout=0.0, bn_momentum=0.9)),
+    "transformer": dict(batch=32, input_shape=(128,), input_key="tokens",
+                        model=dict(name="transformer", vocab_size=8000, num_classes=2, dim=128, num_heads=4,
+                                   num_layers=2, mlp_dim=512, dropout=0.0, attention_dropout=0.0,
+                                   positions="learned", pooling="mean", max_length=128, pad_id=0)),
+}
 SYSTEMS = ("hand_jax", "trainer", "keras_jax", "torch_eager", "torch_compile")
+BATCHES = 16  # distinct batches held in memory, cycled through
 
 
-def _data(model: str, n: int):
-  batch, shape, classes = SHAPES[model]
+def _data(name: str) -> tuple[np.ndarray, np.ndarray]:
+  spec = SPECS[name]
   rng = np.random.default_rng(0)
-  return rng.standard_normal((n, *shape)).astype(np.float32), rng.integers(0, classes, n).astype(np.int32)
+  shape = (spec["batch"] * BATCHES, *spec["input_shape"])
+  if spec["input_key"] == "tokens":  # no padding id (0): every token is real
+    x = rng.integers(1, spec["model"]["vocab_size"], shape).astype(np.int32)
+  else:
+    x = rng.standard_normal(shape).astype(np.float32)
+  return x, rng.integers(0, spec["model"]["num_classes"], shape[0]).astype(np.int32)
 
 
 # --- The systems: each returns examples/s over `steps` steady-state steps (after warm-up). -------------------
 
-def hand_jax(model: str, steps: int) -> float:
+def hand_jax(name: str, steps: int) -> float:
+  """The minimal loop: the library's model, value_and_grad, Adam, one jitted step with donated state."""
   import jax
+  import ml_collections
   import optax
   from flax import nnx
 
-  from research.models.mlp import MLP
+  from research import models  # noqa: F401  (registers the zoo)
+  from research.registry import MODELS
 
-  batch, _, classes = SHAPES[model]
-  x, y = _data(model, batch * 16)
-  net = MLP(784, (512, 256), classes, rngs=nnx.Rngs(0))
-  graphdef, params = nnx.split(net, nnx.Param)
+  spec = SPECS[name]
+  x, y = _data(name)
+  net = MODELS.get(spec["model"]["name"])(ml_collections.ConfigDict(spec["model"]), x[:2], nnx.Rngs(0))
+  graphdef, params, rest = nnx.split(net, nnx.Param, ...)
   tx = optax.adam(1e-3)
   opt_state = tx.init(params)
 
-  def step(params, opt_state, xb, yb):
+  def step(params, opt_state, rest, xb, yb):
     def loss_fn(p):
-      return optax.softmax_cross_entropy_with_integer_labels(nnx.merge(graphdef, p)(xb), yb).mean()
+      model = nnx.merge(graphdef, p, rest, copy=True)
+      loss = optax.softmax_cross_entropy_with_integer_labels(model(xb, train=True), yb).mean()
+      return loss, nnx.state(model, nnx.Not(nnx.Param))
 
-    loss, grads = jax.value_and_grad(loss_fn)(params)
+    (loss, rest), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
     updates, opt_state = tx.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, loss
+    return optax.apply_updates(params, updates), opt_state, rest, loss
 
-  step = jax.jit(step, donate_argnums=(0, 1))
+  step = jax.jit(step, donate_argnums=(0, 1, 2))
+  batch = spec["batch"]
 
   def run(n):
-    nonlocal params, opt_state
+    nonlocal params, opt_state, rest
     for i in range(n):
-      s = (i % 16) * batch
-      params, opt_state, loss = step(params, opt_state, x[s:s + batch], y[s:s + batch])
+      s = (i % BATCHES) * batch
+      params, opt_state, rest, loss = step(params, opt_state, rest, x[s:s + batch], y[s:s + batch])
     loss.block_until_ready()
 
   run(5)
@@ -70,132 +93,99 @@ def hand_jax(model: str, steps: int) -> float:
   return steps * batch / (time.perf_counter() - start)
 
 
-def trainer(model: str, steps: int) -> float:
+def trainer(name: str, steps: int) -> float:
+  """research.train.loop.train on the same arrays, read back from its own perf/examples_per_sec log."""
   import tempfile
 
   from research.registry import DATASETS
   from research.train.loop import train
 
-  batch, _, _ = SHAPES[model]
-  x, y = _data(model, batch * 16)
-  DATASETS.register("bench")(lambda split: {"image": x, "label": y})
-  import ml_collections
-
-  config = ml_collections.ConfigDict(json.loads(_trainer_config(model, batch, steps)))
+  spec = SPECS[name]
+  x, y = _data(name)
+  DATASETS.register("bench")(lambda split: {spec["input_key"]: x, "label": y})
   workdir = tempfile.mkdtemp(prefix="research-bench-")
-  train(config, workdir)
+  train(trainer_config(name, steps), workdir)
   rows = [json.loads(line) for line in open(f"{workdir}/metrics.jsonl")]
   rates = [r["perf/examples_per_sec"] for r in rows if "perf/examples_per_sec" in r]
   return statistics.median(rates[1:])  # the first interval includes compilation
 
 
-def _trainer_config(model: str, batch: int, steps: int) -> str:
-  import importlib.util
+def trainer_config(name: str, steps: int):
+  """The library's defaults with the benchmark's model, data, Adam at a constant 1e-3 and no checkpoints."""
+  from research import config as config_lib
+  from research.models.layers import fast_paths
 
-  root = Path(__file__).resolve().parents[2]
-  spec = importlib.util.spec_from_file_location("mnist_mlp", root / "configs" / "mnist_mlp.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config()
-  config.data.update(dict(name="bench", preprocess="", batch_size=batch, eval_batch_size=batch, shuffle=True))
-  config.schedule.name = "constant"
+  spec = SPECS[name]
+  config = config_lib.defaults()
+  config.data.update(dict(name="bench", input_key=spec["input_key"], preprocess="", augment="",
+                          batch_size=spec["batch"], eval_batch_size=spec["batch"], shuffle=True))
+  config.model = dict(spec["model"])
+  config.optimizer.update(dict(name="adam", learning_rate=1e-3))
+  config.schedule.update(dict(name="constant", warmup_steps=0))
   interval = max(steps // 4, 1)
   config.train.update(dict(steps=steps + interval, epochs=0, log_every=interval, eval_every=0))
   config.checkpoint.every = 0
   config.compilation_cache = "off"
-  return config.to_json()
+  config.fast_paths = fast_paths.enabled()  # as `measure` set it for this process
+  return config
 
 
-def keras_jax(model: str, steps: int) -> float:
-  import os
+def keras_jax(name: str, steps: int) -> float:
+  from research.bench import peers
 
-  os.environ["KERAS_BACKEND"] = "jax"
-  import keras
-
-  batch, _, classes = SHAPES[model]
-  x, y = _data(model, batch * 16)
-  net = keras.Sequential([keras.Input((784,)), keras.layers.Dense(512, activation="relu"),
-                          keras.layers.Dense(256, activation="relu"), keras.layers.Dense(classes)])
-  net.compile(optimizer=keras.optimizers.Adam(1e-3),
-              loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-  net.fit(x, y, batch_size=batch, epochs=1, verbose=0)  # compile, warm up
-  epochs = max(steps // 16, 1)
-  start = time.perf_counter()
-  net.fit(x, y, batch_size=batch, epochs=epochs, verbose=0)
-  return epochs * 16 * batch / (time.perf_counter() - start)
+  return peers.keras_jax(name, SPECS[name], *_data(name), steps)
 
 
-def _torch(model: str, steps: int, compiled: bool) -> float:
-  import torch
+def torch_eager(name: str, steps: int) -> float:
+  from research.bench import peers
 
-  batch, _, classes = SHAPES[model]
-  x, y = _data(model, batch * 16)
-  xt, yt = torch.from_numpy(x), torch.from_numpy(y).long()
-  net = torch.nn.Sequential(torch.nn.Linear(784, 512), torch.nn.ReLU(), torch.nn.Linear(512, 256),
-                            torch.nn.ReLU(), torch.nn.Linear(256, classes))
-  opt = torch.optim.Adam(net.parameters(), 1e-3)
-  loss_fn = torch.nn.CrossEntropyLoss()
-
-  def step(xb, yb):
-    opt.zero_grad(set_to_none=True)
-    loss = loss_fn(net(xb), yb)
-    loss.backward()
-    opt.step()
-    return loss
-
-  if compiled:
-    step = torch.compile(step)
-
-  def run(n):
-    for i in range(n):
-      s = (i % 16) * batch
-      step(xt[s:s + batch], yt[s:s + batch])
-
-  run(5)
-  start = time.perf_counter()
-  run(steps)
-  return steps * batch / (time.perf_counter() - start)
+  return peers.torch_train(name, SPECS[name], *_data(name), steps, compiled=False)
 
 
-def torch_eager(model: str, steps: int) -> float:
-  return _torch(model, steps, compiled=False)
+def torch_compile(name: str, steps: int) -> float:
+  from research.bench import peers
 
-
-def torch_compile(model: str, steps: int) -> float:
-  return _torch(model, steps, compiled=True)
+  return peers.torch_train(name, SPECS[name], *_data(name), steps, compiled=True)
 
 
 # --- The harness. -----------------------------------------------------------------------------------------
 
-def _measure(system: str, model: str, steps: int) -> dict:
-  """Runs one measurement in a fresh process; returns {"examples_per_sec", "peak_mb"} or {"error"}."""
+def measure(system: str, model: str, steps: int, *, env: dict | None = None, fast_paths: bool = True) -> dict:
+  """Runs one measurement in a fresh process (with `env` added to the environment, e.g. XLA_FLAGS);
+  returns {"examples_per_sec", "peak_mb"} or {"error"}."""
   code = ("import json, sys; from research.bench import train, timing; "
+          "from research.models.layers import fast_paths; "
+          f"fast_paths.set_enabled({fast_paths}); "
           f"rate = train.{system}({model!r}, {steps}); "
           "print(json.dumps({'examples_per_sec': rate, 'peak_mb': timing.peak_rss_mb()}))")
-  done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=900)
+  done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=900,
+                        env={**os.environ, **(env or {})})
   if done.returncode != 0:
     last = (done.stderr.strip().splitlines() or ["failed"])[-1]
     return {"error": "not installed" if "ModuleNotFoundError" in last else last[:80]}
   return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def run(quick: bool = False) -> str:
-  steps, repeats = (20, 1) if quick else (400, 3)
+def run(quick: bool = False, models: tuple[str, ...] = tuple(SPECS)) -> str:
+  steps, repeats = (6, 1) if quick else (200, 3)
   rows = []
-  for model in SHAPES:
+  for model in models:
     results: dict[str, list[dict]] = {s: [] for s in SYSTEMS}
     for _ in range(repeats):
       for system in SYSTEMS:  # interleaved: a slow moment of the machine hits every system alike
-        results[system].append(_measure(system, model, steps))
-    base = statistics.median(r["examples_per_sec"] for r in results["hand_jax"])
+        results[system].append(measure(system, model, steps))
+    rate = {s: statistics.median(r["examples_per_sec"] for r in results[s] if "examples_per_sec" in r)
+            for s in SYSTEMS if any("examples_per_sec" in r for r in results[s])}
     for system in SYSTEMS:
-      good = [r for r in results[system] if "examples_per_sec" in r]
-      if not good:
-        rows.append([model, system, results[system][0]["error"], "", ""])
+      if system not in rate:
+        rows.append([model, system, results[system][0]["error"], "", "", ""])
         continue
-      rate = statistics.median(r["examples_per_sec"] for r in good)
-      peak = max(r["peak_mb"] for r in good)
-      rows.append([model, system, f"{rate:,.0f}", f"{rate / base:.2f}x", f"{peak:,.0f}"])
+      peak = max(r["peak_mb"] for r in results[system] if "peak_mb" in r)
+      ratio = lambda base: f"{rate[system] / rate[base]:.2f}x" if base in rate else "n/a"
+      rows.append([model, system, f"{rate[system]:,.0f}", ratio("hand_jax"), ratio("torch_eager"), f"{peak:,.0f}"])
+  shapes = "; ".join(f"{m}: batch {SPECS[m]['batch']}, input {SPECS[m]['input_shape']}" for m in models)
   return (f"Steady-state training throughput, examples/s, median of {repeats} interleaved runs of {steps} steps "
-          f"each in separate processes; Adam, float32, data in memory.\nMachine: {machine()}.\n\n"
-          + table(["model", "system", "examples/s", "vs hand-written jax.jit", "peak RSS MB"], rows))
+          f"each in separate processes; Adam (PyTorch: fused Adam), float32, data in memory ({shapes}).\n"
+          f"Machine: {machine()}.\n\n"
+          + table(["model", "system", "examples/s", "vs hand-written jax.jit", "vs PyTorch eager", "peak RSS MB"],
+                  rows))

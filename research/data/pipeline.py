@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from typing import Callable, Iterator
 
 import jax
@@ -94,6 +95,32 @@ def eval_batches(arrays: Batch, batch_size: int, sharding: jax.sharding.NamedSha
     return to_global({**batch, "mask": mask.astype(np.float32)}, sharding)
 
   return prefetch_iter((make(s) for s in range(0, n, batch_size)), 2)
+
+
+class WaitTimer:
+  """Wraps a batch iterator; `seconds` adds up the time the consumer spent waiting for its items.
+
+  The train loop reports it as `perf/data_wait_fraction`: the share of wall time
+  the step loop stood idle because the next batch was not ready.
+  """
+
+  def __init__(self, source: Iterator):
+    self.source, self.seconds = source, 0.0
+
+  def __iter__(self):
+    return self
+
+  def __next__(self):
+    start = time.perf_counter()
+    try:
+      return next(self.source)
+    finally:
+      self.seconds += time.perf_counter() - start
+
+  def close(self) -> None:
+    close = getattr(self.source, "close", None)
+    if close is not None:
+      close()
 
 
 _DONE = object()

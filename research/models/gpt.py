@@ -179,6 +179,11 @@ class GPT(nnx.Module):
     out["bits_per_token"] = out["loss"] / math.log(2)
     return out
 
+  def export_fn(self, batch):
+    """What research/export deploys: logits float32[B, T, vocab] of a context of T = block_size tokens,
+    checked on the first block_size tokens of real eval windows."""
+    return _logits, {"tokens": np.asarray(batch["tokens"][:, :self.block_size], np.int32)}
+
   def summaries(self, batch, rng) -> dict[str, str]:
     """A text sample for TensorBoard: the first `sample_prompt_length` tokens of the first eval window,
     continued by `sample_tokens` sampled tokens (seeded by `rng`)."""
@@ -190,6 +195,10 @@ class GPT(nnx.Module):
     prompt_text, continuation = decode(ids[0, :prompt.shape[1]]), decode(ids[0, prompt.shape[1]:])
     text = f"{prompt_text}[{continuation}]"  # the prompt, then the model's continuation in brackets
     return {"samples/text": "\n".join("    " + line for line in text.split("\n"))}  # markdown code block
+
+
+def _logits(model: GPT, tokens: jax.Array) -> jax.Array:
+  return model(tokens, train=False)
 
 
 def sample_logits(logits: jax.Array, key: jax.Array, temperature=1.0, top_k=0) -> jax.Array:

@@ -190,6 +190,13 @@ class VAE(nnx.Module):
     z = mean if key is None else self.reparameterize(mean, logvar, key)
     return jax.nn.sigmoid(self.decode(z))
 
+  def export_fn(self, batch):
+    """What research/export deploys: the decoder, latents float32[B, latent_dim] -> pixel probabilities
+    float32[B, H, W, C] ("probs"), checked on seeded draws from the prior N(0, I), one per example."""
+    n = len(batch["image"])
+    z = np.random.default_rng(n).standard_normal((n, self.latent_dim)).astype(np.float32)
+    return _decode_probs, {"z": z}, ("probs",)
+
   def summaries(self, batch, rng) -> dict[str, np.ndarray]:
     """TensorBoard images, float[H, W, C] in [0, 1]: `vae/reconstructions` (rows of 8 test images, each
     followed by a row of their reconstructions) and `vae/prior_samples` (a 4x4 grid of prior draws)."""
@@ -200,6 +207,10 @@ class VAE(nnx.Module):
     pairs = np.stack([images[:n].reshape(-1, 8, *images.shape[1:]), recon[:n].reshape(-1, 8, *recon.shape[1:])], 1)
     return {"vae/reconstructions": image_grid(pairs.reshape(-1, *images.shape[1:]), columns=8),
             "vae/prior_samples": image_grid(np.asarray(samples), columns=4)}
+
+
+def _decode_probs(model: VAE, z: jax.Array) -> jax.Array:
+  return jax.nn.sigmoid(model.decode(z))
 
 
 @partial(jax.jit, static_argnums=0)

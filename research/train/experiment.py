@@ -20,6 +20,7 @@ from research.checkpoint import Checkpointer
 from research.data import clean, ops
 from research.data.sources import get_split
 from research.errors import ConfigError
+from research.models.layers import fast_paths
 from research.registry import MODELS
 from research.train import state as state_lib
 
@@ -35,7 +36,8 @@ def preprocessor(config, workdir: str | Path, train_arrays: dict[str, np.ndarray
 
 
 def build_model(config, arrays: dict[str, np.ndarray], preprocess) -> nnx.Module:
-  """The registered model, sized by two preprocessed examples of `arrays`."""
+  """The registered model, sized by two preprocessed examples of `arrays`; sets the layers' fast paths."""
+  fast_paths.set_enabled(config.get("fast_paths", True))
   sample = preprocess({k: v[:2] for k, v in arrays.items()})[config.data.input_key]
   return MODELS.get(config.model.name)(config.model, sample, nnx.Rngs(config.seed))
 

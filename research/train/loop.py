@@ -23,7 +23,7 @@ from research import config as config_lib
 from research import metrics, parallel
 from research.checkpoint import Checkpointer
 from research.data import augment, clean, ops
-from research.data.pipeline import Pipeline, eval_batches
+from research.data.pipeline import Pipeline, WaitTimer, eval_batches
 from research.errors import CheckpointError, ConfigError, TrainingError, brief
 from research.logging import MetricWriter, Progress
 from research.registry import DATASETS, MODELS
@@ -165,6 +165,7 @@ def train(config, workdir: str | Path) -> dict[str, float]:
   pending: list[dict] = []  # Step metrics still on device.
   fetched: list[dict] = []  # Step metrics on the host, not yet logged.
   timer_step, timer = start, time.perf_counter()
+  waited = 0.0  # seconds spent waiting on the input pipeline at the last log
   final: dict[str, float] = {}
   stopped_early = preempted = False
 
@@ -183,9 +184,14 @@ def train(config, workdir: str | Path) -> dict[str, float]:
     pending = []
 
   try:
-    with PreemptionGuard() as preemption, contextlib.closing(pipeline.iterate(start, stop - start)) as batches:
+    batches = WaitTimer(pipeline.iterate(start, stop - start))
+    with PreemptionGuard() as preemption, contextlib.closing(batches):
       for step, batch in zip(range(start + 1, stop + 1), batches):
+        dispatched = time.perf_counter()
         state, step_metrics = train_step(state, batch)
+        if step == start + 1:  # The first step compiles (or loads from the compilation cache): time it.
+          jax.block_until_ready(step_metrics)
+          writer.scalars(step, {"perf/first_step_sec": time.perf_counter() - dispatched})
         pending.append(step_metrics)
         due_eval = (eval_every and step % eval_every == 0) or step == total_steps
         due_log = step % log_every == 0 or step == stop
@@ -201,11 +207,12 @@ def train(config, workdir: str | Path) -> dict[str, float]:
           values.update({"train/learning_rate": float(schedule(step - 1)),
                          "train/skipped_steps": float(state.skipped_steps) if config.nan_policy == "skip" else 0.0,
                          "perf/steps_per_sec": steps_per_sec,
-                         "perf/examples_per_sec": steps_per_sec * config.data.batch_size})
+                         "perf/examples_per_sec": steps_per_sec * config.data.batch_size,
+                         "perf/data_wait_fraction": (batches.seconds - waited) / elapsed})
           writer.scalars(step, values)
           progress.update(step, {"loss": values["train/loss"]})
           fetched = []
-          timer_step, timer = step, time.perf_counter()
+          timer_step, timer, waited = step, time.perf_counter(), batches.seconds
 
         eval_metrics = None
         if due_eval:

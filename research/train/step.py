@@ -68,14 +68,13 @@ def _train_step(state: TrainState, batch, *, graphdef, tx, input_key, label_smoo
   grad_norm = optax.tree.norm(grads)
   finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
 
-  def apply_update(_):
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    return optax.apply_updates(state.params, updates), opt_state, model_state
-
-  def skip_update(_):  # A non-finite step never reaches the parameters (nor, so, a checkpoint).
-    return state.params, state.opt_state, state.model_state
-
-  params, opt_state, model_state = jax.lax.cond(finite, apply_update, skip_update, None)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  # A non-finite step never reaches the parameters (nor, so, a checkpoint). An elementwise select fuses into
+  # the optimizer's update; a lax.cond would cost a separate pass over the state on CPU.
+  keep_if_finite = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+  params, opt_state, model_state = (keep_if_finite(params, state.params), keep_if_finite(opt_state, state.opt_state),
+                                    keep_if_finite(model_state, state.model_state))
   new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state, model_state=model_state,
                             skipped_steps=state.skipped_steps + (~finite).astype(jnp.int32))
   return new_state, {"loss": loss, "grad_norm": grad_norm, "nonfinite": ~finite}

@@ -5,6 +5,8 @@ from __future__ import annotations
 import jax
 from flax import nnx
 
+from research.models.layers.norm import BatchNorm
+
 # He-normal, fan-out (as torchvision initializes ResNets): keeps activations' scale through ReLU layers.
 conv_init = nnx.initializers.variance_scaling(2.0, "fan_out", "normal")
 
@@ -22,7 +24,7 @@ class ConvBN(nnx.Module):
                relu: bool = True, bn_momentum: float = 0.9, zero_init_scale: bool = False, rngs: nnx.Rngs):
     self.conv = nnx.Conv(in_channels, out_channels, (kernel_size, kernel_size), strides=stride, padding="SAME",
                          use_bias=False, kernel_init=conv_init, rngs=rngs)
-    self.norm = nnx.BatchNorm(out_channels, momentum=bn_momentum,
+    self.norm = BatchNorm(out_channels, momentum=bn_momentum,
                               scale_init=nnx.initializers.zeros if zero_init_scale else nnx.initializers.ones,
                               rngs=rngs)
     self.relu = relu

@@ -1,0 +1,25 @@
+"""The switch for the library's fast formulations of standard layers (on by default).
+
+Some layers have a second formulation that computes the same function as the
+textbook one but runs faster under XLA:CPU (docs/benchmarks/train.md has the
+measurements): `max_pool` as a tree of elementwise maxima over strided slices,
+and `BatchNorm`'s training-mode backward pass as one closed-form expression.
+`config.fast_paths = False` (applied when the model is built, see
+research/train/experiment.py) selects the reference formulations, e.g. to rule
+them out when debugging; tests/test_fast_paths.py holds the two equal.
+The switch is read while a function is traced, so it applies to every step
+jitted after it is set.
+"""
+
+from __future__ import annotations
+
+_enabled = True
+
+
+def enabled() -> bool:
+  return _enabled
+
+
+def set_enabled(value: bool) -> None:
+  global _enabled
+  _enabled = bool(value)

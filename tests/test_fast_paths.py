@@ -1,0 +1,153 @@
+"""The fast formulations (research/models/layers/fast_paths.py) equal the reference ones.
+
+Each fast path is checked against an independent reference: flax's own
+`nnx.BatchNorm` and `nnx.max_pool`, and the library's reference formulation
+(`config.fast_paths=False`) for whole train steps of the CNN and the ResNet.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from research import config as config_lib
+from research.models.layers import fast_paths
+from research.models.layers.norm import BatchNorm
+from research.models.layers.pooling import max_pool
+from tests import helpers
+
+
+@pytest.fixture
+def fast(request):
+  """Runs the test with the fast paths set as parametrized, and restores the default afterwards."""
+  fast_paths.set_enabled(request.param)
+  yield request.param
+  fast_paths.set_enabled(True)
+
+
+def _images(shape, seed=0):
+  return jnp.asarray(np.random.default_rng(seed).standard_normal(shape), jnp.float32)
+
+
+@pytest.mark.parametrize("fast", [True, False], indirect=True)
+@pytest.mark.parametrize("window", [2, 3, (2, 3)])
+def test_max_pool_equals_flax_reduce_window_forward_and_backward(fast, window):
+  x = _images((3, 13, 12, 5))
+  ours = lambda x: max_pool(x, window)
+  flax_pool = lambda x: nnx.max_pool(x, window_shape=(window, window) if isinstance(window, int) else window,
+                                     strides=(window, window) if isinstance(window, int) else window)
+  np.testing.assert_array_equal(ours(x), flax_pool(x))  # a max is exact
+  weights = _images(ours(x).shape, seed=1)  # a non-uniform cotangent
+  loss = lambda pool: lambda x: jnp.sum(pool(x) * weights)
+  np.testing.assert_allclose(jax.grad(loss(ours))(x), jax.grad(loss(flax_pool))(x), atol=1e-6)
+
+
+def test_max_pool_shares_the_gradient_of_tied_maxima():
+  x = jnp.zeros((1, 2, 2, 1))  # four tied maxima in one window
+  grad = jax.grad(lambda x: jnp.sum(max_pool(x, 2)))(x)
+  assert float(jnp.sum(grad)) == pytest.approx(1.0)  # the whole gradient, shared (a valid subgradient)
+
+
+@pytest.mark.parametrize("fast", [True, False], indirect=True)
+def test_batch_norm_train_mode_equals_flax_outputs_gradients_and_running_averages(fast):
+  x = _images((16, 5, 5, 6)) * 3.0 + 1.5
+  ours = BatchNorm(6, momentum=0.8, rngs=nnx.Rngs(0))
+  reference = nnx.BatchNorm(6, momentum=0.8, rngs=nnx.Rngs(0))
+  for bn in (ours, reference):  # non-trivial scale and bias
+    bn.scale[...] = jnp.linspace(0.5, 2.0, 6)
+    bn.bias[...] = jnp.linspace(-1.0, 1.0, 6)
+  weights = _images(x.shape, seed=2)
+
+  def loss(bn, x):
+    return jnp.sum(jnp.tanh(bn(x, use_running_average=False)) * weights)
+
+  results = {}
+  for name, bn in (("ours", ours), ("reference", reference)):
+    value, (grad_bn, grad_x) = nnx.value_and_grad(loss, argnums=(0, 1))(bn, x)
+    results[name] = (value, grad_x, grad_bn["scale"][...], grad_bn["bias"][...], bn.mean[...], bn.var[...])
+  for got, want in zip(results["ours"], results["reference"]):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+  assert float(jnp.max(jnp.abs(results["ours"][4]))) > 0.1  # the running mean moved
+  np.testing.assert_array_equal(ours(x, use_running_average=True), reference(x, use_running_average=True))
+
+
+@pytest.mark.parametrize("config_name", ["mnist_cnn", "fashion_mnist_resnet"])
+def test_train_steps_with_and_without_fast_paths_agree(config_name):
+  """Three real train steps of a zoo model (8 devices): the same loss and parameters with either formulation."""
+  from research import parallel
+  from research.train import experiment
+  from research.train.step import make_steps
+
+  config = config_lib.load(f"configs/{config_name}.py:smoke")
+  config.data.augment = ""
+  config.optimizer.update(name="sgd", weight_decay=0.0)  # parameters then differ as much as the gradients do
+  rng = np.random.default_rng(0)
+  batch = {"image": rng.standard_normal((8, 28, 28, 1)).astype(np.float32),
+           "label": rng.integers(0, 10, 8).astype(np.int32)}
+  outcomes = []
+  for fast in (True, False):
+    config.fast_paths = fast
+    mesh = parallel.make_mesh(config)
+    model = experiment.build_model(config, batch, lambda b: b)
+    graphdef, state, tx, _ = experiment.build_state(config, model, 10, mesh)
+    train_step, _ = make_steps(graphdef, tx, mesh, strategy="auto", input_key="image")
+    losses = []
+    for _ in range(3):
+      state, metrics = train_step(state, batch)
+      losses.append(float(metrics["loss"]))
+    outcomes.append((losses, jax.device_get(state.params), jax.device_get(state.model_state)))
+  fast_paths.set_enabled(True)
+  (fast_losses, fast_params, fast_stats), (ref_losses, ref_params, ref_stats) = outcomes
+  np.testing.assert_allclose(fast_losses, ref_losses, rtol=1e-5)
+  assert fast_losses[2] != fast_losses[0]  # the steps trained
+  for got, want in zip(jax.tree.leaves(fast_params) + jax.tree.leaves(fast_stats),
+                       jax.tree.leaves(ref_params) + jax.tree.leaves(ref_stats)):
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_xla_defaults_are_added_unless_set_or_switched_off():
+  from research import xla_flags
+
+  env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+  xla_flags.apply(env)
+  assert env["XLA_FLAGS"] == ("--xla_force_host_platform_device_count=8 "
+                              "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution")
+  mine = {"XLA_FLAGS": "--xla_cpu_experimental_ynn_fusion_type=dot"}
+  xla_flags.apply(mine)
+  assert mine["XLA_FLAGS"] == "--xla_cpu_experimental_ynn_fusion_type=dot"  # the user's value wins
+  off = {"RESEARCH_XLA_DEFAULTS": "0"}
+  xla_flags.apply(off)
+  assert "XLA_FLAGS" not in off
+
+
+_CONV_GRADS = """
+import json, os, sys
+import research, jax, jax.numpy as jnp, numpy as np
+x = jnp.asarray(np.random.default_rng(0).standard_normal((16, 14, 14, 8)), jnp.float32)
+k = jnp.asarray(np.random.default_rng(1).standard_normal((3, 3, 8, 16)), jnp.float32)
+f = lambda x, k: jnp.sum(jnp.tanh(jax.lax.conv_general_dilated(x, k, (1, 1), "SAME",
+                                                               dimension_numbers=("NHWC", "HWIO", "NHWC"))))
+dx, dk = jax.jit(jax.grad(f, argnums=(0, 1)))(x, k)
+print(json.dumps({"flags": os.environ.get("XLA_FLAGS", ""), "dx": np.asarray(dx).ravel().tolist(),
+                  "dk": np.asarray(dk).ravel().tolist()}))
+"""
+
+
+def test_convolution_gradients_equal_with_and_without_the_xla_defaults():
+  results = {}
+  for defaults in ("1", "0"):
+    env = {**os.environ, "RESEARCH_XLA_DEFAULTS": defaults, "XLA_FLAGS": ""}
+    done = subprocess.run([sys.executable, "-c", _CONV_GRADS], capture_output=True, text=True, env=env, timeout=300,
+                          cwd=str(helpers.ROOT))
+    assert done.returncode == 0, done.stderr[-2000:]
+    results[defaults] = json.loads(done.stdout.strip().splitlines()[-1])
+  assert "ynn_fusion_type=-individual_convolution" in results["1"]["flags"]
+  assert "ynn_fusion_type" not in results["0"]["flags"]
+  for key in ("dx", "dk"):
+    np.testing.assert_allclose(results["1"][key], results["0"][key], rtol=1e-4, atol=1e-4)
