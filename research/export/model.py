@@ -170,6 +170,7 @@ def for_model(model, config: ml_collections.ConfigDict, meta: dict, preprocess: 
 
 def from_workdir(workdir: str | Path, step: str | int | None = "latest") -> Exportable:
   """The model of a training run at `step` ("latest", "best" or a number)."""
+  from research.models.layers import fast_paths
   from research.train.experiment import trained_model
 
   absl = logging.getLogger("absl")
@@ -179,6 +180,9 @@ def from_workdir(workdir: str | Path, step: str | int | None = "latest") -> Expo
     model, config, meta = trained_model(workdir, step)
   finally:
     absl.setLevel(level)
+  # Export traces the reference formulations: the fast ones speed up training's backward pass only, and the
+  # strided-slice max-pool becomes a dynamic gather under a dynamic batch, which TFLite cannot convert.
+  fast_paths.set_enabled(False)
   return for_model(model, config, meta, preprocessor(config, workdir))
 
 

@@ -59,6 +59,13 @@ def _train_norm_backward(epsilon, residuals, cotangents):
 _train_norm.defvjp(_train_norm_forward, _train_norm_backward)
 
 
+def _varying(x) -> bool:
+  """True for per-device values inside shard_map (parallel.strategy="pmap"): there the replicated scale's
+  gradient needs the psum that autodiff inserts, so the reference formulation is used."""
+  axis_type = getattr(jax.typeof(x), "manual_axis_type", None)
+  return bool(getattr(axis_type, "varying", False))
+
+
 class BatchNorm(nnx.BatchNorm):
   """`nnx.BatchNorm` over the last (feature) axis; see the module docstring for its training-mode backward.
 
@@ -68,6 +75,7 @@ class BatchNorm(nnx.BatchNorm):
   def __call__(self, x, use_running_average: bool | None = None, *, mask=None):
     use_running_average = self.use_running_average if use_running_average is None else use_running_average
     fast = (fast_paths.enabled() and not use_running_average and mask is None and self.axis_name is None
+            and not _varying(x)
             and self.axis in (-1, x.ndim - 1) and self.dtype is None and self.scale is not None
             and self.bias is not None)
     if not fast:
