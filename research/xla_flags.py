@@ -5,7 +5,7 @@ On XLA:CPU, jaxlib 0.10 hands convolutions to YNNPACK, whose kernel gradient
 (Eigen) convolution for the small-channel 3x3 layers of the zoo's CNN and
 ResNet (e.g. 135 ms vs 19 ms for a 128x28x28x16 -> 16 layer); forward and
 input-gradient convolutions took the same time either way. So convolutions
-stay with XLA (docs/benchmarks/cpu.md has the whole-step numbers). The flag
+stay with XLA (the README's "The CPU investigation" has the whole-step effect). The flag
 only concerns the CPU backend.
 
 `import research` applies these unless XLA_FLAGS already sets the same flag

@@ -151,3 +151,9 @@ def test_convolution_gradients_equal_with_and_without_the_xla_defaults():
   assert "ynn_fusion_type" not in results["0"]["flags"]
   for key in ("dx", "dk"):
     np.testing.assert_allclose(results["1"][key], results["0"][key], rtol=1e-4, atol=1e-4)
+
+
+def test_reference_block_restores_the_setting():
+  with fast_paths.reference():
+    assert not fast_paths.enabled()
+  assert fast_paths.enabled()

@@ -31,7 +31,7 @@ CONFIGS = ("mnist_mlp", "mnist_cnn", "fashion_mnist_resnet", "mnist_vae", "rotte
            "rotten_tomatoes_transformer", "shakespeare_gpt")
 
 
-def _train(config: str, workdir: Path, cache: Path, steps: int) -> dict:
+def _train(config: str, workdir: Path, cache: Path, steps: int) -> list[dict]:
   """Trains `steps` steps in a fresh process; returns its metrics.jsonl rows."""
   log_every = max(steps // 4, 1)
   command = [sys.executable, str(ROOT / "scripts" / "train.py"), "--config", config, "--workdir", str(workdir),

@@ -45,6 +45,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from research.models.layers import fast_paths
+
 BATCH = "batch"  # The name of the dynamic batch dimension in every artifact.
 
 
@@ -127,7 +129,10 @@ def from_model(model, config: ml_collections.ConfigDict, meta: dict, sample: Seq
 
   def apply(weights, *inputs):
     module = nnx.merge(graphdef, rng_state, jax.tree.unflatten(treedef, list(weights)))
-    return _as_tuple(fn(module, *inputs))
+    # The fast formulations speed up training's backward pass only, and the strided-slice max-pool becomes a
+    # dynamic gather under a dynamic batch, which TFLite cannot convert: artifacts use the reference ones.
+    with fast_paths.reference():
+      return _as_tuple(fn(module, *inputs))
 
   specs = [InputSpec(name, tuple(int(d) for d in x.shape[1:]), str(np.dtype(x.dtype)))
            for name, x in zip(input_names, sample)]
@@ -170,7 +175,6 @@ def for_model(model, config: ml_collections.ConfigDict, meta: dict, preprocess: 
 
 def from_workdir(workdir: str | Path, step: str | int | None = "latest") -> Exportable:
   """The model of a training run at `step` ("latest", "best" or a number)."""
-  from research.models.layers import fast_paths
   from research.train.experiment import trained_model
 
   absl = logging.getLogger("absl")
@@ -180,9 +184,6 @@ def from_workdir(workdir: str | Path, step: str | int | None = "latest") -> Expo
     model, config, meta = trained_model(workdir, step)
   finally:
     absl.setLevel(level)
-  # Export traces the reference formulations: the fast ones speed up training's backward pass only, and the
-  # strided-slice max-pool becomes a dynamic gather under a dynamic batch, which TFLite cannot convert.
-  fast_paths.set_enabled(False)
   return for_model(model, config, meta, preprocessor(config, workdir))
 
 

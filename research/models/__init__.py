@@ -19,6 +19,6 @@ through this interface:
 """
 
 from research.models import mlp  # noqa: F401  (registers "mlp")
+from research.models import rnn, transformer  # noqa: F401  (registers "rnn", "transformer")
 from research.models import cnn, resnet  # noqa: F401  (registers "cnn", "resnet")
 from research.models import gpt, vae  # noqa: F401  (registers "gpt", "vae")
-from research.models import rnn, transformer  # noqa: F401  (registers "rnn", "transformer")

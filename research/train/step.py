@@ -70,8 +70,8 @@ def _train_step(state: TrainState, batch, *, graphdef, tx, input_key, label_smoo
 
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
-  # A non-finite step never reaches the parameters (nor, so, a checkpoint). An elementwise select fuses into
-  # the optimizer's update; a lax.cond would cost a separate pass over the state on CPU.
+  # A non-finite step never reaches the parameters (nor, so, a checkpoint): an elementwise select of the old
+  # state, which XLA fuses into the optimizer's update (it measured as fast as a lax.cond, and is simpler).
   keep_if_finite = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
   params, opt_state, model_state = (keep_if_finite(params, state.params), keep_if_finite(opt_state, state.opt_state),
                                     keep_if_finite(model_state, state.model_state))

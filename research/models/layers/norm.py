@@ -8,7 +8,7 @@ a custom VJP that returns the gradient in closed form,
 
 two reductions and one elementwise pass. XLA's autodiff of the textbook
 formula takes several passes over the activations; on XLA:CPU this backward
-pass was ~4x faster (docs/benchmarks/train.md). The batch statistics are
+pass was ~4x faster (the README's "The CPU investigation"). The batch statistics are
 those of nnx.BatchNorm (mean and E[x^2] - mean^2 over every axis but the
 last); the running averages update the same way.
 """

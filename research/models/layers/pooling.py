@@ -8,10 +8,10 @@ default, research/models/layers/fast_paths.py) a window's maximum is a tree of
 elementwise maxima over strided slices; the reference formulation reshapes each
 window into its own axes and takes a `max`. Both backward passes are elementwise
 selects; on XLA:CPU, for float32[128, 28, 28, 32], the slices' took 3.1 ms, the
-reshape's 12.9 ms, and select_and_scatter is ~5x slower still (DESIGN.md,
-docs/benchmarks/train.md). Where a window holds several equal maxima the gradient is shared among them (`reduce_window` gives it all to
-one); with continuous inputs ties do not occur, and after a ReLU tied zeros get
-zero gradient either way. Overlapping windows and SAME padding use `nnx.max_pool`.
+reshape's 12.9 ms, and select_and_scatter is ~5x slower still (DESIGN.md).
+Where a window holds several equal maxima the gradient is shared among them
+(`reduce_window` gives it all to one); with continuous inputs ties do not
+occur, and after a ReLU tied zeros get zero gradient either way. Overlapping windows and SAME padding use `nnx.max_pool`.
 """
 
 from __future__ import annotations
