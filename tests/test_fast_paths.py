@@ -117,7 +117,7 @@ def test_xla_defaults_are_added_unless_set_or_switched_off():
   env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
   xla_flags.apply(env)
   assert env["XLA_FLAGS"] == ("--xla_force_host_platform_device_count=8 "
-                              "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution")
+                              "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution,-reduce")
   mine = {"XLA_FLAGS": "--xla_cpu_experimental_ynn_fusion_type=dot"}
   xla_flags.apply(mine)
   assert mine["XLA_FLAGS"] == "--xla_cpu_experimental_ynn_fusion_type=dot"  # the user's value wins
@@ -147,7 +147,7 @@ def test_convolution_gradients_equal_with_and_without_the_xla_defaults():
                           cwd=str(helpers.ROOT))
     assert done.returncode == 0, done.stderr[-2000:]
     results[defaults] = json.loads(done.stdout.strip().splitlines()[-1])
-  assert "ynn_fusion_type=-individual_convolution" in results["1"]["flags"]
+  assert "ynn_fusion_type=-individual_convolution,-reduce" in results["1"]["flags"]
   assert "ynn_fusion_type" not in results["0"]["flags"]
   for key in ("dx", "dk"):
     np.testing.assert_allclose(results["1"][key], results["0"][key], rtol=1e-4, atol=1e-4)

@@ -2,8 +2,9 @@
 
 Each experiment runs the hand-written jax.jit loop of research/bench/train.py
 (the library's own models, so `config.fast_paths` applies) for the CNN and the
-Transformer in a fresh process with its XLA_FLAGS, interleaved with the others
-and repeated; the table reports medians and the ratio to the default. Flags
+Transformer, and the Transformer's forward pass, in a fresh process with its
+environment, interleaved with the others and repeated; the table reports
+medians and the ratio to the default. Flags
 that did not help stay in the table: that is the record of what was tried.
 """
 
@@ -15,10 +16,16 @@ from research.bench.timing import machine, table
 from research.bench.train import SPECS, measure
 
 # (what, environment, config.fast_paths). `import research` adds research/xla_flags.py's defaults to XLA_FLAGS
-# unless RESEARCH_XLA_DEFAULTS=0, so every row but the second keeps convolutions away from YNNPACK.
+# (unless the experiment sets the same flag or RESEARCH_XLA_DEFAULTS=0) and research/host_memory.py's malloc
+# settings (unless RESEARCH_MALLOC_DEFAULTS=0).
+YNN = "--xla_cpu_experimental_ynn_fusion_type="
 EXPERIMENTS = [
-    ("default: fast paths on, convolutions by XLA (research/xla_flags.py)", {}, True),
-    ("convolutions by YNNPACK (jaxlib's default; `RESEARCH_XLA_DEFAULTS=0`)", {"RESEARCH_XLA_DEFAULTS": "0"}, True),
+    ("default: the library's XLA flags, malloc settings and fast paths", {}, True),
+    ("malloc as glibc sets it (`RESEARCH_MALLOC_DEFAULTS=0`): a fresh mmap per step", {"RESEARCH_MALLOC_DEFAULTS": "0"},
+     True),
+    ("jaxlib's XLA defaults (`RESEARCH_XLA_DEFAULTS=0`)", {"RESEARCH_XLA_DEFAULTS": "0"}, True),
+    ("convolutions by YNNPACK", {"XLA_FLAGS": YNN + "-reduce"}, True),
+    ("reductions fused by YNNPACK", {"XLA_FLAGS": YNN + "-individual_convolution"}, True),
     ("`config.fast_paths=False` (reference max-pool and BatchNorm backward)", {}, False),
     ("convolutions by XNNPACK", {"XLA_FLAGS": "--xla_cpu_experimental_xnn_fusion_type=+individual_convolution"}, True),
     ("oneDNN fusions (dot, eltwise, reduce)",
@@ -26,36 +33,39 @@ EXPERIMENTS = [
     ("oneDNN (`--xla_cpu_use_onednn=true`)", {"XLA_FLAGS": "--xla_cpu_use_onednn=true"}, True),
     ("fast math", {"XLA_FLAGS": "--xla_cpu_enable_fast_math=true"}, True),
 ]
-MODELS = ("cnn", "transformer")
+# (column, research.bench.train system, model): training steps of the CNN and Transformer, and the Transformer's
+# inference (forward) pass, where the reduce fusions mattered.
+COLUMNS = [("cnn train", "hand_jax", "cnn"), ("transformer train", "hand_jax", "transformer"),
+           ("transformer forward", "forward_jax", "transformer")]
 
 
 def run(quick: bool = False) -> str:
-  steps, repeats = (4, 1) if quick else (60, 2)
+  steps, repeats = (4, 1) if quick else (40, 2)
   experiments = EXPERIMENTS[:2] if quick else EXPERIMENTS
-  rates: dict[tuple[str, int], list[float]] = {}
-  errors: dict[tuple[str, int], str] = {}
+  rates: dict[tuple[int, int], list[float]] = {}
+  errors: dict[tuple[int, int], str] = {}
   for _ in range(repeats):
-    for model in MODELS:
+    for c, (_, system, model) in enumerate(COLUMNS):
       for i, (_, env, fast) in enumerate(experiments):  # interleaved: machine noise hits every row alike
-        result = measure("hand_jax", model, steps, env=env, fast_paths=fast)
+        result = measure(system, model, steps * (5 if system == "forward_jax" else 1), env=env, fast_paths=fast)
         if "examples_per_sec" in result:
-          rates.setdefault((model, i), []).append(result["examples_per_sec"])
+          rates.setdefault((c, i), []).append(result["examples_per_sec"])
         else:
-          errors[(model, i)] = result["error"]
+          errors[(c, i)] = result["error"]
   rows = []
   for i, (what, env, fast) in enumerate(experiments):
     row = [what, " ".join(f"`{k}={v}`" for k, v in env.items())]
-    for model in MODELS:
-      if (model, i) not in rates:
-        row += [errors.get((model, i), "failed"), ""]
+    for c in range(len(COLUMNS)):
+      if (c, i) not in rates or (c, 0) not in rates:
+        row += [errors.get((c, i), "failed"), ""]
         continue
-      rate, base = statistics.median(rates[(model, i)]), statistics.median(rates[(model, 0)])
+      rate, base = statistics.median(rates[(c, i)]), statistics.median(rates[(c, 0)])
       row += [f"{rate:,.0f}", f"{rate / base:.2f}x"]
     rows.append(row)
   header = ["experiment", "environment"]
-  for model in MODELS:
-    header += [f"{model} ex/s", f"{model} vs default"]
-  shapes = "; ".join(f"{m}: batch {SPECS[m]['batch']}" for m in MODELS)
-  return (f"Hand-written jax.jit training loop of the library's models ({shapes}), examples/s, median of "
-          f"{repeats} interleaved runs of {steps} steps, each in its own process.\nMachine: {machine()}.\n\n"
-          + table(header, rows))
+  for column, _, _ in COLUMNS:
+    header += [f"{column} ex/s", "vs default"]
+  shapes = "; ".join(f"{m}: batch {SPECS[m]['batch']}" for m in ("cnn", "transformer"))
+  return (f"The library's models in a hand-written jax.jit training loop and forward pass ({shapes}), examples/s, "
+          f"median of {repeats} interleaved runs of {steps} training steps (forward: {5 * steps} batches), each in "
+          f"its own process.\nMachine: {machine()}.\n\n" + table(header, rows))

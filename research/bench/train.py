@@ -34,6 +34,8 @@ SPECS = {
                                    positions="learned", pooling="mean", max_length=128, pad_id=0)),
 }
 SYSTEMS = ("hand_jax", "trainer", "keras_jax", "torch_eager", "torch_compile")
+# Peers run as their users get them: without the library's XLA flags and malloc settings (research/__init__.py).
+STOCK = {"RESEARCH_XLA_DEFAULTS": "0", "RESEARCH_MALLOC_DEFAULTS": "0"}
 BATCHES = 16  # distinct batches held in memory, cycled through
 
 
@@ -50,11 +52,9 @@ def _data(name: str) -> tuple[np.ndarray, np.ndarray]:
 
 # --- The systems: each returns examples/s over `steps` steady-state steps (after warm-up). -------------------
 
-def hand_jax(name: str, steps: int) -> float:
-  """The minimal loop: the library's model, value_and_grad, Adam, one jitted step with donated state."""
-  import jax
+def _model(name: str):
+  """The library's model for `name`, built from its config.model; and the benchmark's data."""
   import ml_collections
-  import optax
   from flax import nnx
 
   from research import models  # noqa: F401  (registers the zoo)
@@ -62,7 +62,17 @@ def hand_jax(name: str, steps: int) -> float:
 
   spec = SPECS[name]
   x, y = _data(name)
-  net = MODELS.get(spec["model"]["name"])(ml_collections.ConfigDict(spec["model"]), x[:2], nnx.Rngs(0))
+  return MODELS.get(spec["model"]["name"])(ml_collections.ConfigDict(spec["model"]), x[:2], nnx.Rngs(0)), x, y
+
+
+def hand_jax(name: str, steps: int) -> float:
+  """The minimal loop: the library's model, value_and_grad, Adam, one jitted step with donated state."""
+  import jax
+  import optax
+  from flax import nnx
+
+  spec = SPECS[name]
+  net, x, y = _model(name)
   graphdef, params, rest = nnx.split(net, nnx.Param, ...)
   tx = optax.adam(1e-3)
   opt_state = tx.init(params)
@@ -86,6 +96,28 @@ def hand_jax(name: str, steps: int) -> float:
       s = (i % BATCHES) * batch
       params, opt_state, rest, loss = step(params, opt_state, rest, x[s:s + batch], y[s:s + batch])
     loss.block_until_ready()
+
+  run(5)
+  start = time.perf_counter()
+  run(steps)
+  return steps * batch / (time.perf_counter() - start)
+
+
+def forward_jax(name: str, steps: int) -> float:
+  """Inference: the library's model in eval mode, one jitted forward pass per batch."""
+  import jax
+  from flax import nnx
+
+  net, x, _ = _model(name)
+  graphdef, state = nnx.split(net)
+  forward = jax.jit(lambda state, xb: nnx.merge(graphdef, state)(xb))
+  batch = SPECS[name]["batch"]
+
+  def run(n):
+    for i in range(n):
+      s = (i % BATCHES) * batch
+      out = forward(state, x[s:s + batch])
+    out.block_until_ready()
 
   run(5)
   start = time.perf_counter()
@@ -158,8 +190,9 @@ def measure(system: str, model: str, steps: int, *, env: dict | None = None, fas
           f"fast_paths.set_enabled({fast_paths}); "
           f"rate = train.{system}({model!r}, {steps}); "
           "print(json.dumps({'examples_per_sec': rate, 'peak_mb': timing.peak_rss_mb()}))")
+  stock = STOCK if system in ("keras_jax", "torch_eager", "torch_compile") else {}
   done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=900,
-                        env={**os.environ, **(env or {})})
+                        env={**os.environ, **stock, **(env or {})})
   if done.returncode != 0:
     last = (done.stderr.strip().splitlines() or ["failed"])[-1]
     return {"error": "not installed" if "ModuleNotFoundError" in last else last[:80]}
