@@ -43,7 +43,8 @@ def test_pipeline_benchmark_quick(tmp_path):
   done = helpers.run_script("benchmark.py", "pipeline", "--quick", "--out", str(out), devices=1, timeout=900)
   assert done.returncode == 0, done.stderr[-2000:]
   row = next(line.split("|") for line in out.read_text().splitlines() if line.startswith("| mnist_mlp |"))
-  wait, consumed, supplied, ratio, cold, warm = (c.strip() for c in row[2:8])
+  wait, consumed, supplied, ratio, built, cold, warm = (c.strip() for c in row[2:9])
+  assert float(built) >= 0
   assert wait.endswith("%") and 0 <= float(wait[:-1]) <= 100
   assert float(supplied.replace(",", "")) > 0 and ratio.endswith("x")
   assert float(warm) < float(cold)  # the compilation cache was written by the first run and read by the second

@@ -10,7 +10,7 @@ import pytest
 from research import parallel
 from research import config as config_lib
 from research.data import augment, get_split, ops
-from research.data.pipeline import Pipeline, eval_batches
+from research.data.pipeline import Pipeline, eval_batches, precompute
 from research.data.sources import load_cached
 from research.errors import ConfigError, DataUnavailableError
 
@@ -79,9 +79,9 @@ def test_ops_normalize_and_flatten():
     ops.build("normalize(")
 
 
-def _pipeline(mnist, mesh, seed=0, batch_size=64):
+def _pipeline(mnist, mesh, seed=0, batch_size=64, **kwargs):
   return Pipeline(mnist[0], batch_size=batch_size, sharding=parallel.batch_sharding(mesh),
-                  preprocess=ops.build("normalize|flatten"), seed=seed)
+                  preprocess=ops.build("normalize|flatten"), seed=seed, **kwargs)
 
 
 def test_order_is_a_pure_function_of_seed_and_epoch(mnist, mesh):
@@ -95,6 +95,27 @@ def test_order_is_a_pure_function_of_seed_and_epoch(mnist, mesh):
   assert len(seen) == len(np.unique(seen)) == spe * 64  # each example at most once, all but the remainder
   assert a.position(spe + 3) == {"epoch": 1, "index": 3}
   np.testing.assert_array_equal(a.host_batch(spe + 3)["label"], b.host_batch(spe + 3)["label"])
+
+
+def test_split_preprocessed_up_front_gives_the_same_batches(mnist, mesh):
+  up_front = _pipeline(mnist, mesh)
+  assert up_front.arrays["image"].shape == (60000, 784)  # normalized and flattened once
+  per_batch = _pipeline(mnist, mesh, precompute_bytes=0)  # over the budget: preprocessed batch by batch
+  assert per_batch.arrays["image"].shape == (60000, 28, 28, 1)
+  for step in (0, 5, up_front.steps_per_epoch + 7):
+    a, b = up_front.host_batch(step), per_batch.host_batch(step)
+    assert a.keys() == b.keys()
+    for key in a:
+      np.testing.assert_array_equal(a[key], b[key])
+
+
+def test_batch_dependent_preprocessing_stays_per_batch():
+  """An op whose output shape depends on its batch (pad to the longest) cannot be applied to chunks."""
+  pad_to_longest = lambda batch: {"x": np.zeros((len(batch["length"]), batch["length"].max()), np.float32)}
+  assert precompute({"length": np.arange(1, 10_001)}, pad_to_longest, chunk=4096) is None  # chunks: 4096, 8192, ...
+  assert precompute({"length": np.ones(100, int)}, pad_to_longest, budget=100) is None  # 400 bytes: over budget
+  ready = precompute({"length": np.ones(100, int)}, pad_to_longest, chunk=30)  # every chunk pads to 1
+  assert ready is not None and ready["x"].shape == (100, 1)
 
 
 def test_batches_are_global_arrays_sharded_over_8_devices(mnist, mesh):

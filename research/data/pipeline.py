@@ -19,18 +19,41 @@ import jax
 import numpy as np
 
 Batch = dict[str, np.ndarray]
+# A split whose preprocessed arrays fit in this many bytes is preprocessed once, up front, instead of batch by
+# batch: host ops (tokenization above all) then cost nothing per step. Larger splits stay per batch.
+PRECOMPUTE_BYTES = 1 << 30
+
+
+def precompute(arrays: Batch, preprocess: Callable[[Batch], Batch], *, budget: int = PRECOMPUTE_BYTES,
+               chunk: int = 4096) -> Batch | None:
+  """`preprocess` applied to the whole split in chunks, or None if the result would exceed `budget` bytes or
+  its shapes depend on the chunk (an op that pads to the longest example of its batch)."""
+  n = len(next(iter(arrays.values())))
+  parts = [preprocess({k: v[:chunk] for k, v in arrays.items()})]
+  per_example = sum(v.nbytes for v in parts[0].values()) / min(chunk, n)
+  if per_example * n > budget:
+    return None
+  parts += [preprocess({k: v[start:start + chunk] for k, v in arrays.items()}) for start in range(chunk, n, chunk)]
+  if any(p[k].shape[1:] != parts[0][k].shape[1:] for p in parts for k in parts[0]):
+    return None
+  return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+def _identity(batch: Batch) -> Batch:
+  return batch
 
 
 class Pipeline:
   """Global batches of one split, shuffled per epoch, preprocessed on the host."""
 
   def __init__(self, arrays: Batch, *, batch_size: int, sharding: jax.sharding.NamedSharding,
-               preprocess: Callable[[Batch], Batch], seed: int, shuffle: bool = True):
-    self.arrays = arrays
+               preprocess: Callable[[Batch], Batch], seed: int, shuffle: bool = True,
+               precompute_bytes: int = PRECOMPUTE_BYTES):
     self.num_examples = len(next(iter(arrays.values())))
+    ready = precompute(arrays, preprocess, budget=precompute_bytes)
+    self.arrays, self.preprocess = (ready, _identity) if ready is not None else (arrays, preprocess)
     self.batch_size = batch_size
     self.sharding = sharding
-    self.preprocess = preprocess
     self.seed = seed
     self.shuffle = shuffle
     self.process_index, self.process_count = jax.process_index(), jax.process_count()
