@@ -20,7 +20,6 @@ variables read by glibc at start-up do the same for any process.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 import platform
 from typing import Mapping
@@ -36,5 +35,5 @@ def apply(environ: Mapping[str, str] = os.environ) -> bool:
   """Sets the malloc options; True if they were set. Call before JAX starts its threads."""
   if environ.get("RESEARCH_MALLOC_DEFAULTS", "1") == "0" or platform.libc_ver()[0] != "glibc":
     return False
-  libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+  libc = ctypes.CDLL(None)  # the process's own symbols, glibc's among them (find_library would run ldconfig)
   return all(libc.mallopt(option, value) == 1 for option, value in SETTINGS)

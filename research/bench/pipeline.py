@@ -56,11 +56,11 @@ def _supply_rate(config_spec: str, workdir: Path, batches: int) -> tuple[float, 
   config = config_lib.load(config_spec)
   mesh = parallel.make_mesh(config)
   train_arrays = experiment.load_split(config, "train")
-  built = time.perf_counter()
+  building = time.perf_counter()
   pipeline = Pipeline(train_arrays, batch_size=config.data.batch_size, sharding=parallel.batch_sharding(mesh),
                       preprocess=experiment.preprocessor(config, workdir), seed=config.seed,
                       shuffle=config.data.shuffle)
-  built = time.perf_counter() - built
+  built = time.perf_counter() - building
   with contextlib.closing(pipeline.iterate(0, batches + 2)) as source:
     next(source), next(source)  # thread start-up
     start = time.perf_counter()
