@@ -21,6 +21,7 @@ import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import AnyPreservationPolicy, BestN, LatestN
 
+from research import atomic
 from research.errors import CheckpointError, brief
 
 FORMAT_VERSION = 1
@@ -129,9 +130,8 @@ class Checkpointer:
       improved = value > best["value"] if self.best_mode == "max" else value < best["value"]
       if not improved:
         return
-    tmp = self.directory / (BEST_FILE + ".tmp")
-    tmp.write_text(json.dumps({"step": step, "metric": self.best_metric, "mode": self.best_mode, "value": value}))
-    tmp.replace(self.directory / BEST_FILE)
+    atomic.write_text(self.directory / BEST_FILE, json.dumps(
+        {"step": step, "metric": self.best_metric, "mode": self.best_mode, "value": value}))
 
   def restore(self, like, step: int | None = None, *, partial: bool = False) -> tuple[Any, dict] | None:
     """Restores `step` (default: the newest readable one) onto the shardings of `like`.

@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from research import atomic
 from research.errors import CheckpointError, ConfigError, DataUnavailableError, TrainingError
 
 
@@ -51,7 +52,7 @@ def evaluate(argv: list[str]) -> None:
 
   result = evaluate_checkpoint(args.workdir, args.step, args.split)
   path = Path(args.workdir) / f"eval_{result['step']}.json"
-  path.write_text(json.dumps(result, indent=2) + "\n")
+  atomic.write_text(path, json.dumps(result, indent=2) + "\n")
   print(json.dumps(result))
 
 

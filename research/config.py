@@ -18,6 +18,7 @@ from typing import Any, Iterable
 
 import ml_collections
 
+from research import atomic
 from research.errors import ConfigError
 
 OVERRIDE_PREFIX = "--config."
@@ -179,9 +180,7 @@ def save(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> list[
       changed = sorted(k for k in set(_flat(old)) | set(_flat(new)) if _flat(old).get(k) != _flat(new).get(k))
     except json.JSONDecodeError:
       changed = ["<unreadable config.json>"]
-  tmp = path.with_suffix(".json.tmp")
-  tmp.write_text(json.dumps(new, indent=2, sort_keys=True) + "\n")
-  tmp.replace(path)
+  atomic.write_text(path, json.dumps(new, indent=2, sort_keys=True) + "\n")
   return changed
 
 

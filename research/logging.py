@@ -16,6 +16,8 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from research import atomic
+
 
 class MetricWriter:
   """Writes scalars to WORKDIR/tensorboard/ (tensorboardX, no TensorFlow) and WORKDIR/metrics.jsonl."""
@@ -67,7 +69,7 @@ def _truncate_after(path: Path, step: int) -> None:
   if not path.exists():
     return
   keep = [line for line in path.read_text().splitlines() if line.strip() and _step_of(line) <= step]
-  path.write_text("".join(line + "\n" for line in keep))
+  atomic.write_text(path, "".join(line + "\n" for line in keep))  # a crash here keeps the old log
 
 
 def _step_of(line: str) -> float:

@@ -1,7 +1,11 @@
 import json
+import os
+import stat
+import threading
 
 import pytest
 
+from research import atomic
 from research import config as config_lib
 from research.errors import ConfigError
 from research.registry import MODELS, Registry
@@ -58,6 +62,39 @@ def test_resolved_config_is_written_and_changes_are_reported(tmp_path):
   config.optimizer.learning_rate = 0.5
   assert config_lib.save(config, tmp_path) == ["optimizer.learning_rate"]
   assert json.loads((tmp_path / "config.json").read_text())["optimizer"]["learning_rate"] == 0.5
+
+
+def test_processes_saving_one_workdir_at_once_never_clash(tmp_path):
+  """Every process of a multi-host run writes config.json; a shared temporary name made one fail."""
+  config, errors = config_lib.load(SPEC), []
+
+  def save_many():
+    try:
+      for _ in range(200):
+        config_lib.save(config, tmp_path)
+    except Exception as e:  # noqa: BLE001  (collected and asserted below)
+      errors.append(e)
+
+  writers = [threading.Thread(target=save_many) for _ in range(4)]
+  for w in writers:
+    w.start()
+  for w in writers:
+    w.join()
+  assert errors == []
+  assert json.loads((tmp_path / "config.json").read_text()) == config_lib.to_dict(config)
+  assert [p.name for p in tmp_path.iterdir()] == ["config.json"]  # no temporary file left behind
+  umask = os.umask(0)
+  os.umask(umask)
+  assert stat.S_IMODE((tmp_path / "config.json").stat().st_mode) == 0o666 & ~umask
+
+
+def test_a_failed_atomic_write_keeps_the_old_file(tmp_path):
+  path = tmp_path / "state.json"
+  atomic.write_text(path, "old")
+  with pytest.raises(RuntimeError), atomic.replacing(path) as tmp:
+    tmp.write_text("half")
+    raise RuntimeError("crash while writing")
+  assert path.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["state.json"]
 
 
 def test_unknown_registry_name_lists_the_known_ones():

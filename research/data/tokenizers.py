@@ -48,6 +48,7 @@ from typing import Any
 
 import numpy as np
 
+from research import atomic
 from research.errors import ConfigError
 from research.registry import OPS
 
@@ -156,10 +157,8 @@ class Tokenize:
       raise ConfigError(f"tokenize: the train split has no column {key!r}; it has {sorted(arrays)}.")
     tokenizer = train(arrays[key], kind, vocab_size, lowercase=lowercase, min_frequency=min_frequency)
     path = Path(assets_dir) / file
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tokenizer.save(str(tmp))
-    tmp.replace(path)  # atomic: a crash never leaves half a tokenizer
+    with atomic.replacing(path) as tmp:  # a crash never leaves half a tokenizer
+      tokenizer.save(str(tmp))
     return {"file": file, "kind": kind, "vocab_size": tokenizer.get_vocab_size(), "pad_id": PAD_ID,
             "sha256": _sha256(path)}
 

@@ -26,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
+from research import atomic
+
 MANIFEST = "manifest.json"
 ASSETS = "assets"  # files of fitted preprocessing ops (e.g. tokenizer.json), copied from the workdir
 VERSION = 1
@@ -198,9 +200,7 @@ def write(directory: Path, manifest: dict) -> Path:
   """Adds the checksums of every file now in `directory` and writes manifest.json atomically."""
   manifest = {**manifest, "files": checksums(directory)}
   path = directory / MANIFEST
-  tmp = path.with_suffix(".json.tmp")
-  tmp.write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n")
-  os.replace(tmp, path)
+  atomic.write_text(path, json.dumps(manifest, indent=2, sort_keys=False) + "\n")
   return path
 
 
