@@ -26,8 +26,7 @@ class MetricWriter:
     self.active = jax.process_index() == 0
     if not self.active:
       return
-    from tensorboardX import SummaryWriter  # Lazy: keeps `import research` light.
-
+    SummaryWriter = _summary_writer_class()
     workdir = Path(workdir)
     self.jsonl_path = workdir / "metrics.jsonl"
     _truncate_after(self.jsonl_path, resume_step)
@@ -62,6 +61,23 @@ class MetricWriter:
     if self.active:
       self.tb.close()
       self.jsonl.close()
+
+
+def _summary_writer_class():
+  """tensorboardX's SummaryWriter, imported lazily (keeps `import research` light) and without PyTorch.
+
+  tensorboardX imports torch, when it is installed, only to accept torch tensors: ~2 s of every run's
+  start-up. Hiding torch during that import skips it; a later `import torch` works as usual.
+  """
+  hide = "torch" not in sys.modules
+  if hide:
+    sys.modules["torch"] = None  # makes `import torch` raise ImportError
+  try:
+    from tensorboardX import SummaryWriter
+  finally:
+    if hide:
+      del sys.modules["torch"]
+  return SummaryWriter
 
 
 def _truncate_after(path: Path, step: int) -> None:

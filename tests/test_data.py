@@ -130,6 +130,21 @@ def test_batches_are_global_arrays_sharded_over_8_devices(mnist, mesh):
   assert {s.device for s in image.addressable_shards} == set(jax.devices())
 
 
+def test_batches_on_one_device_match_the_host_rows_and_are_built_ahead(mnist):
+  one = jax.make_mesh((1,), ("data",), devices=jax.devices()[:1])
+  pipeline = _pipeline(mnist, one)
+  batches = pipeline.iterate(3, 2)
+  for step, batch in zip((3, 4), batches):
+    host = pipeline.host_batch(step)
+    assert batch["image"].sharding == parallel.batch_sharding(one) and batch["label"].dtype == np.int32
+    for key in host:
+      np.testing.assert_array_equal(np.asarray(batch[key]), host[key])
+  assert pipeline.prefetch_depth() == 8  # 64 x 784 floats: 200 kB a batch
+  wide = Pipeline({"image": np.zeros((64, 1 << 20), np.uint8)}, batch_size=64, preprocess=lambda b: b, seed=0,
+                  sharding=parallel.batch_sharding(one))
+  assert wide.prefetch_depth() == 4  # 64 MiB a batch: capped at 256 MiB ahead
+
+
 def test_eval_batches_cover_the_split_once_with_a_mask(mnist, mesh):
   test = {k: v[:1000] for k, v in mnist[1].items()}
   batches = list(eval_batches(test, 384, parallel.batch_sharding(mesh), ops.build("flatten")))

@@ -82,7 +82,7 @@ def test_train_steps_with_and_without_fast_paths_agree(config_name):
   """Three real train steps of a zoo model (8 devices): the same loss and parameters with either formulation."""
   from research import parallel
   from research.train import experiment
-  from research.train.step import make_steps
+  from research.train.step import make_steps, named
 
   config = config_lib.load(f"configs/{config_name}.py:smoke")
   config.data.augment = ""
@@ -100,7 +100,7 @@ def test_train_steps_with_and_without_fast_paths_agree(config_name):
     losses = []
     for _ in range(3):
       state, metrics = train_step(state, batch)
-      losses.append(float(metrics["loss"]))
+      losses.append(named(metrics)["loss"])
     outcomes.append((losses, jax.device_get(state.params), jax.device_get(state.model_state)))
   fast_paths.set_enabled(True)
   (fast_losses, fast_params, fast_stats), (ref_losses, ref_params, ref_stats) = outcomes

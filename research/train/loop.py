@@ -23,13 +23,13 @@ from research import config as config_lib
 from research import metrics, parallel
 from research.checkpoint import Checkpointer
 from research.data import augment, clean, ops
-from research.data.pipeline import Pipeline, WaitTimer, eval_batches
+from research.data.pipeline import Pipeline, WaitTimer, eval_batches, prepared
 from research.errors import CheckpointError, ConfigError, TrainingError, brief
 from research.logging import MetricWriter, Progress
 from research.registry import DATASETS, MODELS
 from research.train import compilation, experiment
 from research.train.preemption import PreemptionGuard
-from research.train.step import STRATEGIES, make_steps
+from research.train.step import STRATEGIES, make_steps, named
 
 MAX_UNAWAITED_STEPS = 16
 NAN_POLICIES = ("stop", "skip")
@@ -124,6 +124,7 @@ def train(config, workdir: str | Path) -> dict[str, float]:
   pipeline = Pipeline(train_arrays, batch_size=config.data.batch_size, sharding=parallel.batch_sharding(mesh),
                       preprocess=preprocess, seed=config.seed, shuffle=config.data.shuffle)
   total_steps = config.train.steps if config.train.steps > 0 else config.train.epochs * pipeline.steps_per_epoch
+  eval_arrays, eval_preprocess = prepared(test_arrays, preprocess)  # tokenized once, not at every eval
 
   # --- Model, optimizer, state. -------------------------------------------------------------------
   model = experiment.build_model(config, train_arrays, preprocess)
@@ -172,7 +173,7 @@ def train(config, workdir: str | Path) -> dict[str, float]:
   def fetch(first_step: int) -> None:
     """Moves pending step metrics to the host and applies the NaN policy to them."""
     nonlocal pending
-    for offset, m in enumerate(jax.device_get(pending)):
+    for offset, m in enumerate(map(named, jax.device_get(pending))):
       if m["nonfinite"]:
         where = (f"non-finite train metric at step {first_step + offset}: loss={m['loss']}, "
                  f"grad_norm={m['grad_norm']}")
@@ -216,7 +217,7 @@ def train(config, workdir: str | Path) -> dict[str, float]:
 
         eval_metrics = None
         if due_eval:
-          final = eval_metrics = evaluate(eval_step, state, test_arrays, config, mesh, preprocess, summarize)
+          final = eval_metrics = evaluate(eval_step, state, eval_arrays, config, mesh, eval_preprocess, summarize)
           writer.scalars(step, {f"eval/{k}": v for k, v in eval_metrics.items()})
           progress.message(f"step {step}: " + ", ".join(f"eval {k} {v:.4f}" for k, v in eval_metrics.items()))
           if hasattr(model, "summaries"):  # e.g. generated text, reconstructions: see research/models/__init__.py
@@ -265,6 +266,6 @@ def train(config, workdir: str | Path) -> dict[str, float]:
   elif stop < total_steps and not stopped_early:
     progress.message(f"Stopped after step {stop} of {total_steps} (train.stop_after_steps); rerun to continue.")
   elif start >= total_steps:
-    final = evaluate(eval_step, state, test_arrays, config, mesh, preprocess, summarize)
+    final = evaluate(eval_step, state, eval_arrays, config, mesh, eval_preprocess, summarize)
     progress.message(f"Already trained to step {start}; eval: " + ", ".join(f"{k} {v:.4f}" for k, v in final.items()))
   return final

@@ -13,6 +13,7 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import nnx
 from jax.sharding import PartitionSpec as P
@@ -22,6 +23,14 @@ from research.errors import ConfigError
 from research.train.state import TrainState
 
 STRATEGIES = ("auto", "pmap")
+# The train step's metrics, as one float32 vector in this order: one host transfer per step, not one per
+# metric (each costs ~30 us of Python; three were ~3% of a 3 ms MLP step).
+STEP_METRICS = ("loss", "grad_norm", "nonfinite")
+
+
+def named(step_metrics) -> dict[str, float]:
+  """A fetched metric vector as {"loss": ..., "grad_norm": ..., "nonfinite": 0.0 or 1.0}."""
+  return dict(zip(STEP_METRICS, np.asarray(step_metrics).tolist()))
 
 
 def forward(graphdef, params, model_state, batch, *, input_key: str, train: bool, rng=None,
@@ -84,7 +93,7 @@ def _train_step(state: TrainState, batch, *, graphdef, tx, input_key, label_smoo
       finite, update, lambda _: (state.params, state.opt_state, state.model_state), None)
   new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state, model_state=model_state,
                             skipped_steps=state.skipped_steps + (~finite).astype(jnp.int32))
-  return new_state, {"loss": loss, "grad_norm": grad_norm, "nonfinite": ~finite}
+  return new_state, jnp.stack([loss, grad_norm, ~finite]).astype(jnp.float32)  # STEP_METRICS
 
 
 def _eval_step(state: TrainState, batch, *, graphdef, input_key, axis=None):
@@ -95,7 +104,7 @@ def _eval_step(state: TrainState, batch, *, graphdef, input_key, axis=None):
 def make_steps(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, mesh: jax.sharding.Mesh, *,
                strategy: str, input_key: str, label_smoothing: float = 0.0,
                augment: Callable | None = None) -> tuple[Callable, Callable]:
-  """Returns jitted (train_step(state, batch) -> (state, metrics), eval_step(state, batch) -> sums).
+  """Returns jitted (train_step(state, batch) -> (state, metric vector), eval_step(state, batch) -> sums).
 
   `augment(batch, rng) -> batch` (see research.data.augment) runs inside the train step only.
   """
