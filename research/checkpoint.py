@@ -2,7 +2,7 @@
 
 On disk, `WORKDIR/checkpoints/<step>/` has two items:
   state/  the TrainState as a nested dict with string keys only
-          (params/hidden/0/kernel/value, opt_state/1/0/mu/..., step, rng);
+          (params/hidden/0/kernel, opt_state/1/0/mu/..., step, rng);
   meta/   JSON: {"format_version", "step", "data": {"epoch", "index"}}.
 Orbax writes each step into a temporary directory and renames it when complete,
 so a half-written checkpoint is never listed. Saves are asynchronous: `save`
@@ -24,7 +24,7 @@ from orbax.checkpoint.checkpoint_managers import AnyPreservationPolicy, BestN, L
 from research import atomic
 from research.errors import CheckpointError, brief
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 1: variables were stored with a trailing `/value` (nnx.State); unreadable now
 BEST_FILE = "best.json"
 
 
@@ -152,10 +152,13 @@ class Checkpointer:
     failures = []
     for s in steps:
       try:
-        restored = self.manager.restore(s, args=ocp.args.Composite(state=state_args, meta=ocp.args.JsonRestore()))
-        meta = dict(restored["meta"])
-        if meta.get("format_version") != FORMAT_VERSION or meta.get("step") != s:
+        meta = dict(self.manager.restore(s, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"])
+        if meta.get("format_version") != FORMAT_VERSION:  # read first: an old layout fails obscurely in Orbax
+          raise ValueError(f"written in checkpoint format {meta.get('format_version')}; this version of "
+                           f"research reads format {FORMAT_VERSION} (retrain, or use the version that wrote it)")
+        if meta.get("step") != s:
           raise ValueError(f"bad metadata {meta!r}")
+        restored = self.manager.restore(s, args=ocp.args.Composite(state=state_args))
         result = from_string_tree(restored["state"], like), meta
       except Exception as e:  # Orbax raises many types for damaged files; each is reported.
         reason = brief(e, 200)

@@ -19,6 +19,7 @@ from flax import nnx
 from research import config as config_lib
 from research.models.layers import fast_paths
 from research.models.layers.norm import BatchNorm
+from research.models.layers.reductions import batch_sum
 from research.models.layers.pooling import max_pool
 from tests import helpers
 
@@ -52,6 +53,14 @@ def test_max_pool_shares_the_gradient_of_tied_maxima():
   x = jnp.zeros((1, 2, 2, 1))  # four tied maxima in one window
   grad = jax.grad(lambda x: jnp.sum(max_pool(x, 2)))(x)
   assert float(jnp.sum(grad)) == pytest.approx(1.0)  # the whole gradient, shared (a valid subgradient)
+  x = jnp.asarray([3.0, 3.0, 1.0, 0.0]).reshape(1, 2, 2, 1)  # two tied maxima: half each, as for jnp.max
+  grad = jax.grad(lambda x: jnp.sum(max_pool(x, 2)))(x)
+  np.testing.assert_array_equal(np.asarray(grad).ravel(), [0.5, 0.5, 0.0, 0.0])
+
+
+def test_batch_sum_equals_jnp_sum():
+  x = _images((7, 9, 11, 5)) * 4.0 + 2.0
+  np.testing.assert_allclose(jax.jit(batch_sum)(x), jnp.sum(x, (0, 1, 2)), rtol=1e-5)
 
 
 @pytest.mark.parametrize("fast", [True, False], indirect=True)

@@ -176,7 +176,7 @@ def pruned_run(tmp_path_factory):
 
 def test_pruned_weights_stay_exactly_zero_after_100_more_training_steps(pruned_run):
   at_prune = helpers.checkpoint_params(pruned_run, 1)
-  kernels = sorted(k for k in at_prune if k.endswith("kernel/value"))
+  kernels = sorted(k for k in at_prune if k.endswith("/kernel"))
   n = sum(at_prune[k].size for k in kernels)
   zeros = {k: at_prune[k] == 0 for k in kernels}
   assert sum(int(z.sum()) for z in zeros.values()) == round(0.8 * n)
@@ -189,7 +189,7 @@ def test_pruned_weights_stay_exactly_zero_after_100_more_training_steps(pruned_r
     assert np.array_equal(after[k] == 0, zeros[k]), k  # and no other weight happens to be 0
     assert not np.array_equal(after[k], at_prune[k]), k  # while the kept weights trained on
   for k in at_prune:
-    if k.endswith("bias/value"):  # never masked (a dead unit's bias may stay at its initial 0, though)
+    if k.endswith("/bias"):  # never masked (a dead unit's bias may stay at its initial 0, though)
       assert np.mean(after[k] != 0) > 0.5 and not np.array_equal(after[k], at_prune[k]), k
 
 
@@ -208,7 +208,7 @@ def test_gradual_pruning_resumes_exactly(tmp_path):
   assert a.keys() == b.keys()
   for k in a:
     assert np.array_equal(a[k], b[k]), k
-  kernels = [v for k, v in a.items() if k.endswith("kernel/value")]
+  kernels = [v for k, v in a.items() if k.endswith("/kernel")]
   assert sum(int(np.sum(v == 0)) for v in kernels) == round(0.9 * sum(v.size for v in kernels))
 
 
@@ -221,7 +221,7 @@ def test_pruned_weights_are_zero_in_the_exported_onnx_initializers(pruned_run, t
 
   out = export(pruned_run, step=1, formats="onnx", out=tmp_path / "export", log=lambda _: None)
   weights = helpers.checkpoint_params(pruned_run, 1)
-  kernels = {k: v for k, v in weights.items() if k.endswith("kernel/value")}
+  kernels = {k: v for k, v in weights.items() if k.endswith("/kernel")}
   initializers = [numpy_helper.to_array(i) for i in onnx.load(str(out / "model.onnx")).graph.initializer]
   for name, kernel in kernels.items():
     matches = [i for i in initializers if i.shape == kernel.shape and np.array_equal(i, kernel)]

@@ -132,6 +132,18 @@ def test_no_readable_checkpoint_stops_with_the_list_of_what_was_tried(finished_r
   assert "No readable checkpoint" in done.stderr and "step 20:" in done.stderr and "step 10:" in done.stderr
 
 
+def test_a_checkpoint_in_an_older_format_is_named_as_such(finished_run, tmp_path):
+  workdir = tmp_path / "run"
+  shutil.copytree(finished_run, workdir)
+  for step in (10, 20):
+    meta = workdir / f"checkpoints/{step}/meta/metadata"
+    meta.write_text(json.dumps({**json.loads(meta.read_text()), "format_version": 1}))
+  done = helpers.run_script("train.py", "--config", "configs/mnist_mlp.py:smoke", "--workdir", str(workdir))
+  assert done.returncode == 1
+  message = done.stderr.split("Tried:")[-1]
+  assert "step 20: ValueError: written in checkpoint format 1" in message and "reads format 2" in message
+
+
 @pytest.mark.parametrize("policy", ["stop", "skip"])
 def test_nan_guard(tmp_path, policy):
   # A sane rate for 7 steps (checkpoint at 5), then 1e30 from step 8: the loss of step 9 overflows.

@@ -51,7 +51,7 @@ def forward(graphdef, params, model_state, batch, *, input_key: str, train: bool
     mask = batch.get("mask")
     loss = losses.masked_mean(per_example, mask)
     sums = metrics.classification_sums(logits, batch["label"], per_example, mask)
-  return loss, sums, nnx.state(model, nnx.Not(nnx.Param))
+  return loss, sums, nnx.to_pure_dict(nnx.state(model, nnx.Not(nnx.Param)))
 
 
 def _pmean_floats(tree, axis):

@@ -6,7 +6,9 @@ a custom VJP that returns the gradient in closed form,
 
     dx = scale * rstd / n * (n * dy - sum(dy) - xhat * sum(dy * xhat)),
 
-two reductions and one elementwise pass. XLA's autodiff of the textbook
+two reductions and one elementwise pass. The reductions over the batch (here
+and for the batch statistics) are `reductions.batch_sum`: matmuls on XLA:CPU.
+XLA's autodiff of the textbook
 formula takes several passes over the activations; on XLA:CPU this backward
 pass was ~4x faster (the README's "The CPU investigation"). The batch statistics are
 those of nnx.BatchNorm (mean and E[x^2] - mean^2 over every axis but the
@@ -22,6 +24,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from research.models.layers import fast_paths
+from research.models.layers.reductions import batch_sum
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(3,))
@@ -31,9 +34,9 @@ def _train_norm(x, scale, bias, epsilon):
 
 
 def _statistics(x):
-  axes = tuple(range(x.ndim - 1))
-  mean = jnp.mean(x, axes)
-  var = jnp.maximum(jnp.mean(jnp.square(x), axes) - jnp.square(mean), 0.0)
+  n = x.size // x.shape[-1]
+  mean = batch_sum(x) / n
+  var = jnp.maximum(batch_sum(jnp.square(x)) / n - jnp.square(mean), 0.0)
   return mean, var
 
 
@@ -47,11 +50,10 @@ def _train_norm_forward(x, scale, bias, epsilon):
 def _train_norm_backward(epsilon, residuals, cotangents):
   x, mean, rstd, scale = residuals
   dy = cotangents[0]  # The statistics are read only under stop_gradient (running averages): no cotangent.
-  axes = tuple(range(x.ndim - 1))
   n = x.size // x.shape[-1]
   xhat = (x - mean) * rstd
-  dbias = jnp.sum(dy, axes)
-  dscale = jnp.sum(dy * xhat, axes)
+  dbias = batch_sum(dy)
+  dscale = batch_sum(dy * xhat)
   dx = (scale * rstd / n) * (n * dy - dbias - xhat * dscale)
   return dx, dscale, dbias
 

@@ -5,13 +5,17 @@ usual 2x2/2) gives the same outputs as `flax.nnx.max_pool` (XLA's
 `reduce_window`) without its backward pass, `select_and_scatter`, which on
 XLA:CPU dominated a small CNN's train step. With the fast paths on (the
 default, research/models/layers/fast_paths.py) a window's maximum is a tree of
-elementwise maxima over strided slices; the reference formulation reshapes each
-window into its own axes and takes a `max`. Both backward passes are elementwise
-selects; on XLA:CPU, for float32[128, 28, 28, 32], the slices' took 3.1 ms, the
-reshape's 12.9 ms, and select_and_scatter is ~5x slower still (DESIGN.md).
-Where a window holds several equal maxima the gradient is shared among them
-(`reduce_window` gives it all to one); with continuous inputs ties do not
-occur, and after a ReLU tied zeros get zero gradient either way. Overlapping windows and SAME padding use `nnx.max_pool`.
+elementwise maxima over strided slices, and its backward pass is a custom VJP:
+one elementwise pass, `dx = (x == upsampled y) * upsampled(dy / ties)`. The
+reference formulation reshapes each window into its own axes and takes a `max`.
+Autodiff of the tree of maxima was a chain of selects, divisions and pads that
+XLA:CPU fused with a recomputation of the BatchNorm and ReLU before it: 21.7 ms
+of the benchmark CNN's step for float32[128, 28, 28, 32]; the custom VJP's
+pass takes ~4 ms there (the README's "The CPU investigation").
+Where a window holds several equal maxima the gradient is shared equally among
+them, as for the reference `max` (`reduce_window` gives it all to one); with
+continuous inputs ties do not occur, and after a ReLU tied zeros get zero
+gradient either way. Overlapping windows and SAME padding use `nnx.max_pool`.
 """
 
 from __future__ import annotations
@@ -45,8 +49,36 @@ def max_pool(x: jax.Array, window: int | Sequence[int] = 2, strides: int | Seque
   oh, ow = h // kh, w // kw
   x = x[:, :oh * kh, :ow * kw, :]
   if fast_paths.enabled():
-    return functools.reduce(jnp.maximum, [x[:, i::kh, j::kw, :] for i in range(kh) for j in range(kw)])
+    return _window_max(x, (kh, kw))
   return jnp.max(x.reshape(n, oh, kh, ow, kw, c), axis=(2, 4))
+
+
+def _window_slices(x: jax.Array, window: tuple[int, int]) -> list[jax.Array]:
+  """The kh * kw strided slices of x whose elementwise maximum is the pooled map."""
+  kh, kw = window
+  return [x[:, i::kh, j::kw, :] for i in range(kh) for j in range(kw)]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def _window_max(x: jax.Array, window: tuple[int, int]) -> jax.Array:
+  """float[N, kh*H', kw*W', C] -> float[N, H', W', C]: the maximum of each kh x kw window."""
+  return functools.reduce(jnp.maximum, _window_slices(x, window))
+
+
+def _window_max_forward(x, window):
+  y = _window_max(x, window)
+  return y, (x, y)
+
+
+def _window_max_backward(window, residuals, dy):
+  x, y = residuals
+  (kh, kw), (n, oh, ow, c) = window, y.shape
+  upsample = lambda a: jnp.broadcast_to(a[:, :, None, :, None, :], (n, oh, kh, ow, kw, c)).reshape(x.shape)
+  ties = functools.reduce(jnp.add, [(s == y).astype(dy.dtype) for s in _window_slices(x, window)])
+  return ((x == upsample(y)).astype(dy.dtype) * upsample(dy / ties),)
+
+
+_window_max.defvjp(_window_max_forward, _window_max_backward)
 
 
 def global_avg_pool(x: jax.Array) -> jax.Array:

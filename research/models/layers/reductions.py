@@ -1,0 +1,25 @@
+"""Sums over the batch (every axis but the last) that XLA:CPU computes fast.
+
+XLA rewrites a large reduction into a tree of reduce-windows, which XLA:CPU
+runs at ~1-2 GB/s: summing float32[128, 28, 28, 32] and its square over the
+batch took 13.9 ms; as a matmul with a vector of ones (a YNNPACK kernel) the
+same sums take 3.6 ms. Other backends keep `jnp.sum`. Used by BatchNorm
+(research/models/layers/norm.py). Not used for the bias gradients of the
+Transformer's dense layers: there XLA then transposed the GELU's gradient for
+the matmuls, and the training step ran 14% slower.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+
+def batch_sum(x: jax.Array) -> jax.Array:
+  """float[..., C] -> float[C]: the sum over every axis but the last."""
+  if jax.default_backend() != "cpu":
+    return jnp.sum(x, tuple(range(x.ndim - 1)))
+  rows = x.reshape(-1, x.shape[-1])
+  # The barrier keeps XLA from folding the ones back into a reduction; HIGHEST keeps float32 accumulation.
+  ones = jax.lax.optimization_barrier(jnp.ones((rows.shape[0],), x.dtype))
+  return jnp.matmul(ones, rows, precision=jax.lax.Precision.HIGHEST)
