@@ -13,6 +13,7 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from flax import nnx
 
@@ -21,6 +22,7 @@ from research.models.layers import fast_paths
 from research.models.layers.norm import BatchNorm
 from research.models.layers.reductions import batch_sum
 from research.models.layers.pooling import max_pool
+from research.train.step import global_norm
 from tests import helpers
 
 
@@ -61,6 +63,12 @@ def test_max_pool_shares_the_gradient_of_tied_maxima():
 def test_batch_sum_equals_jnp_sum():
   x = _images((7, 9, 11, 5)) * 4.0 + 2.0
   np.testing.assert_allclose(jax.jit(batch_sum)(x), jnp.sum(x, (0, 1, 2)), rtol=1e-5)
+
+
+def test_gradient_norm_equals_optax_global_norm():
+  tree = {"scalar": jnp.float32(-3.0), "bias": _images((5,)), "kernel": _images((7, 5), seed=1),
+          "conv": [_images((3, 3, 2, 4), seed=2)]}
+  np.testing.assert_allclose(jax.jit(global_norm)(tree), optax.global_norm(tree), rtol=1e-6)
 
 
 @pytest.mark.parametrize("fast", [True, False], indirect=True)
