@@ -170,10 +170,11 @@ def train(config, workdir: str | Path) -> dict[str, float]:
   final: dict[str, float] = {}
   stopped_early = preempted = False
 
-  def fetch(first_step: int) -> None:
-    """Moves pending step metrics to the host and applies the NaN policy to them."""
+  def fetch(first_step: int, keep: int = 0) -> None:
+    """Moves pending step metrics but the newest `keep` to the host and applies the NaN policy to them."""
     nonlocal pending
-    for offset, m in enumerate(map(named, jax.device_get(pending))):
+    done, pending = pending[:len(pending) - keep], pending[len(pending) - keep:]
+    for offset, m in enumerate(map(named, jax.device_get(done))):
       if m["nonfinite"]:
         where = (f"non-finite train metric at step {first_step + offset}: loss={m['loss']}, "
                  f"grad_norm={m['grad_norm']}")
@@ -182,7 +183,6 @@ def train(config, workdir: str | Path) -> dict[str, float]:
                               f"optimizer.learning_rate, set optimizer.clip_norm, or set nan_policy='skip'.")
         progress.message(f"warning: {where}; update skipped (nan_policy='skip').")
       fetched.append(m)
-    pending = []
 
   try:
     batches = WaitTimer(pipeline.iterate(start, stop - start))
@@ -198,8 +198,10 @@ def train(config, workdir: str | Path) -> dict[str, float]:
         due_log = step % log_every == 0 or step == stop
         sync = due_log or due_eval or len(pending) == MAX_UNAWAITED_STEPS
         preempted = preemption.requested(step, sync)
-        if sync or preempted or checkpoints.due(step):  # Never save past an unchecked step.
+        if due_log or due_eval or preempted or checkpoints.due(step):  # Never save past an unchecked step.
           fetch(step - len(pending) + 1)
+        elif sync:  # The deadlock guard: wait for all but the newest step, which keeps the device busy meanwhile.
+          fetch(step - len(pending) + 1, keep=1)
         if due_log and fetched:
           elapsed = time.perf_counter() - timer
           steps_per_sec = (step - timer_step) / elapsed
