@@ -57,6 +57,8 @@ def get_config(arg=None):
   config.init_from = ""  # "WORKDIR[:STEP]": start from another run's parameters (fresh optimizer).
   config.parallel = dict(strategy="auto")
   config.mesh = dict(data=-1)
+  # XLA:CPU flags of scripts/train.py: YNNPACK may fuse reductions (LayerNorm models train faster; research/xla_flags.py)
+  config.xla_profile = "fused_reductions"
 
   if arg == "smoke":
     config.model.update(dict(block_size=32, num_layers=1, num_heads=2, embed_dim=32, sample_prompt_length=8))

@@ -34,9 +34,11 @@ def parse_train(argv: list[str]):
 
 def train(argv: list[str]) -> None:
   args, config = parse_train(argv)
-  from research import parallel
-  from research.train.loop import train as run
+  from research import parallel, xla_flags
+  from research.train.loop import check, train as run
 
+  check(config)
+  xla_flags.apply(profile_name=config.get("xla_profile", "default"))  # before JAX starts its backend
   parallel.initialize(args.coordinator_address, args.num_processes, args.process_id)
   run(config, args.workdir)
 

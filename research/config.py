@@ -54,6 +54,9 @@ def defaults() -> ml_collections.ConfigDict:
   config.nan_policy = "stop"  # or "skip": a step with a non-finite loss/gradient is never applied.
   config.compilation_cache = ""  # "" = WORKDIR/cache/jax; a directory to share between runs; or "off".
   config.fast_paths = True  # faster formulations of max-pool and BatchNorm (research/models/layers/fast_paths.py)
+  # XLA:CPU flags of scripts/train.py's process: "default", "fused_reductions" (LayerNorm models train faster)
+  # or "off" (research/xla_flags.py).
+  config.xla_profile = "default"
   config.init_from = ""  # "WORKDIR[:STEP]": start from another run's parameters (fresh optimizer).
   config.parallel = dict(strategy="auto")  # or "pmap": per-device code under shard_map
   config.mesh = dict(data=-1)  # devices on the data axis; -1 = all

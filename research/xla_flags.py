@@ -7,16 +7,24 @@ library's models slower (measurements: the README's "The CPU investigation"):
     small-channel 3x3 layers of the zoo's CNN and ResNet (135 ms vs 19 ms for a
     128x28x28x16 -> 16 layer); forward and input gradients took the same time;
   - reductions: a YNNPACK "reduce" fusion swallows a LayerNorm's reductions
-    with the matmuls and GELUs around them into one graph that ran 2x slower
-    than XLA's separate kernels (the benchmark Transformer's forward pass:
-    120-140 ms vs 62-65 ms); training steps and the MLP/CNN did not change.
-So both stay with XLA. Matmuls still go to YNNPACK. The flag only concerns
-the CPU backend.
+    with the matmuls and GELUs around them into one graph. For inference that
+    ran 2x slower than XLA's separate kernels (the benchmark Transformer's
+    forward pass: 120-140 ms vs 62-65 ms), but a Transformer's training step ran
+    1.13x faster with it (190 -> 214 examples/s) and the MLP/CNN did not change.
+So there are profiles: `default` keeps both with XLA; `fused_reductions`
+keeps convolutions with XLA and lets YNNPACK fuse reductions (the zoo's
+Transformer and GPT configs train with it; the VAE's training step ran 0.89x
+with it); `off` sets nothing. Matmuls go to YNNPACK either way. The flags only
+concern the CPU backend.
 
-`import research` applies these unless XLA_FLAGS already sets the same flag
-(your value wins) or RESEARCH_XLA_DEFAULTS=0 is in the environment. They take
+`import research` applies the profile named by RESEARCH_XLA_DEFAULTS (unset:
+`default`), and scripts/train.py then applies its config's `xla_profile`,
+unless XLA_FLAGS already sets the same flag (your value wins). The flags take
 effect only if JAX has not yet started its backend in this process (the
 library's scripts import research first).
+Child processes inherit XLA_FLAGS, so the flags the library added are also
+named in RESEARCH_XLA_ADDED: a child that imports research replaces them with
+its own profile's instead of taking them for yours.
 """
 
 from __future__ import annotations
@@ -24,13 +32,37 @@ from __future__ import annotations
 import os
 from typing import MutableMapping
 
-DEFAULTS = {"--xla_cpu_experimental_ynn_fusion_type": "-individual_convolution,-reduce"}
+YNN_FUSIONS = "--xla_cpu_experimental_ynn_fusion_type"
+PROFILES = {
+    "default": {YNN_FUSIONS: "-individual_convolution,-reduce"},
+    "fused_reductions": {YNN_FUSIONS: "-individual_convolution"},
+    "off": {},
+}
+ENV = "RESEARCH_XLA_DEFAULTS"
+ADDED = "RESEARCH_XLA_ADDED"
+ALIASES = {"1": "default", "0": "off"}  # the values this variable took before there were two profiles
 
 
-def apply(environ: MutableMapping[str, str] = os.environ) -> None:
-  if environ.get("RESEARCH_XLA_DEFAULTS", "1") == "0":
-    return
-  flags = environ.get("XLA_FLAGS", "")
-  missing = [f"{name}={value}" for name, value in DEFAULTS.items() if name not in flags]
-  if missing:
-    environ["XLA_FLAGS"] = " ".join([flags, *missing]).strip()
+def profile(environ: MutableMapping[str, str] = os.environ) -> str:
+  """The profile RESEARCH_XLA_DEFAULTS names (`default` when unset)."""
+  name = environ.get(ENV, "default")
+  name = ALIASES.get(name, name)
+  if name not in PROFILES:
+    raise ValueError(f"{ENV}={environ[ENV]!r}; choose one of {', '.join(PROFILES)}.")
+  return name
+
+
+def apply(environ: MutableMapping[str, str] = os.environ, profile_name: str | None = None) -> None:
+  """Sets XLA_FLAGS to your flags plus the profile's (by default RESEARCH_XLA_DEFAULTS's), except flags yours
+  already set. Applying again replaces the flags the last call added."""
+  chosen = PROFILES[profile_name or profile(environ)]
+  added = environ.pop(ADDED, "").split()
+  flags = [f for f in environ.get("XLA_FLAGS", "").split() if f not in added]  # yours: not added by a parent
+  mine = [f"{name}={value}" for name, value in chosen.items()
+          if not any(f == name or f.startswith(name + "=") for f in flags)]
+  if flags or mine:
+    environ["XLA_FLAGS"] = " ".join(flags + mine)
+  else:
+    environ.pop("XLA_FLAGS", None)
+  if mine:
+    environ[ADDED] = " ".join(mine)

@@ -128,7 +128,7 @@ def test_train_steps_with_and_without_fast_paths_agree(config_name):
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
 
 
-def test_xla_defaults_are_added_unless_set_or_switched_off():
+def test_xla_profiles_are_added_unless_set_or_switched_off():
   from research import xla_flags
 
   env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
@@ -138,36 +138,88 @@ def test_xla_defaults_are_added_unless_set_or_switched_off():
   mine = {"XLA_FLAGS": "--xla_cpu_experimental_ynn_fusion_type=dot"}
   xla_flags.apply(mine)
   assert mine["XLA_FLAGS"] == "--xla_cpu_experimental_ynn_fusion_type=dot"  # the user's value wins
-  off = {"RESEARCH_XLA_DEFAULTS": "0"}
-  xla_flags.apply(off)
-  assert "XLA_FLAGS" not in off
+  for off in ({"RESEARCH_XLA_DEFAULTS": "off"}, {"RESEARCH_XLA_DEFAULTS": "0"}):
+    xla_flags.apply(off)
+    assert "XLA_FLAGS" not in off
+  with pytest.raises(ValueError, match="RESEARCH_XLA_DEFAULTS='fast'; choose one of default, fused_reductions, off"):
+    xla_flags.apply({"RESEARCH_XLA_DEFAULTS": "fast"})
 
 
-_CONV_GRADS = """
-import json, os, sys
-import research, jax, jax.numpy as jnp, numpy as np
-x = jnp.asarray(np.random.default_rng(0).standard_normal((16, 14, 14, 8)), jnp.float32)
-k = jnp.asarray(np.random.default_rng(1).standard_normal((3, 3, 8, 16)), jnp.float32)
-f = lambda x, k: jnp.sum(jnp.tanh(jax.lax.conv_general_dilated(x, k, (1, 1), "SAME",
-                                                               dimension_numbers=("NHWC", "HWIO", "NHWC"))))
-dx, dk = jax.jit(jax.grad(f, argnums=(0, 1)))(x, k)
-print(json.dumps({"flags": os.environ.get("XLA_FLAGS", ""), "dx": np.asarray(dx).ravel().tolist(),
-                  "dk": np.asarray(dk).ravel().tolist()}))
+def test_applying_again_or_in_a_child_process_replaces_the_added_flags_but_keeps_yours():
+  from research import xla_flags
+
+  parent = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+  xla_flags.apply(parent)  # default
+  child = {**parent, "RESEARCH_XLA_DEFAULTS": "fused_reductions"}
+  xla_flags.apply(child)
+  assert child["XLA_FLAGS"] == ("--xla_force_host_platform_device_count=8 "
+                                "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution")
+  xla_flags.apply(child, profile_name="off")  # e.g. scripts/train.py with --config.xla_profile=off
+  assert child["XLA_FLAGS"] == "--xla_force_host_platform_device_count=8"
+  yours = {**parent, "XLA_FLAGS": "--xla_cpu_experimental_ynn_fusion_type=dot"}
+  xla_flags.apply(yours, profile_name="fused_reductions")  # a child given its own XLA_FLAGS keeps them
+  assert yours["XLA_FLAGS"] == "--xla_cpu_experimental_ynn_fusion_type=dot"
+
+
+# scripts/train.py's command, with the training itself replaced by a print of the XLA_FLAGS it would run with.
+_TRAIN_FLAGS = """
+import os, sys
+from research import cli
+from research.train import loop
+loop.train = lambda config, workdir: print(os.environ["XLA_FLAGS"])
+sys.exit(cli.main("train", sys.argv[1:]))
 """
 
 
-def test_convolution_gradients_equal_with_and_without_the_xla_defaults():
+def test_the_train_command_applies_the_configs_xla_profile(tmp_path):
+  def flags(*overrides):
+    done = subprocess.run([sys.executable, "-c", _TRAIN_FLAGS, "--config", "configs/rotten_tomatoes_transformer.py",
+                           "--workdir", str(tmp_path), *overrides], capture_output=True, text=True, timeout=300,
+                          cwd=str(helpers.ROOT))
+    return done.returncode, done.stdout.split()[-1:], done.stderr
+
+  assert flags()[:2] == (0, ["--xla_cpu_experimental_ynn_fusion_type=-individual_convolution"])
+  assert flags("--config.xla_profile=default")[:2] == (
+      0, ["--xla_cpu_experimental_ynn_fusion_type=-individual_convolution,-reduce"])
+  code, _, err = flags("--config.xla_profile=fastest")
+  assert code == 2 and "xla_profile='fastest'; choose one of default, fused_reductions, off" in err
+
+
+# Gradients of a convolution (the `individual_convolution` fusions) and of a LayerNorm between matmuls and GELUs
+# (the `reduce` fusions), computed in a process started with the given XLA profile.
+_GRADS = """
+import json, os, sys
+import research, jax, jax.numpy as jnp, numpy as np
+rng = np.random.default_rng(0)
+x, k = rng.standard_normal((16, 14, 14, 8), np.float32), rng.standard_normal((3, 3, 8, 16), np.float32)
+conv = lambda x, k: jnp.sum(jnp.tanh(jax.lax.conv_general_dilated(x, k, (1, 1), "SAME",
+                                                                  dimension_numbers=("NHWC", "HWIO", "NHWC"))))
+h, w1, w2 = (rng.standard_normal(s, np.float32) / 8 for s in ((512, 64), (64, 64), (64, 128)))
+def layer_norm_block(h, w1, w2):
+  h = h @ w1
+  mu = h.mean(-1, keepdims=True)
+  y = (h - mu) / jnp.sqrt(((h - mu) ** 2).mean(-1, keepdims=True) + 1e-6)
+  return jnp.sum(jax.nn.gelu(y @ w2) ** 2)
+grads = jax.jit(jax.grad(conv, argnums=(0, 1)))(x, k) + jax.jit(jax.grad(layer_norm_block, argnums=(0, 1, 2)))(h, w1, w2)
+print(json.dumps({"flags": os.environ.get("XLA_FLAGS", ""), "grads": [np.asarray(g).ravel().tolist() for g in grads]}))
+"""
+
+
+def test_gradients_are_equal_under_every_xla_profile():
   results = {}
-  for defaults in ("1", "0"):
-    env = {**os.environ, "RESEARCH_XLA_DEFAULTS": defaults, "XLA_FLAGS": ""}
-    done = subprocess.run([sys.executable, "-c", _CONV_GRADS], capture_output=True, text=True, env=env, timeout=300,
+  for profile in ("default", "fused_reductions", "off"):
+    env = {**os.environ, "RESEARCH_XLA_DEFAULTS": profile}  # XLA_FLAGS as conftest's `import research` left it
+    done = subprocess.run([sys.executable, "-c", _GRADS], capture_output=True, text=True, env=env, timeout=300,
                           cwd=str(helpers.ROOT))
     assert done.returncode == 0, done.stderr[-2000:]
-    results[defaults] = json.loads(done.stdout.strip().splitlines()[-1])
-  assert "ynn_fusion_type=-individual_convolution,-reduce" in results["1"]["flags"]
-  assert "ynn_fusion_type" not in results["0"]["flags"]
-  for key in ("dx", "dk"):
-    np.testing.assert_allclose(results["1"][key], results["0"][key], rtol=1e-4, atol=1e-4)
+    results[profile] = json.loads(done.stdout.strip().splitlines()[-1])
+  assert "ynn_fusion_type=-individual_convolution,-reduce" in results["default"]["flags"]
+  assert "ynn_fusion_type=-individual_convolution" in results["fused_reductions"]["flags"]
+  assert "-reduce" not in results["fused_reductions"]["flags"]
+  assert "ynn_fusion_type" not in results["off"]["flags"]
+  for profile in ("fused_reductions", "off"):
+    for got, want in zip(results[profile]["grads"], results["default"]["grads"]):
+      np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 
 def test_reference_block_restores_the_setting():

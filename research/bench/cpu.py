@@ -15,17 +15,19 @@ import statistics
 from research.bench.timing import machine, table
 from research.bench.train import SPECS, measure
 
-# (what, environment, config.fast_paths). `import research` adds research/xla_flags.py's defaults to XLA_FLAGS
-# (unless the experiment sets the same flag or RESEARCH_XLA_DEFAULTS=0) and research/host_memory.py's malloc
-# settings (unless RESEARCH_MALLOC_DEFAULTS=0).
+# (what, environment, config.fast_paths). `import research` adds the XLA flags of research/xla_flags.py's profile
+# (training steps: their spec's `xla_profile`; the forward pass: `default`; see train.measure) unless the experiment
+# sets the same flag, and research/host_memory.py's malloc settings (unless RESEARCH_MALLOC_DEFAULTS=0).
 YNN = "--xla_cpu_experimental_ynn_fusion_type="
 EXPERIMENTS = [
     ("default: the library's XLA flags, malloc settings and fast paths", {}, True),
     ("malloc as glibc sets it (`RESEARCH_MALLOC_DEFAULTS=0`): a fresh mmap per step", {"RESEARCH_MALLOC_DEFAULTS": "0"},
      True),
-    ("jaxlib's XLA defaults (`RESEARCH_XLA_DEFAULTS=0`)", {"RESEARCH_XLA_DEFAULTS": "0"}, True),
+    ("jaxlib's XLA defaults", {"RESEARCH_XLA_DEFAULTS": "off"}, True),
+    ("XLA profile `default` (reductions with XLA)", {"RESEARCH_XLA_DEFAULTS": "default"}, True),
+    ("XLA profile `fused_reductions` (reductions fused by YNNPACK)", {"RESEARCH_XLA_DEFAULTS": "fused_reductions"},
+     True),
     ("convolutions by YNNPACK", {"XLA_FLAGS": YNN + "-reduce"}, True),
-    ("reductions fused by YNNPACK", {"XLA_FLAGS": YNN + "-individual_convolution"}, True),
     ("`config.fast_paths=False` (reference max-pool and BatchNorm backward)", {}, False),
     ("convolutions by XNNPACK", {"XLA_FLAGS": "--xla_cpu_experimental_xnn_fusion_type=+individual_convolution"}, True),
     ("oneDNN fusions (dot, eltwise, reduce)",

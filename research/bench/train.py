@@ -31,11 +31,12 @@ SPECS = {
     "transformer": dict(batch=32, input_shape=(128,), input_key="tokens",
                         model=dict(name="transformer", vocab_size=8000, num_classes=2, dim=128, num_heads=4,
                                    num_layers=2, mlp_dim=512, dropout=0.0, attention_dropout=0.0,
-                                   positions="learned", pooling="mean", max_length=128, pad_id=0)),
+                                   positions="learned", pooling="mean", max_length=128, pad_id=0),
+                        xla_profile="fused_reductions"),  # as the zoo's Transformer configs
 }
 SYSTEMS = ("hand_jax", "trainer", "keras_jax", "torch_eager", "torch_compile")
 # Peers run as their users get them: without the library's XLA flags and malloc settings (research/__init__.py).
-STOCK = {"RESEARCH_XLA_DEFAULTS": "0", "RESEARCH_MALLOC_DEFAULTS": "0"}
+STOCK = {"RESEARCH_XLA_DEFAULTS": "off", "RESEARCH_MALLOC_DEFAULTS": "0"}
 BATCHES = 16  # distinct batches held in memory, cycled through
 
 
@@ -159,6 +160,7 @@ def trainer_config(name: str, steps: int):
   config.checkpoint.every = 0
   config.compilation_cache = "off"
   config.fast_paths = fast_paths.enabled()  # as `measure` set it for this process
+  config.xla_profile = spec.get("xla_profile", "default")  # `measure` applied it (train() runs after JAX started)
   return config
 
 
@@ -190,9 +192,12 @@ def measure(system: str, model: str, steps: int, *, env: dict | None = None, fas
           f"fast_paths.set_enabled({fast_paths}); "
           f"rate = train.{system}({model!r}, {steps}); "
           "print(json.dumps({'examples_per_sec': rate, 'peak_mb': timing.peak_rss_mb()}))")
-  stock = STOCK if system in ("keras_jax", "torch_eager", "torch_compile") else {}
+  if system in ("keras_jax", "torch_eager", "torch_compile"):
+    own = STOCK
+  else:  # training steps with the XLA profile scripts/train.py would apply for the spec's config.xla_profile
+    own = {"RESEARCH_XLA_DEFAULTS": SPECS[model].get("xla_profile", "default") if system != "forward_jax" else "default"}
   done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=900,
-                        env={**os.environ, **stock, **(env or {})})
+                        env={**os.environ, **own, **(env or {})})
   if done.returncode != 0:
     last = (done.stderr.strip().splitlines() or ["failed"])[-1]
     return {"error": "not installed" if "ModuleNotFoundError" in last else last[:80]}

@@ -20,7 +20,7 @@ import numpy as np
 from flax import nnx
 
 from research import config as config_lib
-from research import metrics, parallel
+from research import metrics, parallel, xla_flags
 from research.checkpoint import Checkpointer
 from research.data import augment, clean, ops
 from research.data.pipeline import Pipeline, WaitTimer, eval_batches, prepared
@@ -56,6 +56,8 @@ def check(config) -> None:
   clean.parse(config.data.get("clean", ""))
   if config.parallel.strategy not in STRATEGIES:
     raise ConfigError(f"parallel.strategy={config.parallel.strategy!r}; choose one of {', '.join(STRATEGIES)}.")
+  if config.get("xla_profile", "default") not in xla_flags.PROFILES:
+    raise ConfigError(f"xla_profile={config.xla_profile!r}; choose one of {', '.join(xla_flags.PROFILES)}.")
   if config.nan_policy not in NAN_POLICIES:
     raise ConfigError(f"nan_policy={config.nan_policy!r}; choose one of {', '.join(NAN_POLICIES)}.")
   if config.train.steps <= 0 and config.train.epochs <= 0:
