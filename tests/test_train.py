@@ -120,3 +120,42 @@ def test_two_processes_train_like_one(tmp_path):
   assert _losses(tmp_path / "multi", "eval/accuracy") == _losses(tmp_path / "single", "eval/accuracy")
   for key, value in helpers.checkpoint_params(tmp_path / "single", 20).items():
     np.testing.assert_allclose(helpers.checkpoint_params(tmp_path / "multi", 20)[key], value, atol=1e-5)
+
+
+@pytest.mark.parametrize("strategy", ["auto", "pmap"])
+def test_step_metrics_equal_an_independent_loss_and_gradient_norm(strategy):
+  """One SGD step on 8 devices: its loss, gradient norm and update against jax.grad and optax.tree.norm."""
+  import jax
+  import optax
+  from flax import nnx
+
+  from research import parallel
+  from research.train import experiment
+  from research.train.step import make_steps, named
+
+  config = _smoke()
+  config.parallel.strategy = strategy
+  config.optimizer.update(name="sgd", learning_rate=0.5, weight_decay=0.0, clip_norm=0.0)
+  config.schedule.update(name="constant", warmup_steps=0)
+  rng = np.random.default_rng(0)
+  raw = {"image": rng.integers(0, 256, (16, 28, 28, 1)).astype(np.uint8), "label": rng.integers(0, 10, 16)}
+  preprocess = experiment.preprocessor(config, None, raw)
+  batch = {**preprocess(raw), "label": raw["label"].astype(np.int32)}
+  mesh = parallel.make_mesh(config)
+  graphdef, state, tx, _ = experiment.build_state(config, experiment.build_model(config, raw, preprocess), 10, mesh)
+  params, model_state = jax.device_get((state.params, state.model_state))
+  train_step, _ = make_steps(graphdef, tx, mesh, strategy=strategy, input_key="image")
+  state, metrics = train_step(state, batch)
+
+  def loss_fn(p):
+    logits = nnx.merge(graphdef, p, model_state)(batch["image"], train=True)
+    return optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean()
+
+  loss, grads = jax.value_and_grad(loss_fn)(params)
+  got = named(metrics)
+  np.testing.assert_allclose(got["loss"], loss, rtol=1e-5)
+  np.testing.assert_allclose(got["grad_norm"], optax.tree.norm(grads), rtol=1e-4)
+  assert got["nonfinite"] == 0.0 and got["grad_norm"] > 0
+  for new, old, grad in zip(jax.tree.leaves(jax.device_get(state.params)), jax.tree.leaves(params),
+                            jax.tree.leaves(grads)):
+    np.testing.assert_allclose(new, old - 0.5 * grad, rtol=1e-4, atol=1e-6)

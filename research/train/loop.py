@@ -202,8 +202,8 @@ def train(config, workdir: str | Path) -> dict[str, float]:
         preempted = preemption.requested(step, sync)
         if due_log or due_eval or preempted or checkpoints.due(step):  # Never save past an unchecked step.
           fetch(step - len(pending) + 1)
-        elif sync:  # The deadlock guard: wait for all but the newest step, which keeps the device busy meanwhile.
-          fetch(step - len(pending) + 1, keep=1)
+        elif len(pending) == MAX_UNAWAITED_STEPS:  # The deadlock guard.
+          fetch(step - len(pending) + 1, keep=1)  # All but the newest step: the device keeps computing meanwhile.
         if due_log and fetched:
           elapsed = time.perf_counter() - timer
           steps_per_sec = (step - timer_step) / elapsed

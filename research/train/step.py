@@ -120,7 +120,9 @@ def make_steps(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, mesh: j
             jax.jit(evaluate, in_shardings=(repl, data), out_shardings=repl))
   if strategy == "pmap":
     axis = parallel.DATA
+    # check_vma=False: with it on, autodiff already sums the gradients of the replicated parameters over the
+    # devices, and the explicit pmean below would leave them `devices` times too large.
     per_device = lambda fn: jax.shard_map(partial(fn, axis=axis), mesh=mesh, in_specs=(P(), P(axis)),
-                                           out_specs=P())
+                                           out_specs=P(), check_vma=False)
     return jax.jit(per_device(train), donate_argnums=0), jax.jit(per_device(evaluate))
   raise ConfigError(f"Unknown parallel.strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}.")
