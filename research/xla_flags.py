@@ -40,7 +40,7 @@ PROFILES = {
 }
 ENV = "RESEARCH_XLA_DEFAULTS"
 ADDED = "RESEARCH_XLA_ADDED"
-ALIASES = {"1": "default", "0": "off"}  # the values this variable took before there were two profiles
+ALIASES = {"1": "default", "0": "off"}  # the values this variable took before the profiles had names
 
 
 def profile(environ: MutableMapping[str, str] = os.environ) -> str:

@@ -194,8 +194,10 @@ def measure(system: str, model: str, steps: int, *, env: dict | None = None, fas
           "print(json.dumps({'examples_per_sec': rate, 'peak_mb': timing.peak_rss_mb()}))")
   if system in ("keras_jax", "torch_eager", "torch_compile"):
     own = STOCK
-  else:  # training steps with the XLA profile scripts/train.py would apply for the spec's config.xla_profile
-    own = {"RESEARCH_XLA_DEFAULTS": SPECS[model].get("xla_profile", "default") if system != "forward_jax" else "default"}
+  elif system == "forward_jax":  # inference: the profile of `import research`
+    own = {"RESEARCH_XLA_DEFAULTS": "default"}
+  else:  # training steps: the profile scripts/train.py applies for the spec's config.xla_profile
+    own = {"RESEARCH_XLA_DEFAULTS": SPECS[model].get("xla_profile", "default")}
   done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=900,
                         env={**os.environ, **own, **(env or {})})
   if done.returncode != 0:
