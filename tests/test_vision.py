@@ -176,6 +176,38 @@ def test_batch_statistics_update_in_training_and_are_identical_on_all_devices(st
     assert len(shards) == 8 and all(np.array_equal(shards[0], s) for s in shards[1:])
 
 
+def test_pmap_step_with_batchnorm_applies_the_mean_of_per_device_gradients():
+  """Under parallel.strategy=pmap each device normalizes with its own rows' statistics (as jax.pmap did), and the
+  fast BatchNorm path runs there: one SGD step against the mean of 8 per-shard jax.grad's of the reference."""
+  from research.models.layers import fast_paths
+  from research.models.layers.norm import BatchNorm
+
+  config = ml_collections.ConfigDict(dict(mesh=dict(data=-1)))
+  mesh = parallel.make_mesh(config)
+  x = _images(32, 12, 12, 1) + np.repeat(np.arange(8, dtype=np.float32), 4)[:, None, None, None]
+  labels = np.arange(32, dtype=np.int32) % 10
+  model = _build("cnn", x, channels=(4,), hidden_size=8)
+  assert isinstance(model.blocks[0].norm, BatchNorm)
+  tx = optax.sgd(0.5)
+  graphdef, state = state_lib.create(model, tx, seed=0)
+  params, model_state = jax.device_get((state.params, state.model_state))
+  train_step, _ = make_steps(graphdef, tx, mesh, strategy="pmap", input_key="image")
+  batch = {"image": jax.device_put(x, parallel.batch_sharding(mesh)),
+           "label": jax.device_put(labels, parallel.batch_sharding(mesh))}
+  state, _ = train_step(jax.device_put(state, parallel.replicated(mesh)), batch)
+
+  def shard_loss(p, rows):
+    logits = nnx.merge(graphdef, p, jax.tree.map(jnp.asarray, model_state))(jnp.asarray(x[rows]), train=True)
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels[rows]).mean()
+
+  with fast_paths.reference():
+    grads = [jax.grad(shard_loss)(params, slice(4 * d, 4 * d + 4)) for d in range(8)]
+  mean_grads = jax.tree.map(lambda *g: np.mean(g, axis=0), *grads)
+  for new, old, grad in zip(jax.tree.leaves(jax.device_get(state.params)), jax.tree.leaves(params),
+                            jax.tree.leaves(mean_grads)):
+    np.testing.assert_allclose(new, old - 0.5 * grad, rtol=1e-4, atol=1e-5)
+
+
 def test_eval_uses_running_averages_and_leaves_them_unchanged():
   x = jnp.asarray(_images(6, 12, 12, 1))
   model = _build("cnn", x, channels=(4,), hidden_size=8)
