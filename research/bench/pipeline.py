@@ -48,6 +48,8 @@ def _train(config: str, workdir: Path, cache: Path, steps: int) -> list[dict]:
 def _supply_rate(config_spec: str, workdir: Path, batches: int) -> tuple[float, float]:
   """(examples/s the training input pipeline delivers on its own, seconds to build it), fitted state read from
   `workdir`."""
+  import jax
+
   from research import config as config_lib
   from research import parallel
   from research.data.pipeline import Pipeline
@@ -66,7 +68,7 @@ def _supply_rate(config_spec: str, workdir: Path, batches: int) -> tuple[float, 
     start = time.perf_counter()
     for batch in source:
       last = batch
-    next(iter(last.values())).block_until_ready()
+    jax.block_until_ready(last)  # on one CPU device the batches are host arrays: nothing to wait for
     return batches * config.data.batch_size / (time.perf_counter() - start), built
 
 

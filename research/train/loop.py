@@ -237,15 +237,16 @@ def train(config, workdir: str | Path) -> dict[str, float]:
           timer = time.perf_counter()  # Evaluation time is not training throughput.
 
         force = step == stop or preempted or stopped_early or (eval_metrics is not None and bool(cc.best_metric))
-        progress_meta = {"best_value": best_value, "bad_evals": bad_evals, "stopped_early": stopped_early}
-        data_position = {**pipeline.position(step), "preprocess_state": preprocess_state}
-        try:
-          if checkpoints.save(step, state, data_position, force=force, eval_metrics=eval_metrics,
-                              progress=progress_meta):
-            timer = time.perf_counter()
-        except Exception as e:  # Disk full, permissions: name the path; older checkpoints are untouched.
-          raise CheckpointError(f"Saving the checkpoint of step {step} to {checkpoints.directory} failed: {brief(e)}. "
-                                f"Checkpoints already written are intact: {checkpoints.steps()}.") from e
+        if force or checkpoints.due(step):  # (its metadata is built only for a save: no Python work per step)
+          progress_meta = {"best_value": best_value, "bad_evals": bad_evals, "stopped_early": stopped_early}
+          data_position = {**pipeline.position(step), "preprocess_state": preprocess_state}
+          try:
+            if checkpoints.save(step, state, data_position, force=force, eval_metrics=eval_metrics,
+                                progress=progress_meta):
+              timer = time.perf_counter()
+          except Exception as e:  # Disk full, permissions: name the path; older checkpoints are untouched.
+            raise CheckpointError(f"Saving the checkpoint of step {step} to {checkpoints.directory} failed: "
+                                  f"{brief(e)}. Checkpoints already written are intact: {checkpoints.steps()}.") from e
         if preempted:
           break
         if stopped_early:
