@@ -1,5 +1,7 @@
 """The benchmark script runs end to end on tiny sizes (numbers are not checked: timing is not a test)."""
 
+import pytest
+
 from tests import helpers
 
 
@@ -44,7 +46,8 @@ def test_pipeline_benchmark_quick(tmp_path):
   assert done.returncode == 0, done.stderr[-2000:]
   row = next(line.split("|") for line in out.read_text().splitlines() if line.startswith("| mnist_mlp |"))
   wait, consumed, supplied, ratio, built, cold, warm = (c.strip() for c in row[2:9])
-  assert float(built) >= 0
+  assert float(built) > 0  # normalizing and flattening 60,000 images once takes measurable time
   assert wait.endswith("%") and 0 <= float(wait[:-1]) <= 100
-  assert float(supplied.replace(",", "")) > 0 and ratio.endswith("x")
+  number = lambda cell: float(cell.replace(",", ""))
+  assert number(supplied) > 0 and number(ratio[:-1]) == pytest.approx(number(supplied) / number(consumed), abs=0.06)
   assert float(warm) < float(cold)  # the compilation cache was written by the first run and read by the second
