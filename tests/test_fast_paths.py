@@ -67,7 +67,7 @@ def test_batch_sum_equals_jnp_sum():
 
 def test_gradient_norm_equals_optax_global_norm():
   tree = {"scalar": jnp.float32(-3.0), "bias": _images((5,)), "kernel": _images((7, 5), seed=1),
-          "conv": [_images((3, 3, 2, 4), seed=2)]}
+          "conv": [_images((3, 3, 2, 4), seed=2)], "empty": jnp.zeros((3, 0))}
   np.testing.assert_allclose(jax.jit(global_norm)(tree), optax.global_norm(tree), rtol=1e-6)
   for bad in (np.inf, -np.inf, np.nan):  # the NaN guard relies on one non-finite element making it non-finite
     kernel = tree["kernel"].at[3, 2].set(bad)
