@@ -19,6 +19,7 @@ from flax import nnx
 
 from research import config as config_lib
 from research.models.layers import fast_paths
+from research.models.layers.attention_core import dot_product_attention
 from research.models.layers.norm import BatchNorm
 from research.models.layers.reductions import batch_sum
 from research.models.layers.pooling import max_pool
@@ -60,6 +61,52 @@ def test_max_pool_shares_the_gradient_of_tied_maxima():
   np.testing.assert_array_equal(np.asarray(grad).ravel(), [0.5, 0.5, 0.0, 0.0])
 
 
+def _numpy_attention(q, k, v, mask):
+  """softmax(q k^T / sqrt(d)) v in float64, masked keys weighted 0 (a row with none left: uniform, as in jax)."""
+  q, k, v = (np.asarray(a, np.float64) for a in (q, k, v))
+  logits = np.einsum("bqhd,bkhd->bhqk", q, k) / np.sqrt(q.shape[-1])
+  if mask is not None:
+    logits = np.where(np.broadcast_to(mask, logits.shape), logits, -1e300)
+  weights = np.exp(logits - logits.max(-1, keepdims=True))
+  return np.einsum("bhqk,bkhd->bqhd", weights / weights.sum(-1, keepdims=True), v)
+
+
+_PADDING = np.random.default_rng(3).random((3, 1, 1, 9)) > 0.3
+_PADDING[0] = False  # a sequence with no real token at all
+
+
+@pytest.mark.parametrize("fast", [True, False], indirect=True)
+@pytest.mark.parametrize("mask", [None, _PADDING, np.tril(np.ones((9, 9), bool))], ids=["none", "padding", "causal"])
+def test_attention_equals_float64_numpy_and_the_reference_gradients(fast, mask):
+  q, k, v = (_images((3, 9, 2, 4), seed=s) * 2.0 for s in range(3))
+  weights = _images((3, 9, 2, 4), seed=5)  # a non-uniform cotangent
+  mask = None if mask is None else jnp.asarray(mask)
+  out = jax.jit(dot_product_attention)(q, k, v, mask)
+  np.testing.assert_allclose(out, _numpy_attention(q, k, v, mask), rtol=1e-5, atol=1e-5)
+  loss = lambda q, k, v: jnp.sum(dot_product_attention(q, k, v, mask) * weights)
+  grads = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))(q, k, v)
+  with fast_paths.reference():  # JAX's autodiff of the textbook formula
+    want = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))(q, k, v)
+  for got, expected in zip(grads, want):
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+  if mask is not None and mask.shape[0] == 3:  # no gradient reaches q or k through a fully masked row
+    assert float(jnp.max(jnp.abs(grads[0][0]))) == 0.0 and float(jnp.max(jnp.abs(grads[1][0]))) == 0.0
+
+
+def test_attention_dropout_draws_the_reference_mask_and_gradients():
+  q, k, v = (_images((2, 6, 2, 4), seed=s) for s in range(3))
+  weights = _images((2, 6, 2, 4), seed=5)
+  dropout = lambda w: nnx.Dropout(0.5)(w, rngs=nnx.Rngs(dropout=7))  # the same key in both formulations
+  loss = lambda q, k, v: jnp.sum(dot_product_attention(q, k, v, None, dropout) * weights)
+  value, grads = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)))(q, k, v)
+  with fast_paths.reference():
+    want_value, want_grads = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)))(q, k, v)
+  np.testing.assert_allclose(value, want_value, rtol=1e-5)
+  assert float(value) != pytest.approx(float(jnp.sum(dot_product_attention(q, k, v) * weights)), rel=1e-3)  # dropped
+  for got, expected in zip(grads, want_grads):
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
 def test_batch_sum_equals_jnp_sum():
   x = _images((7, 9, 11, 5)) * 4.0 + 2.0
   np.testing.assert_allclose(jax.jit(batch_sum)(x), jnp.sum(x, (0, 1, 2)), rtol=1e-5)
@@ -97,26 +144,40 @@ def test_batch_norm_train_mode_equals_flax_outputs_gradients_and_running_average
   np.testing.assert_array_equal(ours(x, use_running_average=True), reference(x, use_running_average=True))
 
 
-@pytest.mark.parametrize("config_name", ["mnist_cnn", "fashion_mnist_resnet"])
+def _batch(config_name, rng):
+  """8 examples in the form the config's model trains on."""
+  if config_name == "shakespeare_gpt":  # windows of block_size + 1 byte ids (smoke: 32)
+    return {"tokens": rng.integers(0, 256, (8, 33)).astype(np.int32)}
+  if config_name == "rotten_tomatoes_transformer":  # token ids with padding (0) at the end of some rows
+    tokens = rng.integers(1, 500, (8, 32)).astype(np.int32)
+    tokens[::2, 20:] = 0
+    return {"tokens": tokens, "label": rng.integers(0, 2, 8).astype(np.int32)}
+  return {"image": rng.standard_normal((8, 28, 28, 1)).astype(np.float32),
+          "label": rng.integers(0, 10, 8).astype(np.int32)}
+
+
+@pytest.mark.parametrize("config_name", ["mnist_cnn", "fashion_mnist_resnet", "rotten_tomatoes_transformer",
+                                         "shakespeare_gpt"])
 def test_train_steps_with_and_without_fast_paths_agree(config_name):
-  """Three real train steps of a zoo model (8 devices): the same loss and parameters with either formulation."""
+  """Three real train steps of a zoo model (8 devices): the same loss and parameters with either formulation.
+  The Transformer trains with its config's dropout, attention dropout included."""
   from research import parallel
   from research.train import experiment
   from research.train.step import make_steps, named
 
   config = config_lib.load(f"configs/{config_name}.py:smoke")
   config.data.augment = ""
-  config.optimizer.update(name="sgd", weight_decay=0.0)  # parameters then differ as much as the gradients do
-  rng = np.random.default_rng(0)
-  batch = {"image": rng.standard_normal((8, 28, 28, 1)).astype(np.float32),
-           "label": rng.integers(0, 10, 8).astype(np.int32)}
+  config.optimizer.update(name="sgd", learning_rate=0.1, weight_decay=0.0)  # parameters differ as the gradients do
+  config.schedule.update(name="constant", warmup_steps=0)  # (a warm-up from 0 would hide differences)
+  batch = _batch(config_name, np.random.default_rng(0))
+  input_key = config.data.input_key
   outcomes = []
   for fast in (True, False):
     config.fast_paths = fast
     mesh = parallel.make_mesh(config)
     model = experiment.build_model(config, batch, lambda b: b)
     graphdef, state, tx, _ = experiment.build_state(config, model, 10, mesh)
-    train_step, _ = make_steps(graphdef, tx, mesh, strategy="auto", input_key="image")
+    train_step, _ = make_steps(graphdef, tx, mesh, strategy="auto", input_key=input_key)
     losses = []
     for _ in range(3):
       state, metrics = train_step(state, batch)

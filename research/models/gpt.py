@@ -28,6 +28,7 @@ from flax import nnx
 
 from research import metrics
 from research.errors import ConfigError
+from research.models.layers.attention_core import dot_product_attention
 from research.registry import MODELS
 
 Cache = list[dict[str, jax.Array]]  # per layer: {"k", "v": float[B, max_len, heads, head_dim]}
@@ -61,11 +62,9 @@ class CausalSelfAttention(nnx.Module):
       keys = jax.lax.dynamic_update_slice(cache["k"], k.astype(cache["k"].dtype), (0, index, 0, 0))
       values = jax.lax.dynamic_update_slice(cache["v"], v.astype(cache["v"].dtype), (0, index, 0, 0))
       cache, key_pos = {"k": keys, "v": values}, jnp.arange(keys.shape[1])
-    scores = jnp.einsum("bthd,bshd->bhts", q, keys) / math.sqrt(self.head_dim)
     causal = key_pos[None, :] <= query_pos[:, None]  # [T, S]
-    scores = jnp.where(causal, scores, jnp.finfo(scores.dtype).min)
-    weights = self.attn_dropout(jax.nn.softmax(scores, axis=-1), deterministic=not train, rngs=rngs)
-    out = jnp.einsum("bhts,bshd->bthd", weights, values).reshape(b, t, dim)
+    dropout = partial(self.attn_dropout, rngs=rngs) if train and self.attn_dropout.rate > 0 else None
+    out = dot_product_attention(q, keys, values, causal, dropout).reshape(b, t, dim)
     return self.resid_dropout(self.proj(out), deterministic=not train, rngs=rngs), cache
 
 

@@ -11,9 +11,13 @@ from __future__ import annotations
 
 import math
 
+from functools import partial
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
+
+from research.models.layers.attention_core import dot_product_attention
 
 
 def sinusoidal_positions(length: int, dim: int, dtype=jnp.float32) -> jax.Array:
@@ -54,12 +58,8 @@ class MultiHeadAttention(nnx.Module):
                rngs: nnx.Rngs | None = None) -> jax.Array:
     b, length, dim = x.shape
     q, k, v = jnp.split(self.qkv(x).reshape(b, length, 3 * self.num_heads, self.head_dim), 3, axis=2)
-    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(self.head_dim)
-    mask = _broadcast_mask(mask)
-    if mask is not None:
-      logits = jnp.where(mask, logits, jnp.finfo(logits.dtype).min)  # exp() of it is exactly 0
-    weights = self.dropout(jax.nn.softmax(logits, axis=-1), deterministic=not train, rngs=rngs)
-    return self.out(jnp.einsum("bhqk,bkhd->bqhd", weights, v).reshape(b, length, dim))
+    dropout = partial(self.dropout, rngs=rngs) if train and self.dropout.rate > 0 else None
+    return self.out(dot_product_attention(q, k, v, _broadcast_mask(mask), dropout).reshape(b, length, dim))
 
 
 class TransformerBlock(nnx.Module):

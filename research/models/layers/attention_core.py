@@ -1,0 +1,84 @@
+"""Scaled dot-product attention, `softmax(q k^T / sqrt(d)) v`, with a boolean mask.
+
+The reference formulation is the textbook one, differentiated by JAX. With the
+fast paths on (the default, research/models/layers/fast_paths.py), on XLA:CPU
+the core has a custom VJP instead:
+  - heads first, and the keys transposed once, so every matmul is a plain
+    batched [L, d] x [d, L] or [L, L] x [L, d] product (XLA:CPU ran the
+    batched products it chose for the einsums at 25-48 GFLOP/s, the plain
+    forms at 45-86);
+  - the backward pass reuses the saved probabilities in the closed form
+    `ds = p * (dp - rowsum(do * o))`, where autodiff of the softmax recomputed
+    and broadcast its normalizer (a materialized float32[B, H, L, L] per layer).
+For the benchmark Transformer's attention (batch 32, 4 heads, 128 tokens, head
+size 32) forward plus backward took 20.6 ms in the reference formulation and
+14.5 ms in this one (the README's "The CPU investigation"). Attention dropout
+keeps the reference path's random mask. Other backends use the reference
+formulation.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+from research.models.layers import fast_paths
+
+
+def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None = None,
+                          dropout: Callable[[jax.Array], jax.Array] | None = None) -> jax.Array:
+  """Attention of q float[B, Lq, H, d] over k, v float[B, Lk, H, d]: float[B, Lq, H, d].
+
+  `mask` is boolean, True where a query may attend to a key, and broadcasts to [B, H, Lq, Lk] (None: everywhere).
+  Masked keys get a weight of exactly 0. `dropout`, if given (an `nnx.Dropout` in training), is applied to the
+  attention weights.
+  """
+  scale = 1.0 / math.sqrt(q.shape[-1])
+  if not (fast_paths.enabled() and jax.default_backend() == "cpu"):
+    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k) * scale
+    if mask is not None:
+      logits = jnp.where(mask, logits, jnp.finfo(logits.dtype).min)  # exp() of it is exactly 0
+    weights = jax.nn.softmax(logits, axis=-1)
+    return jnp.einsum("bhqk,bkhd->bqhd", weights if dropout is None else dropout(weights), v)
+  heads_first = lambda x: jnp.transpose(x, (0, 2, 1, 3))
+  keys_t = jnp.transpose(k, (0, 2, 3, 1))  # [B, H, d, Lk]
+  mask = jnp.ones((1, 1, 1, 1), bool) if mask is None else mask.astype(bool)
+  # Dropout of the ones gives its multiplier (0 or 1 / keep rate) from the same random bits as the reference path.
+  keep = None if dropout is None else dropout(jnp.ones((q.shape[0], q.shape[2], q.shape[1], k.shape[1]), q.dtype))
+  return heads_first(_attend(heads_first(q * scale), keys_t, heads_first(v), mask, keep))
+
+
+@jax.custom_vjp
+def _attend(q, keys_t, v, mask, keep):
+  """q float[B, H, Lq, d] (already scaled), keys_t float[B, H, d, Lk], v float[B, H, Lk, d] -> [B, H, Lq, d];
+  keep: None or the dropout multiplier float[B, H, Lq, Lk]."""
+  return _attend_forward(q, keys_t, v, mask, keep)[0]
+
+
+def _attend_forward(q, keys_t, v, mask, keep):
+  logits = jnp.einsum("bhqd,bhdk->bhqk", q, keys_t)
+  weights = jax.nn.softmax(jnp.where(mask, logits, jnp.finfo(logits.dtype).min), axis=-1)
+  out = jnp.einsum("bhqk,bhkd->bhqd", weights if keep is None else weights * keep, v)
+  return out, (q, keys_t, v, mask, keep, weights, out)
+
+
+def _attend_backward(residuals, d_out):
+  q, keys_t, v, mask, keep, weights, out = residuals
+  d_v = jnp.einsum("bhqk,bhqd->bhkd", weights if keep is None else weights * keep, d_out)
+  d_weights = jnp.einsum("bhqd,bhkd->bhqk", d_out, v)
+  # The softmax's backward pass: p * (dp - sum_k p dp); without dropout sum_k p dp = sum_d do * o, 4x smaller.
+  if keep is None:
+    row_dot = jnp.sum(d_out * out, axis=-1, keepdims=True)
+  else:
+    d_weights = d_weights * keep
+    row_dot = jnp.sum(weights * d_weights, axis=-1, keepdims=True)
+  d_logits = jnp.where(mask, weights * (d_weights - row_dot), 0.0)  # nothing flows through the mask
+  d_q = jnp.einsum("bhqk,bhdk->bhqd", d_logits, keys_t)
+  d_keys_t = jnp.einsum("bhqd,bhqk->bhdk", q, d_logits)
+  return d_q, d_keys_t, d_v, None, None if keep is None else jnp.zeros_like(keep)
+
+
+_attend.defvjp(lambda *args: _attend_forward(*args), _attend_backward)
