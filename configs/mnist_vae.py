@@ -48,6 +48,7 @@ def get_config(arg=None):
   config.checkpoint = dict(every=2340, keep=2, best_metric="nelbo", best_mode="min", keep_best=1)
   config.nan_policy = "stop"  # or "skip": a step with a non-finite loss/gradient is never applied.
   config.compilation_cache = ""  # "" = WORKDIR/cache/jax; a directory to share between runs; or "off".
+  config.compute_dtype = "float32"  # or "bfloat16": mixed precision (research/models/precision.py)
   config.init_from = ""  # "WORKDIR[:STEP]": start from another run's parameters (fresh optimizer).
   config.parallel = dict(strategy="auto")
   config.mesh = dict(data=-1)

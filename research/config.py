@@ -53,7 +53,8 @@ def defaults() -> ml_collections.ConfigDict:
   config.checkpoint = dict(every=1000, keep=3, best_metric="", best_mode="max", keep_best=1)
   config.nan_policy = "stop"  # or "skip": a step with a non-finite loss/gradient is never applied.
   config.compilation_cache = ""  # "" = WORKDIR/cache/jax; a directory to share between runs; or "off".
-  config.fast_paths = True  # faster formulations of max-pool and BatchNorm (research/models/layers/fast_paths.py)
+  config.fast_paths = True  # faster max-pool, BatchNorm and attention (research/models/layers/fast_paths.py)
+  config.compute_dtype = "float32"  # or "bfloat16": mixed precision, float32 parameters (research/models/precision.py)
   # XLA:CPU flags of scripts/train.py's process: "default", "fused_reductions" (LayerNorm models train faster)
   # or "off" (research/xla_flags.py).
   config.xla_profile = "default"

@@ -161,7 +161,7 @@ class GPT(nnx.Module):
                         f"{self.block_size} must be >= that or divide it.")
     inputs = tokens[:, :-1].reshape(b * chunks, -1)
     targets = tokens[:, 1:].reshape(b * chunks, -1)
-    logits = self(inputs, train=train, rngs=rngs)
+    logits = self(inputs, train=train, rngs=rngs).astype(jnp.float32)  # (bfloat16 under mixed precision)
     log_probs = jax.nn.log_softmax(logits, axis=-1)
     nll = -jnp.take_along_axis(log_probs, targets[..., None], axis=-1)[..., 0]  # [B * chunks, block]
     mask = batch.get("mask")

@@ -169,9 +169,9 @@ class VAE(nnx.Module):
     "recon_sum" (reconstruction cross-entropy), "kl_sum", "count"} over rows where `batch["mask"]` is 1.
     """
     x = batch["image"]
-    mean, logvar = self.encode(x)
+    mean, logvar = (a.astype(jnp.float32) for a in self.encode(x))  # float32 under mixed precision too
     key = rngs.dropout() if rngs is not None else jax.random.key(EVAL_SEED)
-    logits = self.decode(self.reparameterize(mean, logvar, key))
+    logits = self.decode(self.reparameterize(mean, logvar, key)).astype(jnp.float32)
     value, log_likelihood, kl = losses.elbo(logits, x, mean, logvar)
     mask = batch.get("mask")
     weights = jnp.ones(value.shape, jnp.float32) if mask is None else mask.astype(jnp.float32)

@@ -26,6 +26,7 @@ from research.data import augment, clean, ops
 from research.data.pipeline import Pipeline, WaitTimer, eval_batches, prepared
 from research.errors import CheckpointError, ConfigError, TrainingError, brief
 from research.logging import MetricWriter, Progress
+from research.models import precision
 from research.registry import DATASETS, MODELS
 from research.train import compilation, experiment
 from research.train.preemption import PreemptionGuard
@@ -58,6 +59,7 @@ def check(config) -> None:
     raise ConfigError(f"parallel.strategy={config.parallel.strategy!r}; choose one of {', '.join(STRATEGIES)}.")
   if config.get("xla_profile", "default") not in xla_flags.PROFILES:
     raise ConfigError(f"xla_profile={config.xla_profile!r}; choose one of {', '.join(xla_flags.PROFILES)}.")
+  precision.check(config.get("compute_dtype", "float32"))
   if config.nan_policy not in NAN_POLICIES:
     raise ConfigError(f"nan_policy={config.nan_policy!r}; choose one of {', '.join(NAN_POLICIES)}.")
   if config.train.steps <= 0 and config.train.epochs <= 0:
@@ -129,7 +131,8 @@ def train(config, workdir: str | Path) -> dict[str, float]:
   eval_arrays, eval_preprocess = prepared(test_arrays, preprocess)  # tokenized once, not at every eval
 
   # --- Model, optimizer, state. -------------------------------------------------------------------
-  model = experiment.build_model(config, train_arrays, preprocess)
+  model = precision.set_compute_dtype(experiment.build_model(config, train_arrays, preprocess),
+                                     config.get("compute_dtype", "float32"))
   summarize = getattr(model, "summarize", metrics.summarize)
   summary_batch = preprocess({k: v[:16] for k, v in test_arrays.items()})  # fixed examples for summaries
   graphdef, state, tx, schedule = experiment.build_state(config, model, total_steps, mesh)

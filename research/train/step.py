@@ -47,7 +47,7 @@ def forward(graphdef, params, model_state, batch, *, input_key: str, train: bool
   if hasattr(model, "loss"):
     loss, sums = model.loss(batch, train=train, rngs=rngs)
   else:
-    logits = model(batch[input_key], train=train, rngs=rngs)
+    logits = model(batch[input_key], train=train, rngs=rngs).astype(jnp.float32)  # (bfloat16 under mixed precision)
     per_example = losses.softmax_cross_entropy(logits, batch["label"], label_smoothing)
     mask = batch.get("mask")
     loss = losses.masked_mean(per_example, mask)

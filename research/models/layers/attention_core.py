@@ -38,10 +38,10 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Ar
   """
   scale = 1.0 / math.sqrt(q.shape[-1])
   if not (fast_paths.enabled() and jax.default_backend() == "cpu"):
-    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k) * scale
+    logits = (jnp.einsum("bqhd,bkhd->bhqk", q, k) * scale).astype(jnp.float32)  # softmax in float32
     if mask is not None:
       logits = jnp.where(mask, logits, jnp.finfo(logits.dtype).min)  # exp() of it is exactly 0
-    weights = jax.nn.softmax(logits, axis=-1)
+    weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
     return jnp.einsum("bhqk,bkhd->bqhd", weights if dropout is None else dropout(weights), v)
   heads_first = lambda x: jnp.transpose(x, (0, 2, 1, 3))
   keys_t = jnp.transpose(k, (0, 2, 3, 1))  # [B, H, d, Lk]
@@ -59,8 +59,8 @@ def _attend(q, keys_t, v, mask, keep):
 
 
 def _attend_forward(q, keys_t, v, mask, keep):
-  logits = jnp.einsum("bhqd,bhdk->bhqk", q, keys_t)
-  weights = jax.nn.softmax(jnp.where(mask, logits, jnp.finfo(logits.dtype).min), axis=-1)
+  logits = jnp.einsum("bhqd,bhdk->bhqk", q, keys_t).astype(jnp.float32)  # softmax in float32
+  weights = jax.nn.softmax(jnp.where(mask, logits, jnp.finfo(logits.dtype).min), axis=-1).astype(v.dtype)
   out = jnp.einsum("bhqk,bhkd->bhqd", weights if keep is None else weights * keep, v)
   return out, (q, keys_t, v, mask, keep, weights, out)
 
@@ -70,12 +70,13 @@ def _attend_backward(residuals, d_out):
   d_v = jnp.einsum("bhqk,bhqd->bhkd", weights if keep is None else weights * keep, d_out)
   d_weights = jnp.einsum("bhqd,bhkd->bhqk", d_out, v)
   # The softmax's backward pass: p * (dp - sum_k p dp); without dropout sum_k p dp = sum_d do * o, 4x smaller.
+  weights, d_weights = weights.astype(jnp.float32), d_weights.astype(jnp.float32)  # (no-ops in float32)
   if keep is None:
-    row_dot = jnp.sum(d_out * out, axis=-1, keepdims=True)
+    row_dot = jnp.sum((d_out * out).astype(jnp.float32), axis=-1, keepdims=True)
   else:
     d_weights = d_weights * keep
     row_dot = jnp.sum(weights * d_weights, axis=-1, keepdims=True)
-  d_logits = jnp.where(mask, weights * (d_weights - row_dot), 0.0)  # nothing flows through the mask
+  d_logits = jnp.where(mask, weights * (d_weights - row_dot), 0.0).astype(q.dtype)  # nothing flows through the mask
   d_q = jnp.einsum("bhqk,bhdk->bhqd", d_logits, keys_t)
   d_keys_t = jnp.einsum("bhqd,bhqk->bhdk", q, d_logits)
   return d_q, d_keys_t, d_v, None, None if keep is None else jnp.zeros_like(keep)
