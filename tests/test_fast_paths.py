@@ -93,6 +93,17 @@ def test_attention_equals_float64_numpy_and_the_reference_gradients(fast, mask):
     assert float(jnp.max(jnp.abs(grads[0][0]))) == 0.0 and float(jnp.max(jnp.abs(grads[1][0]))) == 0.0
 
 
+@pytest.mark.parametrize("fast", [True, False], indirect=True)
+def test_is_causal_equals_the_causal_mask_and_combines_with_padding(fast):
+  q, k, v = (_images((3, 9, 2, 4), seed=s) for s in range(3))
+  causal = jnp.tril(jnp.ones((9, 9), bool))
+  padding = jnp.asarray(_PADDING)
+  np.testing.assert_array_equal(dot_product_attention(q, k, v, is_causal=True),
+                                dot_product_attention(q, k, v, causal))
+  np.testing.assert_allclose(dot_product_attention(q, k, v, padding, is_causal=True),
+                             _numpy_attention(q, k, v, np.asarray(padding & causal)), rtol=1e-5, atol=1e-5)
+
+
 def test_attention_dropout_draws_the_reference_mask_and_gradients():
   q, k, v = (_images((2, 6, 2, 4), seed=s) for s in range(3))
   weights = _images((2, 6, 2, 4), seed=5)

@@ -55,16 +55,15 @@ class CausalSelfAttention(nnx.Module):
   def __call__(self, x, *, train=False, rngs=None, cache=None, index=0):
     b, t, dim = x.shape
     q, k, v = jnp.split(self.qkv(x).reshape(b, t, 3 * self.num_heads, self.head_dim), 3, axis=2)
-    query_pos = index + jnp.arange(t)
-    if cache is None:  # Full pass: attend within x.
-      keys, values, key_pos = k, v, jnp.arange(t)
+    if cache is None:  # Full pass: attend within x, causally.
+      keys, values, mask = k, v, None
     else:  # Write this step's keys/values at `index`, attend to the whole cache (future slots masked).
       keys = jax.lax.dynamic_update_slice(cache["k"], k.astype(cache["k"].dtype), (0, index, 0, 0))
       values = jax.lax.dynamic_update_slice(cache["v"], v.astype(cache["v"].dtype), (0, index, 0, 0))
-      cache, key_pos = {"k": keys, "v": values}, jnp.arange(keys.shape[1])
-    causal = key_pos[None, :] <= query_pos[:, None]  # [T, S]
+      cache = {"k": keys, "v": values}
+      mask = jnp.arange(keys.shape[1])[None, :] <= (index + jnp.arange(t))[:, None]  # [T, S]
     dropout = partial(self.attn_dropout, rngs=rngs) if train and self.attn_dropout.rate > 0 else None
-    out = dot_product_attention(q, keys, values, causal, dropout).reshape(b, t, dim)
+    out = dot_product_attention(q, keys, values, mask, dropout, is_causal=cache is None).reshape(b, t, dim)
     return self.resid_dropout(self.proj(out), deterministic=not train, rngs=rngs), cache
 
 
