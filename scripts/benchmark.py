@@ -6,6 +6,7 @@
     python scripts/benchmark.py inference [--quick]    # JAX vs onnxruntime (float, int8), SavedModel, TFLite
     python scripts/benchmark.py cpu [--quick]          # XLA:CPU flags and fast formulations (the CPU investigation)
     python scripts/benchmark.py pipeline [--quick]     # data wait, input supply vs consumption, compile time per zoo config
+    python scripts/benchmark.py accelerator [--quick]  # GPT and ResNet in bfloat16 on a GPU/TPU: throughput and MFU
 """
 
 import argparse
@@ -18,7 +19,7 @@ sys.path.insert(0, str(ROOT))  # Run from a checkout without installing.
 
 SECTIONS = {"checkpoint": "research.bench.checkpoint", "train": "research.bench.train",
             "inference": "research.bench.inference", "pipeline": "research.bench.pipeline",
-            "cpu": "research.bench.cpu"}
+            "cpu": "research.bench.cpu", "accelerator": "research.bench.accelerator"}
 
 
 def main() -> int:

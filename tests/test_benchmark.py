@@ -51,3 +51,30 @@ def test_pipeline_benchmark_quick(tmp_path):
   number = lambda cell: float(cell.replace(",", ""))
   assert number(supplied) > 0 and number(ratio[:-1]) == pytest.approx(number(supplied) / number(consumed), abs=0.06)
   assert float(warm) < float(cold)  # the compilation cache was written by the first run and read by the second
+
+
+def test_accelerator_benchmark_quick(tmp_path):
+  """GPT and ResNet train steps in bfloat16; on a CPU the MFU columns are n/a (no known peak)."""
+  out = tmp_path / "accelerator.md"
+  done = helpers.run_script("benchmark.py", "accelerator", "--quick", "--out", str(out), devices=1, timeout=900)
+  assert done.returncode == 0, done.stderr[-2000:]
+  rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
+          for line in out.read_text().splitlines() if line.startswith(("| gpt |", "| resnet |"))}
+  assert set(rows) == {"gpt", "resnet"}
+  assert rows["gpt"][1].endswith("tokens/s") and rows["resnet"][1].endswith("images/s")
+  for cells in rows.values():
+    assert float(cells[1].split()[0].replace(",", "")) > 0 and cells[3:5] == ["n/a", "n/a"]
+    assert 0 < float(cells[5]) < 20  # a finite cross-entropy after the timed steps
+
+
+def test_gpt_model_flops_agree_with_xla_and_peaks_match_device_kinds():
+  from research.bench import accelerator
+
+  result = accelerator.measure("gpt", quick=True)
+  # 6N + 12LTd per token against XLA's count of the compiled step (which adds the optimizer and elementwise work)
+  assert 1.0 <= result["xla_flops"] / result["model_flops"] <= 1.6
+  device = lambda kind: type("Device", (), {"device_kind": kind})()
+  assert accelerator.peak_flops(device("NVIDIA H100 80GB HBM3")) == 989e12
+  assert accelerator.peak_flops(device("NVIDIA H100 PCIe")) == 756e12
+  assert accelerator.peak_flops(device("NVIDIA H200")) == 989e12
+  assert accelerator.peak_flops(device("cpu")) is None
