@@ -28,7 +28,7 @@ EXPERIMENTS = [
     ("XLA profile `fused_reductions` (reductions fused by YNNPACK)", {"RESEARCH_XLA_DEFAULTS": "fused_reductions"},
      True),
     ("convolutions by YNNPACK", {"XLA_FLAGS": YNN + "-reduce"}, True),
-    ("`config.fast_paths=False` (reference max-pool and BatchNorm backward)", {}, False),
+    ("`config.fast_paths=False` (reference max-pool, BatchNorm backward and attention)", {}, False),
     ("convolutions by XNNPACK", {"XLA_FLAGS": "--xla_cpu_experimental_xnn_fusion_type=+individual_convolution"}, True),
     ("oneDNN fusions (dot, eltwise, reduce)",
      {"XLA_FLAGS": "--xla_cpu_experimental_onednn_fusion_type=dot,eltwise,reduce"}, True),

@@ -3,7 +3,10 @@
 Some layers have a second formulation that computes the same function as the
 textbook one but runs faster under XLA:CPU (measurements: the README's
 "The CPU investigation"): `max_pool` as a tree of elementwise maxima over strided slices,
-and `BatchNorm`'s training-mode backward pass as one closed-form expression.
+`BatchNorm`'s training-mode backward pass as one closed-form expression, and
+attention with plain batched matmuls and a closed-form softmax backward
+(research/models/layers/attention_core.py; on NVIDIA GPUs, bfloat16 causal
+attention through cuDNN's fused kernel).
 `config.fast_paths = False` (applied when the model is built, see
 research/train/experiment.py) selects the reference formulations, e.g. to rule
 them out when debugging; tests/test_fast_paths.py holds the two equal.
