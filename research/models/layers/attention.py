@@ -10,7 +10,6 @@ outputs at its real positions.
 from __future__ import annotations
 
 import math
-
 from functools import partial
 
 import jax

@@ -103,4 +103,4 @@ def _attend_backward(residuals, d_out):
   return d_q, d_keys_t, d_v, None, None if keep is None else jnp.zeros_like(keep)
 
 
-_attend.defvjp(lambda *args: _attend_forward(*args), _attend_backward)
+_attend.defvjp(_attend_forward, _attend_backward)
