@@ -118,9 +118,10 @@ def test_int8_onnx_is_3x_smaller_and_keeps_test_accuracy_within_1_point(run, exp
   (x,), labels = labeled_inputs(load_config(run), "test")
   assert len(labels) == 10_000  # the whole real test set
 
-  def accuracy(file):
+  def accuracy(file):  # in calls of 1,000 rows, as the export measured it: dynamic int8 scales are per call
     session = ort.InferenceSession(str(exported / file), providers=["CPUExecutionProvider"])
-    return float(np.mean(np.argmax(session.run(None, {"image": x})[0], -1) == labels))
+    scores = np.concatenate([session.run(None, {"image": x[i:i + 1000]})[0] for i in range(0, len(x), 1000)])
+    return float(np.mean(np.argmax(scores, -1) == labels))
 
   float_accuracy, int8_accuracy = accuracy("model.onnx"), accuracy(artifact["path"])
   assert float_accuracy - int8_accuracy <= 0.01

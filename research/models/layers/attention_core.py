@@ -39,7 +39,7 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Ar
   `dropout`, if given (an `nnx.Dropout` in training), is applied to the attention weights.
   """
   if is_causal:
-    causal = jnp.tril(jnp.ones((q.shape[1], k.shape[1]), bool))
+    causal = jnp.arange(k.shape[1])[None, :] <= jnp.arange(q.shape[1])[:, None]  # (a comparison: ONNX-exportable)
     if mask is None and dropout is None and fast_paths.enabled() and jax.default_backend() == "gpu":
       flash = _cudnn_causal(q, k, v)
       if flash is not None:
