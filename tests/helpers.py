@@ -62,3 +62,19 @@ def checkpoint_params(workdir, step: int) -> dict[str, np.ndarray]:
 
   walk(tree["params"], "")
   return flat
+
+
+def zoo_batch(config_name: str, config, rng: np.random.Generator) -> dict[str, np.ndarray]:
+  """8 random examples in the form a zoo config's `:smoke` model trains on (for one-step tests)."""
+  if config_name == "shakespeare_gpt":  # windows of block_size + 1 byte ids (smoke: 32)
+    return {"tokens": rng.integers(0, 256, (8, 33)).astype(np.int32)}
+  if config.data.input_key == "tokens":  # token ids (smoke vocabularies: 500), padding (0) ending some rows
+    tokens = rng.integers(1, 500, (8, 32)).astype(np.int32)
+    tokens[::2, 20:] = 0
+    return {"tokens": tokens, "label": rng.integers(0, 2, 8).astype(np.int32)}
+  images = rng.standard_normal((8, 28, 28, 1)).astype(np.float32)
+  if config_name == "mnist_vae":  # pixel probabilities in [0, 1], no label
+    return {"image": 1.0 / (1.0 + np.exp(-images))}
+  if "flatten" in config.data.preprocess:
+    images = images.reshape(8, -1)
+  return {"image": images, "label": rng.integers(0, 10, 8).astype(np.int32)}

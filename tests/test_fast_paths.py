@@ -155,18 +155,6 @@ def test_batch_norm_train_mode_equals_flax_outputs_gradients_and_running_average
   np.testing.assert_array_equal(ours(x, use_running_average=True), reference(x, use_running_average=True))
 
 
-def _batch(config_name, rng):
-  """8 examples in the form the config's model trains on."""
-  if config_name == "shakespeare_gpt":  # windows of block_size + 1 byte ids (smoke: 32)
-    return {"tokens": rng.integers(0, 256, (8, 33)).astype(np.int32)}
-  if config_name == "rotten_tomatoes_transformer":  # token ids with padding (0) at the end of some rows
-    tokens = rng.integers(1, 500, (8, 32)).astype(np.int32)
-    tokens[::2, 20:] = 0
-    return {"tokens": tokens, "label": rng.integers(0, 2, 8).astype(np.int32)}
-  return {"image": rng.standard_normal((8, 28, 28, 1)).astype(np.float32),
-          "label": rng.integers(0, 10, 8).astype(np.int32)}
-
-
 @pytest.mark.parametrize("config_name", ["mnist_cnn", "fashion_mnist_resnet", "rotten_tomatoes_transformer",
                                          "shakespeare_gpt"])
 def test_train_steps_with_and_without_fast_paths_agree(config_name):
@@ -180,7 +168,7 @@ def test_train_steps_with_and_without_fast_paths_agree(config_name):
   config.data.augment = ""
   config.optimizer.update(name="sgd", learning_rate=0.1, weight_decay=0.0)  # parameters differ as the gradients do
   config.schedule.update(name="constant", warmup_steps=0)  # (a warm-up from 0 would hide differences)
-  batch = _batch(config_name, np.random.default_rng(0))
+  batch = helpers.zoo_batch(config_name, config, np.random.default_rng(0))
   input_key = config.data.input_key
   outcomes = []
   for fast in (True, False):

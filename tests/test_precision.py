@@ -13,21 +13,10 @@ from research.errors import ConfigError
 from research.models import precision
 from research.train import experiment
 from research.train.step import make_steps, named
-from tests.test_fast_paths import _batch
+from tests import helpers
 
 CONFIGS = ["mnist_mlp", "mnist_cnn", "rotten_tomatoes_lstm", "rotten_tomatoes_transformer", "shakespeare_gpt",
            "mnist_vae"]
-
-
-def _batch_for(config_name, config, rng):
-  if config_name == "rotten_tomatoes_lstm":
-    return _batch("rotten_tomatoes_transformer", rng)  # the same token batch (vocabulary 500 in both smokes)
-  batch = _batch(config_name, rng)
-  if config.data.input_key == "image" and "flatten" in config.data.preprocess:
-    batch["image"] = batch["image"].reshape(8, -1)
-  if config_name == "mnist_vae":  # pixel probabilities in [0, 1], no label
-    batch = {"image": jax.nn.sigmoid(batch["image"]).__array__()}
-  return batch
 
 
 def _one_step(config, batch):
@@ -46,7 +35,7 @@ def test_bfloat16_step_computes_in_bfloat16_keeps_float32_parameters_and_the_flo
   config = config_lib.load(f"configs/{config_name}.py:smoke")
   config.data.augment = ""
   config.schedule.update(name="constant", warmup_steps=0)  # the step moves the parameters
-  batch = _batch_for(config_name, config, np.random.default_rng(0))
+  batch = helpers.zoo_batch(config_name, config, np.random.default_rng(0))
   results = {}
   for dtype in ("float32", "bfloat16"):
     config.compute_dtype = dtype
@@ -74,12 +63,12 @@ def test_layers_get_the_compute_dtype_and_keep_float32_parameters():
   from flax import nnx
 
   config = config_lib.load("configs/rotten_tomatoes_transformer.py:smoke")
-  model = experiment.build_model(config, _batch("rotten_tomatoes_transformer", np.random.default_rng(0)),
-                                 lambda b: b)
+  model = experiment.build_model(config, helpers.zoo_batch("rotten_tomatoes_transformer", config,
+                                                           np.random.default_rng(0)), lambda b: b)
   precision.set_compute_dtype(model, "bfloat16")
   layers = [m for _, m in nnx.iter_modules(model) if isinstance(m, (nnx.Linear, nnx.LayerNorm, nnx.Embed))]
   assert layers and all(m.dtype == jnp.bfloat16 and m.param_dtype == jnp.float32 for m in layers)
-  tokens = jnp.asarray(_batch("rotten_tomatoes_transformer", np.random.default_rng(1))["tokens"])
+  tokens = jnp.asarray(helpers.zoo_batch("rotten_tomatoes_transformer", config, np.random.default_rng(1))["tokens"])
   assert model(tokens).dtype == jnp.bfloat16
   assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(nnx.state(model, nnx.Param)))
   precision.set_compute_dtype(model, "float32")
