@@ -47,8 +47,9 @@ def defaults() -> ml_collections.ConfigDict:
   # steps > 0 overrides epochs. stop_after_steps > 0 ends this invocation early with a checkpoint
   # (for jobs with a time limit); rerunning continues the same run.
   # early_stopping_patience > 0 stops after that many evals without improving checkpoint.best_metric.
+  # profile_steps > 0 traces that many steps, after profile_skip more, for TensorBoard (train/profiling.py).
   config.train = dict(epochs=10, steps=0, log_every=100, eval_every=1000, stop_after_steps=0,
-                      early_stopping_patience=0)
+                      early_stopping_patience=0, profile_steps=0, profile_skip=5)
   # Keep the last `keep` checkpoints, plus the `keep_best` best by eval `best_metric` ("" = off).
   config.checkpoint = dict(every=1000, keep=3, best_metric="", best_mode="max", keep_best=1)
   config.nan_policy = "stop"  # or "skip": a step with a non-finite loss/gradient is never applied.

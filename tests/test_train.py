@@ -1,9 +1,12 @@
+import gzip
 import json
 
 import numpy as np
 import pytest
 
 from research import config as config_lib
+from research import optim
+from research.errors import ConfigError
 from research.train.loop import train
 from tests import helpers
 
@@ -70,6 +73,9 @@ def test_workdir_holds_config_checkpoints_events_and_metrics(tmp_path):
   assert {"train/loss", "train/learning_rate", "perf/steps_per_sec", "perf/examples_per_sec", "eval/loss",
           "eval/accuracy"} <= tags
   assert [r["step"] for r in rows if "eval/accuracy" in r] == [10, 20]
+  _, schedule = optim.build(config, 20)  # the logged rate is the one step s applied: schedule(s - 1)
+  rates = _losses(tmp_path, "train/learning_rate")
+  assert sorted(rates) == [5, 10, 15, 20] and rates == pytest.approx({s: float(schedule(s - 1)) for s in rates})
   assert [r for r in rows if "eval/accuracy" in r][-1]["eval/accuracy"] == pytest.approx(final["accuracy"])
   # Training again in the same workdir resumes at the end: nothing is retrained or logged twice.
   again = train(config, tmp_path)
@@ -87,6 +93,36 @@ def test_compilation_cache_is_written_then_reused(tmp_path):
   assert sorted(p.name for p in cache.iterdir()) == entries  # every compile was a cache hit
   helpers.train(tmp_path / "default")
   assert any((tmp_path / "default/cache/jax").iterdir())  # default: inside the workdir
+
+
+def _traced_calls(trace: dict, name: str) -> list[tuple[float, float]]:
+  """(start, end) of each call of `name` in a Chrome/Perfetto trace; nested events of a call count once."""
+  spans = sorted((e["ts"], e["ts"] + e["dur"]) for e in trace["traceEvents"] if e.get("name") == name and "dur" in e)
+  calls = []
+  for start, end in spans:
+    if not calls or start >= calls[-1][1]:
+      calls.append((start, end))
+  return calls
+
+
+def test_profile_traces_the_configured_window_of_steps(tmp_path):
+  train(_smoke(steps=12, log_every=6, profile_steps=3, profile_skip=4), tmp_path)
+  runs = list((tmp_path / "tensorboard/plugins/profile").iterdir())  # where TensorBoard's Profile tab looks
+  assert len(runs) == 1 and list(runs[0].glob("*.xplane.pb"))
+  trace = json.loads(gzip.decompress((runs[0] / "perfetto_trace.json.gz").read_bytes()))
+  steps = _traced_calls(trace, "PjitFunction(_train_step)")
+  assert len(steps) == 3  # steps 5-7: after the skipped ones, before the rest
+  threads = {(e["pid"], e["tid"]): e["args"]["name"] for e in trace["traceEvents"] if e.get("name") == "thread_name"}
+  xla_work = [e for e in trace["traceEvents"] if e.get("ph") == "X" and "XLA" in threads.get((e["pid"], e.get("tid")), "")]
+  assert max(e["ts"] + e["dur"] for e in xla_work) > steps[-1][0]  # the last traced step's computation is in it
+
+  # A run that ends inside the window still writes the trace, of the steps it took.
+  train(_smoke(steps=4, profile_steps=10, profile_skip=1), tmp_path / "short")
+  trace_file, = (tmp_path / "short/tensorboard/plugins/profile").glob("*/perfetto_trace.json.gz")
+  assert len(_traced_calls(json.loads(gzip.decompress(trace_file.read_bytes())), "PjitFunction(_train_step)")) == 3
+
+  with pytest.raises(ConfigError, match="train.profile_steps must be an integer >= 0"):
+    train(_smoke(profile_steps=-1), tmp_path / "bad")
 
 
 @pytest.mark.slow

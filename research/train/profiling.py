@@ -1,0 +1,54 @@
+"""A trace of a window of training steps, for TensorBoard's Profile tab and Perfetto.
+
+    config.train.profile_steps = 5    # steps to trace; 0 (the default) traces nothing
+    config.train.profile_skip = 10    # steps after the run (re)starts before the trace begins
+
+`profile_skip` keeps the first step's compilation and the warm-up out of the
+window. The JAX profiler writes WORKDIR/tensorboard/plugins/profile/<time>/:
+`<host>.xplane.pb` (TensorBoard's Profile tab, with `pip install xprof`) and
+`<host>.trace.json.gz` (a Perfetto trace: ui.perfetto.dev opens it). The window
+ends once the last traced step's results are ready, so it holds all the device
+work of the traced steps. With several processes, process 0 traces: they share
+the workdir, and the profiler names its files by host.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import jax
+
+from research.errors import ConfigError
+
+
+def check(train_config) -> None:
+  for key in ("profile_steps", "profile_skip"):
+    value = train_config.get(key, 0)
+    if not isinstance(value, int) or value < 0:
+      raise ConfigError(f"train.{key} must be an integer >= 0, got {value!r}.")
+
+
+class StepProfiler:
+  """Starts the JAX profiler before step `start + skip + 1` and stops it after `steps` steps."""
+
+  def __init__(self, logdir: str | Path, start: int, skip: int, steps: int):
+    self.logdir = str(logdir)
+    self.first, self.last = start + skip + 1, start + skip + steps
+    self.enabled = steps > 0 and jax.process_index() == 0
+    self.active = False
+
+  def before(self, step: int) -> None:
+    if self.enabled and step == self.first:
+      jax.profiler.start_trace(self.logdir, create_perfetto_trace=True)
+      self.active = True
+
+  def after(self, step: int, outputs) -> None:
+    if self.active and step == self.last:
+      jax.block_until_ready(outputs)
+      self.stop()
+
+  def stop(self) -> None:
+    """Ends the trace (also when the run ends inside the window: the steps traced so far are kept)."""
+    if self.active:
+      self.active = False
+      jax.profiler.stop_trace()
