@@ -98,10 +98,10 @@ def _step_of(line: str) -> float:
 class Progress:
   """One console line: step, percent, loss, throughput and ETA; redrawn in place on a terminal."""
 
-  def __init__(self, total_steps: int, start_step: int, batch_size: int, stream=sys.stderr):
+  def __init__(self, total_steps: int, start_step: int, batch_size: int, stream=None):
     self.total, self.start, self.batch_size = total_steps, start_step, batch_size
-    self.stream = stream
-    self.tty = stream.isatty()
+    self.stream = stream or sys.stderr  # (looked up now, so a redirected stderr gets the output)
+    self.tty = self.stream.isatty()
     self.active = jax.process_index() == 0
     self.t0 = time.perf_counter()
 

@@ -18,10 +18,11 @@ with it); `off` sets nothing. Matmuls go to YNNPACK either way. The flags only
 concern the CPU backend.
 
 `import research` applies the profile named by RESEARCH_XLA_DEFAULTS (unset:
-`default`), and scripts/train.py then applies its config's `xla_profile`,
-unless XLA_FLAGS already sets the same flag (your value wins). The flags take
-effect only if JAX has not yet started its backend in this process (the
-library's scripts import research first).
+`default`), and scripts/train.py and `research.train.loop.train` then apply
+their config's `xla_profile` (`use`), unless XLA_FLAGS already sets the same
+flag (your value wins). The flags take effect only if JAX has not yet started
+its backend in this process (the library's scripts import research first);
+after that, `use` returns a warning instead.
 Child processes inherit XLA_FLAGS, so the flags the library added are also
 named in RESEARCH_XLA_ADDED: a child that imports research replaces them with
 its own profile's instead of taking them for yours.
@@ -66,3 +67,23 @@ def apply(environ: MutableMapping[str, str] = os.environ, profile_name: str | No
     environ.pop("XLA_FLAGS", None)
   if mine:
     environ[ADDED] = " ".join(mine)
+
+
+def use(profile_name: str, environ: MutableMapping[str, str] = os.environ) -> str | None:
+  """Makes `profile_name` this process's profile, as `research.train.loop.train` does for its config.
+
+  Before JAX starts its backend this applies it; after, flags can no longer change, so if they differ from
+  what the profile would set, this returns a warning that names the fix (None otherwise).
+  """
+  planned = dict(environ)
+  apply(planned, profile_name)
+  if planned.get("XLA_FLAGS") == environ.get("XLA_FLAGS"):
+    return None
+  from jax._src import xla_bridge  # (private: the public API cannot tell whether the backend has started)
+
+  if not xla_bridge.backends_are_initialized():
+    apply(environ, profile_name)
+    return None
+  return (f"warning: config.xla_profile={profile_name!r} is not in effect, since JAX started before the run "
+          f"with XLA_FLAGS={environ.get('XLA_FLAGS', '')!r}. Set RESEARCH_XLA_DEFAULTS={profile_name} before "
+          f"importing research (scripts/train.py does this for you).")

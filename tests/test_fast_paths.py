@@ -23,6 +23,7 @@ from research.models.layers.attention_core import dot_product_attention
 from research.models.layers.norm import BatchNorm
 from research.models.layers.reductions import batch_sum
 from research.models.layers.pooling import max_pool
+from research.train.loop import train
 from research.train.step import global_norm
 from tests import helpers
 
@@ -222,6 +223,41 @@ def test_applying_again_or_in_a_child_process_replaces_the_added_flags_but_keeps
   yours = {**parent, "XLA_FLAGS": "--xla_cpu_experimental_ynn_fusion_type=dot"}
   xla_flags.apply(yours, profile_name="fused_reductions")  # a child given its own XLA_FLAGS keeps them
   assert yours["XLA_FLAGS"] == "--xla_cpu_experimental_ynn_fusion_type=dot"
+
+
+_USE_PROFILE = """
+import json, os
+from research import xla_flags
+before = xla_flags.use("fused_reductions")  # JAX's backend has not started: applied
+flags = os.environ["XLA_FLAGS"]
+import jax
+jax.devices()
+print(json.dumps([before, flags, xla_flags.use("fused_reductions"), xla_flags.use("default")]))
+"""
+
+
+def test_the_training_loop_applies_its_profile_before_jax_starts_and_warns_after():
+  env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "RESEARCH_XLA_ADDED")}
+  done = subprocess.run([sys.executable, "-c", _USE_PROFILE], capture_output=True, text=True, timeout=300,
+                        cwd=str(helpers.ROOT), env=env)
+  before, flags, same, other = json.loads(done.stdout.splitlines()[-1])
+  assert before is None and flags == "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution"
+  assert same is None  # already in effect
+  assert "config.xla_profile='default' is not in effect" in other and "RESEARCH_XLA_DEFAULTS=default" in other
+
+
+def test_training_in_a_process_with_another_profile_warns(tmp_path, capsys):
+  from research import xla_flags
+
+  current = xla_flags.profile()  # this test process's (conftest.py imports research before JAX starts)
+  config = config_lib.load("configs/mnist_mlp.py:smoke")
+  config.train.update(dict(steps=2, log_every=1, eval_every=0))
+  config.xla_profile = other = "fused_reductions" if current != "fused_reductions" else "default"
+  train(config, tmp_path / "other")
+  assert f"RESEARCH_XLA_DEFAULTS={other} before importing research" in capsys.readouterr().err
+  config.xla_profile = current
+  train(config, tmp_path / "same")
+  assert "is not in effect" not in capsys.readouterr().err
 
 
 # scripts/train.py's command, with the training itself replaced by a print of the XLA_FLAGS it would run with.

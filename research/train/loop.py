@@ -113,6 +113,7 @@ def train(config, workdir: str | Path) -> dict[str, float]:
   """Trains `config` in `workdir` (resuming if it holds checkpoints); returns the last eval metrics."""
   # --- Config: validate and record. -------------------------------------------------------------
   check(config)
+  flags_warning = xla_flags.use(config.get("xla_profile", "default"))  # before anything below starts JAX
   workdir = Path(workdir).absolute()
   mesh = parallel.make_mesh(config)
   parallel.check_batch_size(config.data.batch_size, mesh, "data.batch_size")
@@ -147,6 +148,8 @@ def train(config, workdir: str | Path) -> dict[str, float]:
   checkpoints = Checkpointer(workdir / "checkpoints", every=cc.every, keep=cc.keep, best_metric=cc.best_metric,
                              best_mode=cc.best_mode, keep_best=cc.keep_best)
   progress = Progress(total_steps, 0, config.data.batch_size)
+  if flags_warning:
+    progress.message(flags_warning)
   restored = checkpoints.restore(state)
   start, progress_meta = 0, {}
   if restored is not None:
