@@ -179,8 +179,7 @@ def train(config, workdir: str | Path) -> dict[str, float]:
   waited = 0.0  # seconds spent waiting on the input pipeline at the last log
   final: dict[str, float] = {}
   stopped_early = preempted = False
-  profiler = profiling.StepProfiler(workdir / "tensorboard", start, config.train.get("profile_skip", 0),
-                                    config.train.get("profile_steps", 0))
+  profiler = profiling.StepProfiler.from_config(config.train, workdir / "tensorboard", start)
 
   def fetch(first_step: int, keep: int = 0) -> None:
     """Moves pending step metrics but the newest `keep` to the host and applies the NaN policy to them."""

@@ -6,7 +6,7 @@
 `profile_skip` keeps the first step's compilation and the warm-up out of the
 window. The JAX profiler writes WORKDIR/tensorboard/plugins/profile/<time>/:
 `<host>.xplane.pb` (TensorBoard's Profile tab, with `pip install xprof`) and
-`<host>.trace.json.gz` (a Perfetto trace: ui.perfetto.dev opens it). The window
+`perfetto_trace.json.gz` (ui.perfetto.dev opens it). The window
 ends once the last traced step's results are ready, so it holds all the device
 work of the traced steps. With several processes, process 0 traces: they share
 the workdir, and the profiler names its files by host.
@@ -20,16 +20,23 @@ import jax
 
 from research.errors import ConfigError
 
+DEFAULTS = {"profile_steps": 0, "profile_skip": 5}  # (as in config.defaults(); for configs saved before them)
+
 
 def check(train_config) -> None:
-  for key in ("profile_steps", "profile_skip"):
-    value = train_config.get(key, 0)
+  for key, default in DEFAULTS.items():
+    value = train_config.get(key, default)
     if not isinstance(value, int) or value < 0:
       raise ConfigError(f"train.{key} must be an integer >= 0, got {value!r}.")
 
 
 class StepProfiler:
   """Starts the JAX profiler before step `start + skip + 1` and stops it after `steps` steps."""
+
+  @classmethod
+  def from_config(cls, train_config, logdir: str | Path, start: int) -> StepProfiler:
+    get = lambda key: train_config.get(key, DEFAULTS[key])
+    return cls(logdir, start, get("profile_skip"), get("profile_steps"))
 
   def __init__(self, logdir: str | Path, start: int, skip: int, steps: int):
     self.logdir = str(logdir)
