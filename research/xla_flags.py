@@ -18,9 +18,9 @@ with it); `off` sets nothing. Matmuls go to YNNPACK either way. The flags only
 concern the CPU backend.
 
 `import research` applies the profile named by RESEARCH_XLA_DEFAULTS (unset:
-`default`), and scripts/train.py and `research.train.loop.train` then apply
-their config's `xla_profile` (`use`), unless XLA_FLAGS already sets the same
-flag (your value wins). The flags take effect only if JAX has not yet started
+`default`); scripts/train.py then applies its config's `xla_profile` before
+JAX starts, and `research.train.loop.train` does too (`use`) if JAX has not
+started yet, unless XLA_FLAGS already sets the same flag (your value wins). The flags take effect only if JAX has not yet started
 its backend in this process (the library's scripts import research first);
 after that, `use` returns a warning instead.
 Child processes inherit XLA_FLAGS, so the flags the library added are also
