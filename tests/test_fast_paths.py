@@ -21,7 +21,7 @@ from research import config as config_lib
 from research.models.layers import fast_paths
 from research.models.layers.attention_core import dot_product_attention
 from research.models.layers.norm import BatchNorm
-from research.models.layers.reductions import batch_sum
+from research.models.layers.reductions import batch_sum, batch_sums
 from research.models.layers.pooling import max_pool
 from research.train.loop import train
 from research.train.step import global_norm
@@ -124,6 +124,25 @@ def test_batch_sum_equals_jnp_sum():
   np.testing.assert_allclose(jax.jit(batch_sum)(x), jnp.sum(x, (0, 1, 2)), rtol=1e-5)
 
 
+@pytest.mark.parametrize("shape", [(128, 14, 14, 8), (4, 6, 5), (2, 3, 4), (7, 9, 11, 5), (3,)])
+def test_batch_sums_equal_float64_sums(shape):
+  """Row counts that take blocks of 16, 8 and 2 rows, none (odd) and a vector."""
+  x = _images(shape) * 4.0 + 2.0
+  total, squares = jax.jit(lambda x: batch_sums(x, jnp.square(x)))(x)
+  rows = np.asarray(x, np.float64).reshape(-1, shape[-1])
+  np.testing.assert_allclose(total, rows.sum(0), rtol=2e-6, atol=1e-3)
+  np.testing.assert_allclose(squares, np.square(rows).sum(0), rtol=2e-6)
+
+
+def test_batch_sums_of_bfloat16_are_bfloat16_and_within_its_rounding():
+  x = (_images((64, 8)) + 100.0).astype(jnp.bfloat16)
+  total, squares = jax.jit(lambda x: batch_sums(x, x * x))(x)
+  assert total.dtype == squares.dtype == jnp.bfloat16
+  rows = np.asarray(x, np.float64)
+  np.testing.assert_allclose(np.float32(total), rows.sum(0), rtol=8e-3)
+  np.testing.assert_allclose(np.float32(squares), np.square(rows).sum(0), rtol=8e-3)
+
+
 def test_gradient_norm_equals_optax_global_norm():
   tree = {"scalar": jnp.float32(-3.0), "bias": _images((5,)), "kernel": _images((7, 5), seed=1),
           "conv": [_images((3, 3, 2, 4), seed=2)], "empty": jnp.zeros((3, 0))}
@@ -153,7 +172,8 @@ def test_batch_norm_train_mode_equals_flax_outputs_gradients_and_running_average
   for got, want in zip(results["ours"], results["reference"]):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
   assert float(jnp.max(jnp.abs(results["ours"][4]))) > 0.1  # the running mean moved
-  np.testing.assert_array_equal(ours(x, use_running_average=True), reference(x, use_running_average=True))
+  np.testing.assert_allclose(ours(x, use_running_average=True), reference(x, use_running_average=True),
+                             rtol=1e-5, atol=1e-5)  # eval mode reads the running averages, equal within rounding
 
 
 @pytest.mark.parametrize("config_name", ["mnist_cnn", "fashion_mnist_resnet", "rotten_tomatoes_transformer",
