@@ -18,9 +18,11 @@ from pathlib import Path
 
 import jax
 
+from research import config as config_lib
 from research.errors import ConfigError
 
-DEFAULTS = {"profile_steps": 0, "profile_skip": 5}  # (as in config.defaults(); for configs saved before them)
+# config.defaults()' values, for configs saved before these keys existed.
+DEFAULTS = {key: config_lib.defaults().train[key] for key in ("profile_steps", "profile_skip")}
 
 
 def check(train_config) -> None:
