@@ -3,7 +3,8 @@
 Some layers have a second formulation that computes the same function as the
 textbook one but runs faster under XLA:CPU (measurements: the README's
 "The CPU investigation"): `max_pool` as a tree of elementwise maxima over strided slices,
-`BatchNorm`'s training-mode backward pass as one closed-form expression, and
+`BatchNorm`'s training-mode backward pass as one closed-form expression (and
+its batch statistics in one fused pass), and
 attention with plain batched matmuls and a closed-form softmax backward
 (research/models/layers/attention_core.py; on NVIDIA GPUs, bfloat16 causal
 attention through cuDNN's fused kernel).
