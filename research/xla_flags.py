@@ -20,9 +20,10 @@ concern the CPU backend.
 `import research` applies the profile named by RESEARCH_XLA_DEFAULTS (unset:
 `default`); scripts/train.py then applies its config's `xla_profile` before
 JAX starts, and `research.train.loop.train` does too (`use`) if JAX has not
-started yet, unless XLA_FLAGS already sets the same flag (your value wins). The flags take effect only if JAX has not yet started
-its backend in this process (the library's scripts import research first);
-after that, `use` returns a warning instead.
+started yet, unless XLA_FLAGS already sets the same flag (your value wins).
+The flags take effect only if JAX has not yet started its backend in this
+process (the library's scripts import research first); after that, `use`
+returns a warning instead.
 Child processes inherit XLA_FLAGS, so the flags the library added are also
 named in RESEARCH_XLA_ADDED: a child that imports research replaces them with
 its own profile's instead of taking them for yours.
