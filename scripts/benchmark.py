@@ -3,6 +3,7 @@
 
     python scripts/benchmark.py checkpoint [--quick]   # save/restore cost (issue: checkpoints)
     python scripts/benchmark.py train [--quick]        # trainer vs hand-written jax.jit, Keras 3, PyTorch
+    python scripts/benchmark.py train_bf16 [--quick]   # the same, every system in bfloat16 mixed precision
     python scripts/benchmark.py inference [--quick]    # JAX vs onnxruntime (float, int8), SavedModel, TFLite
     python scripts/benchmark.py cpu [--quick]          # XLA:CPU flags and fast formulations (the CPU investigation)
     python scripts/benchmark.py pipeline [--quick]     # data wait, input supply vs consumption, compile time per zoo config
@@ -17,9 +18,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # Run from a checkout without installing.
 
-SECTIONS = {"checkpoint": "research.bench.checkpoint", "train": "research.bench.train",
-            "inference": "research.bench.inference", "pipeline": "research.bench.pipeline",
-            "cpu": "research.bench.cpu", "accelerator": "research.bench.accelerator"}
+# section: (module, keyword arguments of its run())
+SECTIONS = {"checkpoint": ("research.bench.checkpoint", {}), "train": ("research.bench.train", {}),
+            "train_bf16": ("research.bench.train", {"compute_dtype": "bfloat16"}),
+            "inference": ("research.bench.inference", {}), "pipeline": ("research.bench.pipeline", {}),
+            "cpu": ("research.bench.cpu", {}), "accelerator": ("research.bench.accelerator", {})}
 
 
 def main() -> int:
@@ -29,7 +32,8 @@ def main() -> int:
   parser.add_argument("--out", default=None, help="markdown file (default docs/benchmarks/<section>.md; "
                                                   "--quick writes nothing unless --out is given)")
   args = parser.parse_args()
-  report = importlib.import_module(SECTIONS[args.section]).run(quick=args.quick)
+  module, options = SECTIONS[args.section]
+  report = importlib.import_module(module).run(quick=args.quick, **options)
   command = f"python scripts/benchmark.py {args.section}{' --quick' if args.quick else ''}"
   text = f"# Benchmark: {args.section}\n\nCommand: `{command}`\n\n{report}\n"
   print(text)

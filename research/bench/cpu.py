@@ -15,25 +15,27 @@ import statistics
 from research.bench.timing import machine, table
 from research.bench.train import SPECS, measure
 
-# (what, environment, config.fast_paths). `import research` adds the XLA flags of research/xla_flags.py's profile
+# (what, environment, options of train.measure: config.fast_paths, compute_dtype). `import research` adds the XLA flags of research/xla_flags.py's profile
 # (training steps: their spec's `xla_profile`; the forward pass: `default`; see train.measure) unless the experiment
 # sets the same flag, and research/host_memory.py's malloc settings (unless RESEARCH_MALLOC_DEFAULTS=0).
 YNN = "--xla_cpu_experimental_ynn_fusion_type="
 EXPERIMENTS = [
-    ("default: the library's XLA flags, malloc settings and fast paths", {}, True),
+    ("default: the library's XLA flags, malloc settings and fast paths", {}, {}),
     ("malloc as glibc sets it (`RESEARCH_MALLOC_DEFAULTS=0`): a fresh mmap per step", {"RESEARCH_MALLOC_DEFAULTS": "0"},
-     True),
-    ("jaxlib's XLA defaults", {"RESEARCH_XLA_DEFAULTS": "off"}, True),
-    ("XLA profile `default` (reductions with XLA)", {"RESEARCH_XLA_DEFAULTS": "default"}, True),
+     {}),
+    ("jaxlib's XLA defaults", {"RESEARCH_XLA_DEFAULTS": "off"}, {}),
+    ("XLA profile `default` (reductions with XLA)", {"RESEARCH_XLA_DEFAULTS": "default"}, {}),
     ("XLA profile `fused_reductions` (reductions fused by YNNPACK)", {"RESEARCH_XLA_DEFAULTS": "fused_reductions"},
-     True),
-    ("convolutions by YNNPACK", {"XLA_FLAGS": YNN + "-reduce"}, True),
-    ("`config.fast_paths=False` (reference max-pool, BatchNorm backward and attention)", {}, False),
-    ("convolutions by XNNPACK", {"XLA_FLAGS": "--xla_cpu_experimental_xnn_fusion_type=+individual_convolution"}, True),
+     {}),
+    ("convolutions by YNNPACK", {"XLA_FLAGS": YNN + "-reduce"}, {}),
+    ("`config.fast_paths=False` (reference max-pool, BatchNorm backward and attention)", {}, {"fast_paths": False}),
+    ("`config.compute_dtype=bfloat16` (CPU recipe: Linear products from bfloat16 operands)", {},
+     {"compute_dtype": "bfloat16"}),
+    ("convolutions by XNNPACK", {"XLA_FLAGS": "--xla_cpu_experimental_xnn_fusion_type=+individual_convolution"}, {}),
     ("oneDNN fusions (dot, eltwise, reduce)",
-     {"XLA_FLAGS": "--xla_cpu_experimental_onednn_fusion_type=dot,eltwise,reduce"}, True),
-    ("oneDNN (`--xla_cpu_use_onednn=true`)", {"XLA_FLAGS": "--xla_cpu_use_onednn=true"}, True),
-    ("fast math", {"XLA_FLAGS": "--xla_cpu_enable_fast_math=true"}, True),
+     {"XLA_FLAGS": "--xla_cpu_experimental_onednn_fusion_type=dot,eltwise,reduce"}, {}),
+    ("oneDNN (`--xla_cpu_use_onednn=true`)", {"XLA_FLAGS": "--xla_cpu_use_onednn=true"}, {}),
+    ("fast math", {"XLA_FLAGS": "--xla_cpu_enable_fast_math=true"}, {}),
 ]
 # (column, research.bench.train system, model): training steps of the CNN and Transformer, and the Transformer's
 # inference (forward) pass, where the reduce fusions mattered.
@@ -49,15 +51,15 @@ def run(quick: bool = False) -> str:
   errors: dict[tuple[int, int], str] = {}
   for _ in range(repeats):
     for c, (_, system, model) in enumerate(COLUMNS):
-      for i, (_, env, fast) in enumerate(experiments):  # interleaved: machine noise hits every row alike
+      for i, (_, env, options) in enumerate(experiments):  # interleaved: machine noise hits every row alike
         batches = steps * (FORWARD_PER_STEP if system == "forward_jax" else 1)
-        result = measure(system, model, batches, env=env, fast_paths=fast)
+        result = measure(system, model, batches, env=env, **options)
         if "examples_per_sec" in result:
           rates.setdefault((c, i), []).append(result["examples_per_sec"])
         else:
           errors[(c, i)] = result["error"]
   rows = []
-  for i, (what, env, fast) in enumerate(experiments):
+  for i, (what, env, _) in enumerate(experiments):
     row = [what, " ".join(f"`{k}={v}`" for k, v in env.items())]
     for c in range(len(COLUMNS)):
       if (c, i) not in rates or (c, 0) not in rates:

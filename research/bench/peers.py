@@ -56,9 +56,14 @@ def keras_model(name: str, spec: dict):
   raise ValueError(f"no Keras version of {name!r}")
 
 
-def keras_jax(name: str, spec: dict, x: np.ndarray, y: np.ndarray, steps: int) -> float:
-  net = keras_model(name, spec)
+def keras_jax(name: str, spec: dict, x: np.ndarray, y: np.ndarray, steps: int,
+              compute_dtype: str = "float32") -> float:
+  os.environ["KERAS_BACKEND"] = "jax"  # before the first `import keras`
   import keras
+
+  if compute_dtype == "bfloat16":
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")  # before the layers are built
+  net = keras_model(name, spec)
 
   net.compile(optimizer=keras.optimizers.Adam(1e-3),
               loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
@@ -110,8 +115,12 @@ def torch_model(name: str, spec: dict):
   raise ValueError(f"no PyTorch version of {name!r}")
 
 
-def torch_train(name: str, spec: dict, x: np.ndarray, y: np.ndarray, steps: int, compiled: bool) -> float:
-  """PyTorch with its fused Adam (the default Adam updates one tensor at a time: slower on CPU)."""
+def torch_train(name: str, spec: dict, x: np.ndarray, y: np.ndarray, steps: int, compiled: bool,
+                compute_dtype: str = "float32") -> float:
+  """PyTorch with its fused Adam (the default Adam updates one tensor at a time: slower on CPU); bfloat16:
+  the forward pass and loss under `torch.autocast`, PyTorch's mixed precision."""
+  import contextlib
+
   import torch
 
   net = torch_model(name, spec)
@@ -121,10 +130,13 @@ def torch_train(name: str, spec: dict, x: np.ndarray, y: np.ndarray, steps: int,
   yt = torch.from_numpy(y).long()
   opt = torch.optim.Adam(net.parameters(), 1e-3, fused=True)
   loss_fn = torch.nn.CrossEntropyLoss()
+  autocast = ((lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if compute_dtype == "bfloat16"
+              else contextlib.nullcontext)
 
   def step(xb, yb):
     opt.zero_grad(set_to_none=True)
-    loss = loss_fn(net(xb), yb)
+    with autocast():
+      loss = loss_fn(net(xb), yb)
     loss.backward()
     opt.step()
     return loss

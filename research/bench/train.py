@@ -5,6 +5,11 @@ systems are interleaved within each repeat, and the table reports medians of
 examples/s and ratios against the hand-written loop. The same architecture,
 batch size, Adam and float32 are used everywhere; data is already in memory.
 Peers that are not installed (keras, torch) are reported as such.
+
+With `compute_dtype="bfloat16"` (`scripts/benchmark.py train_bf16`) every
+system trains in mixed precision as its users would switch it on: the library
+by `config.compute_dtype` (research/models/precision.py), Keras by its
+`mixed_bfloat16` policy, PyTorch by `torch.autocast` to bfloat16.
 """
 
 from __future__ import annotations
@@ -37,6 +42,9 @@ SPECS = {
 SYSTEMS = ("hand_jax", "trainer", "keras_jax", "torch_eager", "torch_compile")
 # Peers run as their users get them: without the library's XLA flags and malloc settings (research/__init__.py).
 STOCK = {"RESEARCH_XLA_DEFAULTS": "off", "RESEARCH_MALLOC_DEFAULTS": "0"}
+PRECISION = {"float32": "float32",
+             "bfloat16": "bfloat16 mixed precision (library: config.compute_dtype; Keras: the mixed_bfloat16 policy; "
+                         "PyTorch: torch.autocast)"}
 BATCHES = 16  # distinct batches held in memory, cycled through
 
 
@@ -53,27 +61,29 @@ def _data(name: str) -> tuple[np.ndarray, np.ndarray]:
 
 # --- The systems: each returns examples/s over `steps` steady-state steps (after warm-up). -------------------
 
-def _model(name: str):
-  """The library's model for `name`, built from its config.model; and the benchmark's data."""
+def _model(name: str, compute_dtype: str):
+  """The library's model for `name`, built from its config.model in `compute_dtype`; and the benchmark's data."""
   import ml_collections
   from flax import nnx
 
   from research import models  # noqa: F401  (registers the zoo)
+  from research.models import precision
   from research.registry import MODELS
 
   spec = SPECS[name]
   x, y = _data(name)
-  return MODELS.get(spec["model"]["name"])(ml_collections.ConfigDict(spec["model"]), x[:2], nnx.Rngs(0)), x, y
+  net = MODELS.get(spec["model"]["name"])(ml_collections.ConfigDict(spec["model"]), x[:2], nnx.Rngs(0))
+  return precision.set_compute_dtype(net, compute_dtype), x, y
 
 
-def hand_jax(name: str, steps: int) -> float:
+def hand_jax(name: str, steps: int, compute_dtype: str = "float32") -> float:
   """The minimal loop: the library's model, value_and_grad, Adam, one jitted step with donated state."""
   import jax
   import optax
   from flax import nnx
 
   spec = SPECS[name]
-  net, x, y = _model(name)
+  net, x, y = _model(name, compute_dtype)
   graphdef, params, rest = nnx.split(net, nnx.Param, ...)
   tx = optax.adam(1e-3)
   opt_state = tx.init(params)
@@ -81,7 +91,8 @@ def hand_jax(name: str, steps: int) -> float:
   def step(params, opt_state, rest, xb, yb):
     def loss_fn(p):
       model = nnx.merge(graphdef, p, rest, copy=True)
-      loss = optax.softmax_cross_entropy_with_integer_labels(model(xb, train=True), yb).mean()
+      logits = model(xb, train=True).astype(jax.numpy.float32)  # (a no-op unless layers compute in bfloat16)
+      loss = optax.softmax_cross_entropy_with_integer_labels(logits, yb).mean()
       return loss, nnx.state(model, nnx.Not(nnx.Param))
 
     (loss, rest), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
@@ -104,12 +115,12 @@ def hand_jax(name: str, steps: int) -> float:
   return steps * batch / (time.perf_counter() - start)
 
 
-def forward_jax(name: str, steps: int) -> float:
+def forward_jax(name: str, steps: int, compute_dtype: str = "float32") -> float:
   """Inference: the library's model in eval mode, one jitted forward pass per batch."""
   import jax
   from flax import nnx
 
-  net, x, _ = _model(name)
+  net, x, _ = _model(name, compute_dtype)
   graphdef, state = nnx.split(net)
   forward = jax.jit(lambda state, xb: nnx.merge(graphdef, state)(xb))
   batch = SPECS[name]["batch"]
@@ -126,7 +137,7 @@ def forward_jax(name: str, steps: int) -> float:
   return steps * batch / (time.perf_counter() - start)
 
 
-def trainer(name: str, steps: int) -> float:
+def trainer(name: str, steps: int, compute_dtype: str = "float32") -> float:
   """research.train.loop.train on the same arrays, read back from its own perf/examples_per_sec log."""
   import tempfile
 
@@ -137,13 +148,13 @@ def trainer(name: str, steps: int) -> float:
   x, y = _data(name)
   DATASETS.register("bench")(lambda split: {spec["input_key"]: x, "label": y})
   workdir = tempfile.mkdtemp(prefix="research-bench-")
-  train(trainer_config(name, steps), workdir)
+  train(trainer_config(name, steps, compute_dtype), workdir)
   rows = [json.loads(line) for line in open(f"{workdir}/metrics.jsonl")]
   rates = [r["perf/examples_per_sec"] for r in rows if "perf/examples_per_sec" in r]
   return statistics.median(rates[1:])  # the first interval includes compilation
 
 
-def trainer_config(name: str, steps: int):
+def trainer_config(name: str, steps: int, compute_dtype: str = "float32"):
   """The library's defaults with the benchmark's model, data, Adam at a constant 1e-3 and no checkpoints."""
   from research import config as config_lib
   from research.models.layers import fast_paths
@@ -159,38 +170,40 @@ def trainer_config(name: str, steps: int):
   config.train.update(dict(steps=steps + interval, epochs=0, log_every=interval, eval_every=0))
   config.checkpoint.every = 0
   config.compilation_cache = "off"
+  config.compute_dtype = compute_dtype
   config.fast_paths = fast_paths.enabled()  # as `measure` set it for this process
   config.xla_profile = spec.get("xla_profile", "default")  # `measure` applied it (train() runs after JAX started)
   return config
 
 
-def keras_jax(name: str, steps: int) -> float:
+def keras_jax(name: str, steps: int, compute_dtype: str = "float32") -> float:
   from research.bench import peers
 
-  return peers.keras_jax(name, SPECS[name], *_data(name), steps)
+  return peers.keras_jax(name, SPECS[name], *_data(name), steps, compute_dtype)
 
 
-def torch_eager(name: str, steps: int) -> float:
+def torch_eager(name: str, steps: int, compute_dtype: str = "float32") -> float:
   from research.bench import peers
 
-  return peers.torch_train(name, SPECS[name], *_data(name), steps, compiled=False)
+  return peers.torch_train(name, SPECS[name], *_data(name), steps, compiled=False, compute_dtype=compute_dtype)
 
 
-def torch_compile(name: str, steps: int) -> float:
+def torch_compile(name: str, steps: int, compute_dtype: str = "float32") -> float:
   from research.bench import peers
 
-  return peers.torch_train(name, SPECS[name], *_data(name), steps, compiled=True)
+  return peers.torch_train(name, SPECS[name], *_data(name), steps, compiled=True, compute_dtype=compute_dtype)
 
 
 # --- The harness. -----------------------------------------------------------------------------------------
 
-def measure(system: str, model: str, steps: int, *, env: dict | None = None, fast_paths: bool = True) -> dict:
+def measure(system: str, model: str, steps: int, *, env: dict | None = None, fast_paths: bool = True,
+            compute_dtype: str = "float32") -> dict:
   """Runs one measurement in a fresh process (with `env` added to the environment, e.g. XLA_FLAGS);
   returns {"examples_per_sec", "peak_mb"} or {"error"}."""
   code = ("import json, sys; from research.bench import train, timing; "
           "from research.models.layers import fast_paths; "
           f"fast_paths.set_enabled({fast_paths}); "
-          f"rate = train.{system}({model!r}, {steps}); "
+          f"rate = train.{system}({model!r}, {steps}, {compute_dtype!r}); "
           "print(json.dumps({'examples_per_sec': rate, 'peak_mb': timing.peak_rss_mb()}))")
   if system in ("keras_jax", "torch_eager", "torch_compile"):
     own = STOCK
@@ -206,17 +219,20 @@ def measure(system: str, model: str, steps: int, *, env: dict | None = None, fas
   return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def run(quick: bool = False, models: tuple[str, ...] = tuple(SPECS)) -> str:
+def run(quick: bool = False, models: tuple[str, ...] = tuple(SPECS), compute_dtype: str = "float32") -> str:
+  """The table. `quick` checks the harness, not the numbers: a few steps, every system on the MLP and the
+  library's own two on the other models (each measurement is a process of its own: ~5-14 s here)."""
   steps, repeats = (6, 1) if quick else (200, 3)
   rows = []
   for model in models:
-    results: dict[str, list[dict]] = {s: [] for s in SYSTEMS}
+    systems = SYSTEMS if not quick or model == "mlp" else ("hand_jax", "trainer")
+    results: dict[str, list[dict]] = {s: [] for s in systems}
     for _ in range(repeats):
-      for system in SYSTEMS:  # interleaved: a slow moment of the machine hits every system alike
-        results[system].append(measure(system, model, steps))
+      for system in systems:  # interleaved: a slow moment of the machine hits every system alike
+        results[system].append(measure(system, model, steps, compute_dtype=compute_dtype))
     rate = {s: statistics.median(r["examples_per_sec"] for r in results[s] if "examples_per_sec" in r)
-            for s in SYSTEMS if any("examples_per_sec" in r for r in results[s])}
-    for system in SYSTEMS:
+            for s in systems if any("examples_per_sec" in r for r in results[s])}
+    for system in systems:
       if system not in rate:
         rows.append([model, system, results[system][0]["error"], "", "", ""])
         continue
@@ -225,7 +241,8 @@ def run(quick: bool = False, models: tuple[str, ...] = tuple(SPECS)) -> str:
       rows.append([model, system, f"{rate[system]:,.0f}", ratio("hand_jax"), ratio("torch_eager"), f"{peak:,.0f}"])
   shapes = "; ".join(f"{m}: batch {SPECS[m]['batch']}, input {SPECS[m]['input_shape']}" for m in models)
   return (f"Steady-state training throughput, examples/s, median of {repeats} interleaved runs of {steps} steps "
-          f"each in separate processes; Adam (PyTorch: fused Adam), float32, data in memory ({shapes}).\n"
+          f"each in separate processes; Adam (PyTorch: fused Adam), {PRECISION[compute_dtype]}, data in memory "
+          f"({shapes}).\n"
           f"Machine: {machine()}.\n\n"
           + table(["model", "system", "examples/s", "vs hand-written jax.jit", "vs PyTorch eager", "peak RSS MB"],
                   rows))
