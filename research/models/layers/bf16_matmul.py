@@ -50,7 +50,7 @@ def _contract_last(a: jax.Array, b: jax.Array, b_axis: int) -> jax.Array:
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))  # the operands' dtypes: their gradients' dtypes
 def _product(x, kernel, x_dtype, kernel_dtype):
-  return _contract_last(x.astype(BF16), kernel.astype(BF16), 0)
+  return _product_forward(x, kernel, x_dtype, kernel_dtype)[0]
 
 
 def _product_forward(x, kernel, x_dtype, kernel_dtype):
