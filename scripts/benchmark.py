@@ -4,6 +4,7 @@
     python scripts/benchmark.py checkpoint [--quick]   # save/restore cost (issue: checkpoints)
     python scripts/benchmark.py train [--quick]        # trainer vs hand-written jax.jit, Keras 3, PyTorch
     python scripts/benchmark.py train_bf16 [--quick]   # the same, every system in bfloat16 mixed precision
+    python scripts/benchmark.py steps [--quick]        # the trainer's compiled step vs the hand-written one, in-process
     python scripts/benchmark.py inference [--quick]    # JAX vs onnxruntime (float, int8), SavedModel, TFLite
     python scripts/benchmark.py cpu [--quick]          # XLA:CPU flags and fast formulations (the CPU investigation)
     python scripts/benchmark.py pipeline [--quick]     # data wait, input supply vs consumption, compile time per zoo config
@@ -21,6 +22,7 @@ sys.path.insert(0, str(ROOT))  # Run from a checkout without installing.
 # section: (module, keyword arguments of its run())
 SECTIONS = {"checkpoint": ("research.bench.checkpoint", {}), "train": ("research.bench.train", {}),
             "train_bf16": ("research.bench.train", {"compute_dtype": "bfloat16"}),
+            "steps": ("research.bench.steps", {}),
             "inference": ("research.bench.inference", {}), "pipeline": ("research.bench.pipeline", {}),
             "cpu": ("research.bench.cpu", {}), "accelerator": ("research.bench.accelerator", {})}
 

@@ -35,6 +35,17 @@ def test_train_benchmark_quick(tmp_path, section, precision):
     assert float(rows[model]["trainer"][0].replace(",", "")) > 0
 
 
+def test_steps_benchmark_quick(tmp_path):
+  """The trainer's jitted step and the hand-written one, alternating in one process: both timed, ratio consistent."""
+  out = tmp_path / "steps.md"
+  done = helpers.run_script("benchmark.py", "steps", "--quick", "--out", str(out), devices=1, timeout=900)
+  assert done.returncode == 0, done.stderr[-2000:]
+  row = next(line.split("|") for line in out.read_text().splitlines() if line.startswith("| mlp |"))
+  hand, trainer, ratio = (cell.strip() for cell in row[2:5])
+  assert float(hand) > 0 and float(trainer) > 0
+  assert float(ratio[:-1]) == pytest.approx(float(hand) / float(trainer), rel=0.02)
+
+
 def test_cpu_benchmark_quick(tmp_path):
   out = tmp_path / "cpu.md"
   done = helpers.run_script("benchmark.py", "cpu", "--quick", "--out", str(out), devices=1, timeout=900)

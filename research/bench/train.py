@@ -78,6 +78,15 @@ def _model(name: str, compute_dtype: str):
 
 def hand_jax(name: str, steps: int, compute_dtype: str = "float32") -> float:
   """The minimal loop: the library's model, value_and_grad, Adam, one jitted step with donated state."""
+  run = hand_loop(name, compute_dtype)
+  run(5)
+  start = time.perf_counter()
+  run(steps)
+  return steps * SPECS[name]["batch"] / (time.perf_counter() - start)
+
+
+def hand_loop(name: str, compute_dtype: str = "float32"):
+  """`run(n)`: n steps of the hand-written loop, cycling through the `BATCHES` batches; blocks until done."""
   import jax
   import optax
   from flax import nnx
@@ -109,10 +118,7 @@ def hand_jax(name: str, steps: int, compute_dtype: str = "float32") -> float:
       params, opt_state, rest, loss = step(params, opt_state, rest, x[s:s + batch], y[s:s + batch])
     loss.block_until_ready()
 
-  run(5)
-  start = time.perf_counter()
-  run(steps)
-  return steps * batch / (time.perf_counter() - start)
+  return run
 
 
 def forward_jax(name: str, steps: int, compute_dtype: str = "float32") -> float:
