@@ -215,10 +215,20 @@ def measure(system: str, model: str, steps: int, *, env: dict | None = None, fas
     own = STOCK
   elif system == "forward_jax":  # inference: the profile of `import research`
     own = {"RESEARCH_XLA_DEFAULTS": "default"}
-  else:  # training steps: the profile scripts/train.py applies for the spec's config.xla_profile
-    own = {"RESEARCH_XLA_DEFAULTS": SPECS[model].get("xla_profile", "default")}
+  else:
+    own = training_profile(model)
+  return run_python(code, {**own, **(env or {})})
+
+
+def training_profile(model: str) -> dict[str, str]:
+  """The environment for training steps: the XLA profile scripts/train.py applies for the spec's xla_profile."""
+  return {"RESEARCH_XLA_DEFAULTS": SPECS[model].get("xla_profile", "default")}
+
+
+def run_python(code: str, env: dict[str, str]) -> dict:
+  """Runs `code` in a fresh Python (with `env` added); the JSON of its last output line, or {"error"}."""
   done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=900,
-                        env={**os.environ, **own, **(env or {})})
+                        env={**os.environ, **env})
   if done.returncode != 0:
     last = (done.stderr.strip().splitlines() or ["failed"])[-1]
     return {"error": "not installed" if "ModuleNotFoundError" in last else last[:80]}
