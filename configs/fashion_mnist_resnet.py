@@ -23,7 +23,7 @@ def get_config(arg=None):
   config.label_smoothing = 0.1
   config.optimizer.update(name="nesterov", learning_rate=0.1, momentum=0.9, weight_decay=5e-4)
   config.train.update(epochs=8, log_every=100, eval_every=0)  # eval_every=0: evaluate at the end
-  config.checkpoint.update(every=500, keep=2)
+  config.checkpoint.update(every=500, keep=2, best_metric="accuracy")
 
   if arg == "smoke":
     config.model.update(depth=8, width=4)

@@ -31,7 +31,7 @@ def get_config(arg=None):
   config.optimizer.update(name="adamw", learning_rate=2e-3, weight_decay=1e-2, clip_norm=1.0)
   config.schedule.warmup_steps = 100
   config.train.update(epochs=4, log_every=50, eval_every=500)
-  config.checkpoint.every = 500
+  config.checkpoint.update(every=500, best_metric="accuracy")
 
   if arg == "smoke":
     config.data.preprocess = "tokenize(kind='bpe', vocab_size=500, max_length=32)"

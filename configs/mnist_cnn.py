@@ -19,7 +19,7 @@ def get_config(arg=None):
                       bn_momentum=0.9)
   config.optimizer.update(name="adam", learning_rate=2e-3)
   config.train.update(epochs=3, log_every=100, eval_every=0)  # eval_every=0: evaluate at the end
-  config.checkpoint.update(every=500, keep=2)
+  config.checkpoint.update(every=500, keep=2, best_metric="accuracy")
 
   if arg == "smoke":
     config.model.update(channels=(4, 8), hidden_size=16)

@@ -15,6 +15,7 @@ def get_config(arg=None):
   config.model = dict(name="mlp", hidden_sizes=(512, 256), num_classes=10, dropout=0.0, activation="relu")
   config.optimizer.update(name="adam", learning_rate=1e-3)
   config.train.update(epochs=10, log_every=100, eval_every=1000)
+  config.checkpoint.best_metric = "accuracy"  # marks the best checkpoint for --step best
 
   if arg == "smoke":
     config.data.batch_size = 64

@@ -34,7 +34,7 @@ def get_config(arg=None):
   config.optimizer.update(name="adamw", learning_rate=1e-3, weight_decay=1e-2, clip_norm=1.0)
   config.schedule.warmup_steps = 100
   config.train.update(epochs=4, log_every=50, eval_every=500)
-  config.checkpoint.every = 500
+  config.checkpoint.update(every=500, best_metric="accuracy")
   config.xla_profile = "fused_reductions"  # LayerNorm models train faster on XLA:CPU (research/xla_flags.py)
 
   if arg == "smoke":

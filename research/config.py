@@ -19,9 +19,10 @@ from typing import Any, Iterable
 import ml_collections
 
 from research import atomic
-from research.errors import ConfigError
+from research.errors import ConfigError, brief
 
 OVERRIDE_PREFIX = "--config."
+CONFIGS_DIR = Path(__file__).resolve().parents[1] / "configs"
 
 
 def defaults() -> ml_collections.ConfigDict:
@@ -32,6 +33,7 @@ def defaults() -> ml_collections.ConfigDict:
   config.data = dict(
       name="",
       input_key="image",
+      label_key="label",  # the split's column of class labels (classifiers)
       clean="",  # whole-split cleaners at load time, research/data/clean.py
       preprocess="",  # host ops per batch, research/data/ops.py, e.g. "normalize(0.5, 0.5)|flatten"
       augment="",  # on-device train-time ops, research/data/augment.py, e.g. "random_crop(pad=2)|flip_lr"
@@ -42,7 +44,7 @@ def defaults() -> ml_collections.ConfigDict:
   config.model = dict(name="")
   config.label_smoothing = 0.0
   config.optimizer = dict(name="adam", learning_rate=1e-3, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0,
-                          clip_norm=0.0, momentum=0.9)
+                          clip_norm=0.0, momentum=0.9, decay=0.9)  # decay: rmsprop's
   config.schedule = dict(name="warmup_cosine", warmup_steps=200, end_factor=0.0, boundaries=(), factor=0.1)
   # steps > 0 overrides epochs. stop_after_steps > 0 ends this invocation early with a checkpoint
   # (for jobs with a time limit); rerunning continues the same run.
@@ -50,8 +52,11 @@ def defaults() -> ml_collections.ConfigDict:
   # profile_steps > 0 traces that many steps, after profile_skip more, for TensorBoard (train/profiling.py).
   config.train = dict(epochs=10, steps=0, log_every=100, eval_every=1000, stop_after_steps=0,
                       early_stopping_patience=0, profile_steps=0, profile_skip=5)
-  # Keep the last `keep` checkpoints, plus the `keep_best` best by eval `best_metric` ("" = off).
+  # Keep the last `keep` checkpoints, plus the `keep_best` best by eval `best_metric` ("" = off): the best is
+  # what `--step best` of evaluate/export picks. The zoo's classifiers rank by accuracy.
   config.checkpoint = dict(every=1000, keep=3, best_metric="", best_mode="max", keep_best=1)
+  # Global magnitude pruning (research/prune.py); sparsity 0 = off.
+  config.prune = dict(sparsity=0.0, schedule="one_shot", start_step=0, end_step=0, every=100)
   config.nan_policy = "stop"  # or "skip": a step with a non-finite loss/gradient is never applied.
   config.compilation_cache = ""  # "" = WORKDIR/cache/jax; a directory to share between runs; or "off".
   config.fast_paths = True  # faster max-pool, BatchNorm and attention (research/models/layers/fast_paths.py)
@@ -72,20 +77,61 @@ def smoke(config: ml_collections.ConfigDict, steps: int = 20) -> ml_collections.
   return config
 
 
+def available() -> list[str]:
+  """The experiment configs shipped in configs/ (paths relative to the repository root)."""
+  return sorted(f"configs/{p.name}" for p in CONFIGS_DIR.glob("*.py") if not p.name.startswith("_"))
+
+
+def _missing_file(path: str) -> ConfigError:
+  name = Path(path).stem
+  known = available()
+  near = [c for c in known if Path(c).stem == name] or difflib.get_close_matches(f"configs/{name}.py", known, n=1)
+  hint = f" Did you mean {near[0]}?" if near else ""
+  return ConfigError(f"Config file {path!r} does not exist.{hint} Pass --config configs/<name>.py[:variant]; "
+                     f"configs: {', '.join(Path(c).stem for c in known)}.")
+
+
 def load(spec: str) -> ml_collections.ConfigDict:
-  """Loads `path/to/config.py` or `path/to/config.py:arg` and returns its ConfigDict."""
+  """Loads `path/to/config.py` or `path/to/config.py:arg` and returns its ConfigDict.
+
+  Every failure (no such file, a file that does not run, an unknown variant) is a one-line ConfigError."""
   path, _, arg = spec.partition(":")
   if not os.path.isfile(path):
-    raise ConfigError(f"Config file {path!r} does not exist. Pass --config configs/<name>.py[:arg].")
+    raise _missing_file(path)
   module_spec = importlib.util.spec_from_file_location(f"_config_{Path(path).stem}", path)
   module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
+  try:
+    module_spec.loader.exec_module(module)
+  except SyntaxError as e:
+    raise ConfigError(f"{path} line {e.lineno}: syntax error ({e.msg}); fix the config file.") from None
+  except Exception as e:  # a config that raises while loading: its own error, in one line
+    raise ConfigError(f"{path} failed to load: {brief(e)}; fix the config file.") from None
   if not hasattr(module, "get_config"):
     raise ConfigError(f"{path} defines no get_config(arg=None) function.")
-  config = module.get_config(arg or None)
+  try:
+    config = module.get_config(arg or None)
+  except Exception as e:  # e.g. an unknown variant: the config's message names the known ones
+    detail = str(e) if isinstance(e, (ValueError, ConfigError)) else brief(e)
+    raise ConfigError(f"--config {spec}: {detail}") from None
   if not isinstance(config, ml_collections.ConfigDict):
     raise ConfigError(f"{path}: get_config() must return an ml_collections.ConfigDict, got {type(config).__name__}.")
   return config
+
+
+def with_defaults(saved: dict) -> ml_collections.ConfigDict:
+  """A config read back from a workdir's config.json, completed with defaults() for keys added since it was
+  written, so code can read every default key without guards. `model` is the saved one as is."""
+  merged = to_dict(defaults())
+
+  def merge(into: dict, values: dict) -> None:
+    for key, value in values.items():
+      if isinstance(value, dict) and isinstance(into.get(key), dict) and key != "model":
+        merge(into[key], value)
+      else:
+        into[key] = value
+
+  merge(merged, saved)
+  return ml_collections.ConfigDict(merged)
 
 
 def leaf_keys(config: ml_collections.ConfigDict, prefix: str = "") -> list[str]:

@@ -28,31 +28,31 @@ def constant(base_lr: float, total_steps: int, cfg) -> optax.Schedule:
 @SCHEDULES.register("warmup_cosine")
 def warmup_cosine(base_lr: float, total_steps: int, cfg) -> optax.Schedule:
   """Linear warmup from 0 over `warmup_steps`, then cosine decay to `end_factor * base_lr`."""
-  warmup = min(cfg.get("warmup_steps", 0), max(total_steps - 1, 0))
+  warmup = min(cfg.warmup_steps, max(total_steps - 1, 0))
   return optax.warmup_cosine_decay_schedule(0.0, base_lr, warmup, max(total_steps, warmup + 1),
-                                            end_value=base_lr * cfg.get("end_factor", 0.0))
+                                            end_value=base_lr * cfg.end_factor)
 
 
 @SCHEDULES.register("step")
 def step_decay(base_lr: float, total_steps: int, cfg) -> optax.Schedule:
   """Multiplies the rate by `factor` at each step in `boundaries` (ints, or fractions of the run)."""
-  factor = cfg.get("factor", 0.1)
-  steps = [int(b * total_steps) if 0 < b < 1 else int(b) for b in cfg.get("boundaries", ())]
+  factor = cfg.factor
+  steps = [int(b * total_steps) if 0 < b < 1 else int(b) for b in cfg.boundaries]
   return optax.piecewise_constant_schedule(base_lr, {s: factor for s in steps})
 
 
 OPTIMIZERS.register("sgd")(lambda lr, cfg: optax.sgd(lr))
-OPTIMIZERS.register("momentum")(lambda lr, cfg: optax.sgd(lr, momentum=cfg.get("momentum", 0.9)))
-OPTIMIZERS.register("nesterov")(lambda lr, cfg: optax.sgd(lr, momentum=cfg.get("momentum", 0.9), nesterov=True))
-OPTIMIZERS.register("adagrad")(lambda lr, cfg: optax.adagrad(lr, eps=cfg.get("eps", 1e-7)))
+OPTIMIZERS.register("momentum")(lambda lr, cfg: optax.sgd(lr, momentum=cfg.momentum))
+OPTIMIZERS.register("nesterov")(lambda lr, cfg: optax.sgd(lr, momentum=cfg.momentum, nesterov=True))
+OPTIMIZERS.register("adagrad")(lambda lr, cfg: optax.adagrad(lr, eps=cfg.eps))
 OPTIMIZERS.register("rmsprop")(
-    lambda lr, cfg: optax.rmsprop(lr, decay=cfg.get("decay", 0.9), eps=cfg.get("eps", 1e-8),
-                                  momentum=cfg.get("momentum", 0.0) or None))
+    lambda lr, cfg: optax.rmsprop(lr, decay=cfg.decay, eps=cfg.eps,
+                                  momentum=cfg.momentum or None))
 OPTIMIZERS.register("adam")(
-    lambda lr, cfg: optax.adam(lr, b1=cfg.get("b1", 0.9), b2=cfg.get("b2", 0.999), eps=cfg.get("eps", 1e-8)))
+    lambda lr, cfg: optax.adam(lr, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps))
 OPTIMIZERS.register("adamw")(
-    lambda lr, cfg: optax.adamw(lr, b1=cfg.get("b1", 0.9), b2=cfg.get("b2", 0.999), eps=cfg.get("eps", 1e-8),
-                                weight_decay=cfg.get("weight_decay", 0.0)))
+    lambda lr, cfg: optax.adamw(lr, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
+                                weight_decay=cfg.weight_decay))
 
 
 def build_schedule(config, total_steps: int) -> optax.Schedule:
@@ -68,9 +68,9 @@ def build(config, total_steps: int) -> tuple[optax.GradientTransformation, optax
   make = OPTIMIZERS.get(cfg.name)
   schedule = build_schedule(config, total_steps)
   parts = []
-  if cfg.get("clip_norm", 0.0) > 0:
+  if cfg.clip_norm > 0:
     parts.append(optax.clip_by_global_norm(cfg.clip_norm))
-  if cfg.get("weight_decay", 0.0) > 0 and cfg.name != "adamw":
+  if cfg.weight_decay > 0 and cfg.name != "adamw":
     parts.append(optax.add_decayed_weights(cfg.weight_decay))
   parts.append(make(schedule, cfg))
   pruning = prune.from_config(config)  # config.prune.sparsity > 0: global magnitude pruning, last in the chain

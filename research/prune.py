@@ -46,7 +46,6 @@ import optax
 from research.errors import ConfigError
 
 SCHEDULES = ("one_shot", "gradual")
-DEFAULTS = dict(sparsity=0.0, schedule="one_shot", start_step=0, end_step=0, every=100)
 
 
 class PruneState(NamedTuple):
@@ -158,8 +157,7 @@ def magnitude_pruning(sparsity: float, *, schedule: str = "one_shot", start_step
 
 def check(cfg) -> None:
   """Raises ConfigError for a `config.prune` the pruning cannot run with."""
-  sparsity, schedule = cfg.get("sparsity", 0.0), cfg.get("schedule", "one_shot")
-  start, end, every = cfg.get("start_step", 0), cfg.get("end_step", 0), cfg.get("every", 100)
+  sparsity, schedule, start, end, every = (cfg[k] for k in ("sparsity", "schedule", "start_step", "end_step", "every"))
   if not 0.0 <= sparsity < 1.0:
     raise ConfigError(f"prune.sparsity must be in [0, 1) (the fraction of weights set to 0), got {sparsity}.")
   if schedule not in SCHEDULES:
@@ -175,16 +173,13 @@ def check(cfg) -> None:
 
 
 def from_config(config) -> optax.GradientTransformation | None:
-  """The pruning transformation of `config.prune`, or None when the config has none (or sparsity 0)."""
-  cfg = config.get("prune")
-  if cfg is None:
-    return None
+  """The pruning transformation of `config.prune`, or None when its sparsity is 0."""
+  cfg = config.prune
   check(cfg)
-  if cfg.get("sparsity", 0.0) <= 0.0:
+  if cfg.sparsity <= 0.0:
     return None
-  return magnitude_pruning(cfg.sparsity, schedule=cfg.get("schedule", "one_shot"),
-                           start_step=cfg.get("start_step", 0), end_step=cfg.get("end_step", 0),
-                           every=cfg.get("every", 100))
+  return magnitude_pruning(cfg.sparsity, schedule=cfg.schedule, start_step=cfg.start_step, end_step=cfg.end_step,
+                           every=cfg.every)
 
 
 def find_state(opt_state) -> PruneState | None:

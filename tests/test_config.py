@@ -106,3 +106,63 @@ def test_unknown_registry_name_lists_the_known_ones():
   registry.register("a")(1)
   with pytest.raises(ValueError, match="registered twice"):
     registry.register("a")(2)
+
+
+def _variants(path: str) -> list[str]:
+  return [path, f"{path}:smoke"]
+
+
+@pytest.mark.parametrize("spec", [v for c in config_lib.available() for v in _variants(c)])
+def test_every_config_has_every_default_key_with_its_type(spec):
+  """Configs start from defaults() and set only what differs, so every documented option works on every config."""
+  config = config_lib.load(spec)
+  defaults = config_lib.defaults()
+  keys = [k for k in config_lib.leaf_keys(defaults) if not k.startswith("model.")]
+  flat = dict(config_lib._flat(config_lib.to_dict(config)))
+  missing = [k for k in keys if k not in flat]
+  assert not missing, f"{spec} lacks {missing}"
+  want = config_lib._flat(config_lib.to_dict(defaults))
+  wrong = [k for k in keys if type(flat[k]) is not type(want[k]) and not (isinstance(want[k], float)
+                                                                          and isinstance(flat[k], int))]
+  assert not wrong, f"{spec}: {[(k, flat[k]) for k in wrong]}"
+  assert config.model.name and config.data.name
+  config_lib.apply_overrides(config, ["--config.prune.sparsity=0.9", "--config.train.profile_steps=5"])
+
+
+def test_the_zoo_marks_its_best_checkpoint_so_step_best_works():
+  for spec in config_lib.available():
+    config = config_lib.load(spec)
+    assert config.checkpoint.best_metric in ("accuracy", "loss", "nelbo"), spec
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("mnist_mlp", "Did you mean configs/mnist_mlp.py?"),
+    ("configs/mnist_mpl.py", "Did you mean configs/mnist_mlp.py?"),
+    ("configs/mnist_mlp.py:tiny", "knows the variant 'smoke', not 'tiny'"),
+])
+def test_config_file_mistakes_are_one_line_errors(spec, message):
+  with pytest.raises(ConfigError, match=message.replace("?", r"\?").replace(".", r"\.")) as error:
+    config_lib.load(spec)
+  assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("body, message", [
+    ("def get_config(arg=None)\n  return 1\n", "line 1: syntax error"),
+    ("def get_config(arg=None):\n  return {}['x']\n", "--config BAD: KeyError: 'x'"),
+    ("import not_a_module\n", "failed to load: ModuleNotFoundError"),
+])
+def test_a_broken_config_file_is_a_one_line_error(tmp_path, body, message):
+  path = tmp_path / "bad.py"
+  path.write_text(body)
+  with pytest.raises(ConfigError, match=message.replace("BAD", str(path)).replace("[", r"\[").replace("(", r"\(")):
+    config_lib.load(str(path))
+
+
+def test_a_saved_config_gets_the_keys_added_since():
+  saved = config_lib.to_dict(config_lib.load(SPEC))
+  del saved["prune"], saved["train"]["profile_steps"]
+  saved["model"] = {"name": "mlp", "hidden_sizes": [8]}
+  config = config_lib.with_defaults(saved)
+  assert config.prune.sparsity == 0.0 and config.train.profile_steps == 0
+  assert config.model.to_dict() == {"name": "mlp", "hidden_sizes": [8]}  # the model group is the saved one
+  assert config.optimizer.learning_rate == saved["optimizer"]["learning_rate"]

@@ -135,20 +135,19 @@ def test_gradual_schedule_is_cubic_recomputed_every_k_updates_and_monotone():
 ])
 def test_bad_prune_configs_are_clear_errors(prune_cfg, words):
   config = config_lib.load("configs/mnist_mlp.py:smoke")
-  config.prune = {**prune.DEFAULTS, **prune_cfg}
+  config.prune.update(prune_cfg)
   with pytest.raises(ConfigError, match=words.replace("[", r"\[").replace("(", r"\(").replace(")", r"\)")):
     optim.build(config, 100)
 
 
-def test_configs_without_prune_or_with_sparsity_0_build_the_plain_optimizer():
+def test_sparsity_0_builds_the_plain_optimizer():
   config = config_lib.load("configs/mnist_mlp.py:smoke")
-  if "prune" in config:
-    del config["prune"]
-  plain, _ = optim.build(config, 10)
-  config.prune = dict(prune.DEFAULTS)
+  assert config.prune.sparsity == 0.0  # every config has the defaults' prune group, off
   off, _ = optim.build(config, 10)
+  config.prune.sparsity = 0.5
+  on, _ = optim.build(config, 10)
   params = {"kernel": jnp.ones((3, 2))}
-  assert prune.find_state(plain.init(params)) is None and prune.find_state(off.init(params)) is None
+  assert prune.find_state(off.init(params)) is None and prune.find_state(on.init(params)) is not None
 
 
 # --- Through the real train loop, checkpoints and export. ------------------------------------------------------
@@ -157,7 +156,7 @@ def _config(steps, **prune_cfg):
   config = config_lib.load("configs/mnist_mlp.py:smoke")
   config.train.update(dict(steps=steps, log_every=10, eval_every=0))
   config.checkpoint.every = 0
-  config.prune = {**prune.DEFAULTS, **prune_cfg}
+  config.prune.update(prune_cfg)
   return config
 
 

@@ -18,16 +18,12 @@ from pathlib import Path
 
 import jax
 
-from research import config as config_lib
 from research.errors import ConfigError
-
-# config.defaults()' values, for configs saved before these keys existed.
-DEFAULTS = {key: config_lib.defaults().train[key] for key in ("profile_steps", "profile_skip")}
 
 
 def check(train_config) -> None:
-  for key, default in DEFAULTS.items():
-    value = train_config.get(key, default)
+  for key in ("profile_steps", "profile_skip"):
+    value = train_config[key]
     if not isinstance(value, int) or value < 0:
       raise ConfigError(f"train.{key} must be an integer >= 0, got {value!r}.")
 
@@ -37,8 +33,7 @@ class StepProfiler:
 
   @classmethod
   def from_config(cls, train_config, logdir: str | Path, start: int) -> StepProfiler:
-    get = lambda key: train_config.get(key, DEFAULTS[key])
-    return cls(logdir, start, get("profile_skip"), get("profile_steps"))
+    return cls(logdir, start, train_config.profile_skip, train_config.profile_steps)
 
   def __init__(self, logdir: str | Path, start: int, skip: int, steps: int):
     self.logdir = str(logdir)
