@@ -1,8 +1,8 @@
-"""research: a JAX library for training models and taking them to deployment."""
+"""research: a JAX library for training models and taking them to deployment.
 
-from research import host_memory, xla_flags
+Importing it changes nothing in the process: the entry points (scripts/, and
+`research.train.loop.train`) apply the XLA flags (research/xla_flags.py) and the
+malloc settings (research/host_memory.py) before JAX starts.
+"""
 
 __version__ = "0.1.0"
-
-xla_flags.apply()  # before JAX starts its backend; see research/xla_flags.py
-host_memory.apply()  # before JAX starts its threads; see research/host_memory.py

@@ -1,4 +1,4 @@
-"""Keeps freed host memory mapped, so XLA:CPU's per-step buffers do not page-fault (set at `import research`).
+"""Keeps freed host memory mapped, so XLA:CPU's per-step buffers do not page-fault (set by the entry points).
 
 XLA:CPU allocates each executable's temporary buffer (all of a training
 step's activations: 171 MB for the benchmark Transformer, 70 MB for its CNN)
@@ -8,10 +8,11 @@ first-touches every page again: 47,000 minor page faults and a third of the
 step's CPU time in the kernel for that Transformer. With one malloc arena,
 no mmap and no trimming, the freed block stays in the heap and the next step
 reuses it: no faults, and the Transformer and CNN steps run 1.5-1.7x faster
-(the README's "The CPU investigation"). The cost: the process keeps its peak
+(docs/performance.md). The cost: the process keeps its peak
 heap instead of returning it to the OS.
 
-Only glibc (Linux) has these knobs; elsewhere this does nothing.
+The scripts and `research.train.loop.train` call `apply()`; importing the
+library does not. Only glibc (Linux) has these knobs; elsewhere this does nothing.
 `RESEARCH_MALLOC_DEFAULTS=0` in the environment turns it off. The
 MALLOC_ARENA_MAX / MALLOC_MMAP_MAX_ / MALLOC_TRIM_THRESHOLD_ environment
 variables read by glibc at start-up do the same for any process.

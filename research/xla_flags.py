@@ -1,7 +1,7 @@
 """XLA flags the library sets by default, before JAX starts its backend.
 
 On XLA:CPU, jaxlib 0.10 hands work to YNNPACK in two ways that made the
-library's models slower (measurements: the README's "The CPU investigation"):
+library's models slower (measurements: docs/performance.md):
   - convolutions: YNNPACK's kernel gradient (the backward pass with respect to
     the filter) ran 7-9x slower than XLA's own (Eigen) convolution for the
     small-channel 3x3 layers of the zoo's CNN and ResNet (135 ms vs 19 ms for a
@@ -17,13 +17,14 @@ Transformer and GPT configs train with it; the VAE's training step ran 0.89x
 with it); `off` sets nothing. Matmuls go to YNNPACK either way. The flags only
 concern the CPU backend.
 
-`import research` applies the profile named by RESEARCH_XLA_DEFAULTS (unset:
-`default`); scripts/train.py then applies its config's `xla_profile` before
-JAX starts, and `research.train.loop.train` does too (`use`) if JAX has not
-started yet, unless XLA_FLAGS already sets the same flag (your value wins).
-The flags take effect only if JAX has not yet started its backend in this
-process (the library's scripts import research first); after that, `use`
-returns a warning instead.
+Importing the library sets nothing. The scripts call `apply()` first, which
+applies the profile named by RESEARCH_XLA_DEFAULTS (unset: `default`);
+scripts/train.py then applies its config's `xla_profile` before JAX starts,
+and `research.train.loop.train` does too (`use`) if JAX has not started yet,
+unless XLA_FLAGS already sets the same flag (your value wins). The flags take
+effect only if JAX has not yet started its backend in this process; after
+that, `use` returns a warning instead. Your own program calls `apply()` before
+it imports jax to get the same flags.
 Child processes inherit XLA_FLAGS, so the flags the library added are also
 named in RESEARCH_XLA_ADDED: a child that imports research replaces them with
 its own profile's instead of taking them for yours.
@@ -86,5 +87,5 @@ def use(profile_name: str, environ: MutableMapping[str, str] = os.environ) -> st
     apply(environ, profile_name)
     return None
   return (f"warning: config.xla_profile={profile_name!r} is not in effect, since JAX started before the run "
-          f"with XLA_FLAGS={environ.get('XLA_FLAGS', '')!r}. Set RESEARCH_XLA_DEFAULTS={profile_name} before "
-          f"importing research (scripts/train.py does this for you).")
+          f"with XLA_FLAGS={environ.get('XLA_FLAGS', '')!r}. Call research.xla_flags.apply(profile_name="
+          f"{profile_name!r}) before JAX starts (scripts/train.py does this for you).")

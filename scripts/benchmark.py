@@ -34,6 +34,10 @@ def main() -> int:
   parser.add_argument("--out", default=None, help="markdown file (default docs/benchmarks/<section>.md; "
                                                   "--quick writes nothing unless --out is given)")
   args = parser.parse_args()
+  from research import host_memory, xla_flags
+
+  xla_flags.apply()  # the library's process settings, before a section starts JAX (as scripts/train.py does)
+  host_memory.apply()
   module, options = SECTIONS[args.section]
   report = importlib.import_module(module).run(quick=args.quick, **options)
   command = f"python scripts/benchmark.py {args.section}{' --quick' if args.quick else ''}"

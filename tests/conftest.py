@@ -15,7 +15,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("RESEARCH_DATA_DIR", tempfile.mkdtemp(prefix="research-test-data-"))
 
-import research  # noqa: E402,F401  (adds the library's default XLA flags, research/xla_flags.py)
+from research import host_memory, xla_flags  # noqa: E402
+
+xla_flags.apply()  # the library's default XLA flags and malloc settings, as the scripts apply them
+host_memory.apply()
+
 import jax  # noqa: E402
 
 assert jax.device_count() == 8, "conftest must run before jax is imported"

@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -28,23 +29,15 @@ from research.train.step import global_norm
 from tests import helpers
 
 
-@pytest.fixture
-def fast(request):
-  """Runs the test with the fast paths set as parametrized, and restores the default afterwards."""
-  fast_paths.set_enabled(request.param)
-  yield request.param
-  fast_paths.set_enabled(True)
-
-
 def _images(shape, seed=0):
   return jnp.asarray(np.random.default_rng(seed).standard_normal(shape), jnp.float32)
 
 
-@pytest.mark.parametrize("fast", [True, False], indirect=True)
+@pytest.mark.parametrize("fast", [True, False])
 @pytest.mark.parametrize("window", [2, 3, (2, 3)])
 def test_max_pool_equals_flax_reduce_window_forward_and_backward(fast, window):
   x = _images((3, 13, 12, 5))
-  ours = lambda x: max_pool(x, window)
+  ours = lambda x: max_pool(x, window, fast=fast)
   flax_pool = lambda x: nnx.max_pool(x, window_shape=(window, window) if isinstance(window, int) else window,
                                      strides=(window, window) if isinstance(window, int) else window)
   np.testing.assert_array_equal(ours(x), flax_pool(x))  # a max is exact
@@ -76,32 +69,31 @@ _PADDING = np.random.default_rng(3).random((3, 1, 1, 9)) > 0.3
 _PADDING[0] = False  # a sequence with no real token at all
 
 
-@pytest.mark.parametrize("fast", [True, False], indirect=True)
+@pytest.mark.parametrize("fast", [True, False])
 @pytest.mark.parametrize("mask", [None, _PADDING, np.tril(np.ones((9, 9), bool))], ids=["none", "padding", "causal"])
 def test_attention_equals_float64_numpy_and_the_reference_gradients(fast, mask):
   q, k, v = (_images((3, 9, 2, 4), seed=s) * 2.0 for s in range(3))
   weights = _images((3, 9, 2, 4), seed=5)  # a non-uniform cotangent
   mask = None if mask is None else jnp.asarray(mask)
-  out = jax.jit(dot_product_attention)(q, k, v, mask)
+  out = jax.jit(partial(dot_product_attention, fast=fast))(q, k, v, mask)
   np.testing.assert_allclose(out, _numpy_attention(q, k, v, mask), rtol=1e-5, atol=1e-5)
-  loss = lambda q, k, v: jnp.sum(dot_product_attention(q, k, v, mask) * weights)
-  grads = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))(q, k, v)
-  with fast_paths.reference():  # JAX's autodiff of the textbook formula
-    want = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))(q, k, v)
+  loss = lambda fast: lambda q, k, v: jnp.sum(dot_product_attention(q, k, v, mask, fast=fast) * weights)
+  grads = jax.jit(jax.grad(loss(fast), argnums=(0, 1, 2)))(q, k, v)
+  want = jax.jit(jax.grad(loss(False), argnums=(0, 1, 2)))(q, k, v)  # JAX's autodiff of the textbook formula
   for got, expected in zip(grads, want):
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
   if mask is not None and mask.shape[0] == 3:  # no gradient reaches q or k through a fully masked row
     assert float(jnp.max(jnp.abs(grads[0][0]))) == 0.0 and float(jnp.max(jnp.abs(grads[1][0]))) == 0.0
 
 
-@pytest.mark.parametrize("fast", [True, False], indirect=True)
+@pytest.mark.parametrize("fast", [True, False])
 def test_is_causal_equals_the_causal_mask_and_combines_with_padding(fast):
   q, k, v = (_images((3, 9, 2, 4), seed=s) for s in range(3))
   causal = jnp.tril(jnp.ones((9, 9), bool))
   padding = jnp.asarray(_PADDING)
-  np.testing.assert_array_equal(dot_product_attention(q, k, v, is_causal=True),
-                                dot_product_attention(q, k, v, causal))
-  np.testing.assert_allclose(dot_product_attention(q, k, v, padding, is_causal=True),
+  np.testing.assert_array_equal(dot_product_attention(q, k, v, is_causal=True, fast=fast),
+                                dot_product_attention(q, k, v, causal, fast=fast))
+  np.testing.assert_allclose(dot_product_attention(q, k, v, padding, is_causal=True, fast=fast),
                              _numpy_attention(q, k, v, np.asarray(padding & causal)), rtol=1e-5, atol=1e-5)
 
 
@@ -109,10 +101,9 @@ def test_attention_dropout_draws_the_reference_mask_and_gradients():
   q, k, v = (_images((2, 6, 2, 4), seed=s) for s in range(3))
   weights = _images((2, 6, 2, 4), seed=5)
   dropout = lambda w: nnx.Dropout(0.5)(w, rngs=nnx.Rngs(dropout=7))  # the same key in both formulations
-  loss = lambda q, k, v: jnp.sum(dot_product_attention(q, k, v, None, dropout) * weights)
-  value, grads = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)))(q, k, v)
-  with fast_paths.reference():
-    want_value, want_grads = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)))(q, k, v)
+  loss = lambda fast: lambda q, k, v: jnp.sum(dot_product_attention(q, k, v, None, dropout, fast=fast) * weights)
+  value, grads = jax.jit(jax.value_and_grad(loss(True), argnums=(0, 1, 2)))(q, k, v)
+  want_value, want_grads = jax.jit(jax.value_and_grad(loss(False), argnums=(0, 1, 2)))(q, k, v)
   np.testing.assert_allclose(value, want_value, rtol=1e-5)
   assert float(value) != pytest.approx(float(jnp.sum(dot_product_attention(q, k, v) * weights)), rel=1e-3)  # dropped
   for got, expected in zip(grads, want_grads):
@@ -152,10 +143,11 @@ def test_gradient_norm_equals_optax_global_norm():
     assert not np.isfinite(float(jax.jit(global_norm)({**tree, "kernel": kernel})))
 
 
-@pytest.mark.parametrize("fast", [True, False], indirect=True)
+@pytest.mark.parametrize("fast", [True, False])
 def test_batch_norm_train_mode_equals_flax_outputs_gradients_and_running_averages(fast):
   x = _images((16, 5, 5, 6)) * 3.0 + 1.5
   ours = BatchNorm(6, momentum=0.8, rngs=nnx.Rngs(0))
+  ours.fast_paths = fast
   reference = nnx.BatchNorm(6, momentum=0.8, rngs=nnx.Rngs(0))
   for bn in (ours, reference):  # non-trivial scale and bias
     bn.scale[...] = jnp.linspace(0.5, 2.0, 6)
@@ -203,7 +195,6 @@ def test_train_steps_with_and_without_fast_paths_agree(config_name):
       state, metrics = train_step(state, batch)
       losses.append(named(metrics)["loss"])
     outcomes.append((losses, jax.device_get(state.params), jax.device_get(state.model_state)))
-  fast_paths.set_enabled(True)
   (fast_losses, fast_params, fast_stats), (ref_losses, ref_params, ref_stats) = outcomes
   np.testing.assert_allclose(fast_losses, ref_losses, rtol=1e-5)
   assert fast_losses[2] != fast_losses[0]  # the steps trained
@@ -263,18 +254,18 @@ def test_the_training_loop_applies_its_profile_before_jax_starts_and_warns_after
   before, flags, same, other = json.loads(done.stdout.splitlines()[-1])
   assert before is None and flags == "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution"
   assert same is None  # already in effect
-  assert "config.xla_profile='default' is not in effect" in other and "RESEARCH_XLA_DEFAULTS=default" in other
+  assert "config.xla_profile='default' is not in effect" in other and "apply(profile_name='default')" in other
 
 
 def test_training_in_a_process_with_another_profile_warns(tmp_path, capsys):
   from research import xla_flags
 
-  current = xla_flags.profile()  # this test process's (conftest.py imports research before JAX starts)
+  current = xla_flags.profile()  # this test process's (conftest.py applies it before JAX starts)
   config = config_lib.load("configs/mnist_mlp.py:smoke")
   config.train.update(dict(steps=2, log_every=1, eval_every=0))
   config.xla_profile = other = "fused_reductions" if current != "fused_reductions" else "default"
   train(config, tmp_path / "other")
-  assert f"RESEARCH_XLA_DEFAULTS={other} before importing research" in capsys.readouterr().err
+  assert f"apply(profile_name={other!r}) before JAX starts" in capsys.readouterr().err
   config.xla_profile = current
   train(config, tmp_path / "same")
   assert "is not in effect" not in capsys.readouterr().err
@@ -308,7 +299,9 @@ def test_the_train_command_applies_the_configs_xla_profile(tmp_path):
 # (the `reduce` fusions), computed in a process started with the given XLA profile.
 _GRADS = """
 import json, os, sys
-import research, jax, jax.numpy as jnp, numpy as np
+from research import xla_flags
+xla_flags.apply()
+import jax, jax.numpy as jnp, numpy as np
 rng = np.random.default_rng(0)
 x, k = rng.standard_normal((16, 14, 14, 8), np.float32), rng.standard_normal((3, 3, 8, 16), np.float32)
 conv = lambda x, k: jnp.sum(jnp.tanh(jax.lax.conv_general_dilated(x, k, (1, 1), "SAME",
@@ -327,7 +320,7 @@ print(json.dumps({"flags": os.environ.get("XLA_FLAGS", ""), "grads": [np.asarray
 def test_gradients_are_equal_under_every_xla_profile():
   results = {}
   for profile in ("default", "fused_reductions", "off"):
-    env = {**os.environ, "RESEARCH_XLA_DEFAULTS": profile}  # XLA_FLAGS as conftest's `import research` left it
+    env = {**os.environ, "RESEARCH_XLA_DEFAULTS": profile}  # XLA_FLAGS as conftest's xla_flags.apply() left it
     done = subprocess.run([sys.executable, "-c", _GRADS], capture_output=True, text=True, env=env, timeout=300,
                           cwd=str(helpers.ROOT))
     assert done.returncode == 0, done.stderr[-2000:]
@@ -341,7 +334,24 @@ def test_gradients_are_equal_under_every_xla_profile():
       np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 
-def test_reference_block_restores_the_setting():
-  with fast_paths.reference():
-    assert not fast_paths.enabled()
-  assert fast_paths.enabled()
+def test_two_models_with_different_fast_paths_trace_each_their_own_formulation():
+  """The setting belongs to each model: both models live in one process, and each traces its own formulation
+  (the fast max-pool and BatchNorm backward have custom VJPs, the reference ones do not)."""
+  from research.models.cnn import CNN
+
+  x = _images((4, 12, 12, 1))
+  fast, reference = (fast_paths.configure(CNN((12, 12, 1), 10, channels=(4,), hidden_size=8, dropout=0.0,
+                                                     rngs=nnx.Rngs(0)), f)
+                     for f in (True, False))
+  assert fast_paths.enabled(fast) == [True, True] and fast_paths.enabled(reference) == [False, False]
+
+  def grad_jaxpr(model):
+    graphdef, state = nnx.split(model)
+    loss = lambda state: jnp.sum(nnx.merge(graphdef, state)(x, train=True))
+    return str(jax.make_jaxpr(jax.grad(loss))(state))
+
+  assert "custom_vjp" in grad_jaxpr(fast) and "custom_vjp" not in grad_jaxpr(reference)
+  assert fast_paths.enabled(fast) == [True, True]  # tracing the other changed nothing
+  grads = [nnx.grad(lambda m: jnp.sum(m(x, train=True)))(m) for m in (fast, reference)]
+  for got, want in zip(jax.tree.leaves(grads[0]), jax.tree.leaves(grads[1])):
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)

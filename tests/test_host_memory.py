@@ -1,4 +1,5 @@
-"""research/host_memory.py: XLA:CPU's per-call temporary buffer stops page-faulting once `import research` ran."""
+"""research/host_memory.py: XLA:CPU's per-call temporary buffer stops page-faulting once `host_memory.apply()` ran
+(as the scripts and the training loop do), and `import research` alone changes nothing."""
 
 import json
 import os
@@ -12,7 +13,9 @@ from tests import helpers
 # machine's kernel now and then takes back a few idle pages, whatever the process does.)
 _FAULTS_PER_CALL = """
 import json, resource, statistics
-import research, jax, jax.numpy as jnp
+from research import host_memory
+host_memory.apply()
+import jax, jax.numpy as jnp
 x, w = jnp.ones((40000, 128)), jnp.ones((128, 512))
 f = jax.jit(lambda x, w: jnp.sum(jnp.tanh(x @ w), axis=0))
 faults = []
@@ -43,3 +46,47 @@ def test_switched_off_by_the_environment():
   from research import host_memory
 
   assert not host_memory.apply({"RESEARCH_MALLOC_DEFAULTS": "0"})
+
+
+# What `import research` and its modules do to the process: the environment (XLA_FLAGS included) and malloc.
+_IMPORT_ALL = """
+import importlib, json, os, pkgutil
+before = dict(os.environ)
+import research
+names = [m.name for m in pkgutil.walk_packages(research.__path__, "research.")
+         if not m.name.startswith(("research.bench", "research.export.tf", "research.export.tflite"))]
+for name in names:
+  importlib.import_module(name)
+print(json.dumps({"modules": len(names), "changed": sorted(k for k in set(before) | set(os.environ)
+                                                           if before.get(k) != os.environ.get(k))}))
+"""
+
+
+def test_importing_the_library_changes_no_environment_variable():
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+  env.pop("RESEARCH_XLA_ADDED", None)
+  done = subprocess.run([sys.executable, "-c", _IMPORT_ALL], capture_output=True, text=True, env=env, timeout=300,
+                        cwd=str(helpers.ROOT))
+  assert done.returncode == 0, done.stderr[-2000:]
+  result = json.loads(done.stdout.strip().splitlines()[-1])
+  assert result["modules"] > 40 and result["changed"] == []
+
+
+_MALLOC_AFTER_IMPORT = """
+import ctypes, json
+import research, research.train.loop, research.export.api
+class Info(ctypes.Structure):  # glibc's struct mallinfo2: hblks counts blocks served by mmap
+  _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                              "fsmblks", "uordblks", "fordblks", "keepcost")]
+libc = ctypes.CDLL(None)
+libc.mallinfo2.restype = Info
+block = libc.malloc(64 << 20)  # glibc's default: a block this large gets its own mmap
+print(json.dumps(libc.mallinfo2().hblks))
+"""
+
+
+def test_importing_the_library_leaves_malloc_alone():
+  done = subprocess.run([sys.executable, "-c", _MALLOC_AFTER_IMPORT], capture_output=True, text=True, timeout=300,
+                        cwd=str(helpers.ROOT), env={k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")})
+  assert done.returncode == 0, done.stderr[-2000:]
+  assert json.loads(done.stdout.strip().splitlines()[-1]) >= 1  # with M_MMAP_MAX=0 (host_memory.apply) it is 0

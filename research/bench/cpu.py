@@ -15,8 +15,8 @@ import statistics
 from research.bench.timing import machine, table
 from research.bench.train import SPECS, measure
 
-# (what, environment, options of train.measure: config.fast_paths, compute_dtype). `import research` adds the XLA
-# flags of research/xla_flags.py's profile (training steps: their spec's `xla_profile`; the forward pass: `default`;
+# (what, environment, options of train.measure: config.fast_paths, compute_dtype). Each measurement's process applies
+# the XLA flags of research/xla_flags.py's profile (training steps: their spec's `xla_profile`; the forward pass: `default`;
 # see train.measure) unless the experiment sets the same flag, and research/host_memory.py's malloc settings (unless
 # RESEARCH_MALLOC_DEFAULTS=0).
 YNN = "--xla_cpu_experimental_ynn_fusion_type="

@@ -46,6 +46,7 @@ PRECISION = {"float32": "float32",
              "bfloat16": "bfloat16 mixed precision (library: config.compute_dtype; Keras: the mixed_bfloat16 policy; "
                          "PyTorch: torch.autocast)"}
 BATCHES = 16  # distinct batches held in memory, cycled through
+FAST_PATHS = True  # the models' fast formulations (research/models/layers/fast_paths.py); `measure` sets it
 
 
 def _data(name: str) -> tuple[np.ndarray, np.ndarray]:
@@ -68,12 +69,13 @@ def _model(name: str, compute_dtype: str):
 
   from research import models  # noqa: F401  (registers the zoo)
   from research.models import precision
+  from research.models.layers import fast_paths
   from research.registry import MODELS
 
   spec = SPECS[name]
   x, y = _data(name)
   net = MODELS.get(spec["model"]["name"])(ml_collections.ConfigDict(spec["model"]), x[:2], nnx.Rngs(0))
-  return precision.set_compute_dtype(net, compute_dtype), x, y
+  return precision.set_compute_dtype(fast_paths.configure(net, FAST_PATHS), compute_dtype), x, y
 
 
 def hand_jax(name: str, steps: int, compute_dtype: str = "float32") -> float:
@@ -163,8 +165,6 @@ def trainer(name: str, steps: int, compute_dtype: str = "float32") -> float:
 def trainer_config(name: str, steps: int, compute_dtype: str = "float32"):
   """The library's defaults with the benchmark's model, data, Adam at a constant 1e-3 and no checkpoints."""
   from research import config as config_lib
-  from research.models.layers import fast_paths
-
   spec = SPECS[name]
   config = config_lib.defaults()
   config.data.update(dict(name="bench", input_key=spec["input_key"], preprocess="", augment="",
@@ -177,7 +177,7 @@ def trainer_config(name: str, steps: int, compute_dtype: str = "float32"):
   config.checkpoint.every = 0
   config.compilation_cache = "off"
   config.compute_dtype = compute_dtype
-  config.fast_paths = fast_paths.enabled()  # as `measure` set it for this process
+  config.fast_paths = FAST_PATHS  # as `measure` set it for this process
   config.xla_profile = spec.get("xla_profile", "default")  # `measure` applied it (train() runs after JAX started)
   return config
 
@@ -207,8 +207,7 @@ def measure(system: str, model: str, steps: int, *, env: dict | None = None, fas
   """Runs one measurement in a fresh process (with `env` added to the environment, e.g. XLA_FLAGS);
   returns {"examples_per_sec", "peak_mb"} or {"error"}."""
   code = ("import json, sys; from research.bench import train, timing; "
-          "from research.models.layers import fast_paths; "
-          f"fast_paths.set_enabled({fast_paths}); "
+          f"train.FAST_PATHS = {fast_paths}; "
           f"rate = train.{system}({model!r}, {steps}, {compute_dtype!r}); "
           "print(json.dumps({'examples_per_sec': rate, 'peak_mb': timing.peak_rss_mb()}))")
   if system in ("keras_jax", "torch_eager", "torch_compile"):
@@ -227,6 +226,7 @@ def training_profile(model: str) -> dict[str, str]:
 
 def run_python(code: str, env: dict[str, str]) -> dict:
   """Runs `code` in a fresh Python (with `env` added); the JSON of its last output line, or {"error"}."""
+  code = f"from research import host_memory, xla_flags; xla_flags.apply(); host_memory.apply(); {code}"
   done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=900,
                         env={**os.environ, **env})
   if done.returncode != 0:

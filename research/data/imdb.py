@@ -18,6 +18,7 @@ from research.registry import DATASETS
 
 HUB_REPO = "stanfordnlp/imdb"
 SPLITS = ("train", "test")
+LABEL_NAMES = ["negative", "positive"]
 NUM_EXAMPLES = {"train": 25_000, "test": 25_000}
 NO_OFFLINE_COPY = ("no offline copy of IMDB exists (nothing on PyPI or in Debian packages ships it); it loads "
                    "only from the HF hub. Run once where huggingface.co is reachable (the split is then cached), "

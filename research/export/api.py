@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Callable, Sequence
 
-from research.errors import ConfigError, brief
+from research.errors import ConfigError, DataUnavailableError, brief
 from research.export import manifest as manifest_lib
 from research.export import measure
 from research.export import model as model_lib
@@ -105,20 +105,39 @@ def export(workdir: str | Path, *, step: str | int | None = "latest", formats: s
   out = Path(out) if out is not None else workdir / "export"
   _check_out(out, workdir)
 
-  ex = model_lib.from_workdir(workdir, step)
+  from research.data import spec as data_spec
+  from research.train import experiment
+
+  model, config, meta = model_lib.trained(workdir, step)
+  preprocess = experiment.preprocessor(config, workdir)
+  test = experiment.test_split(config, log)  # loaded once: the split training evaluates, cleaned as in training
+  examples = test
+  if test is None:
+    record = data_spec.read(workdir)
+    if record is None:
+      raise DataUnavailableError(f"{config.data.name} cannot be loaded and {workdir} has no {data_spec.FILE} "
+                                 f"(a run trained before it was recorded): make the dataset reachable.")
+    examples = data_spec.synthetic(record["columns"], sum(batch_sizes), seed=1)
+    log("checking every artifact on synthetic inputs; test accuracy is not measured")
+  ex = model_lib.for_model(model, config, meta, preprocess, examples)
   classifier = ex.batch_inputs is None and ex.output_structs(1)[0].ndim == 2  # class scores of its data
-  evaluation = model_lib.labeled_inputs(ex.config, "test", accuracy_examples, ex.preprocess) if classifier else None
+  evaluation = None
+  if classifier and test is not None:
+    evaluation = model_lib.labeled_inputs(config, "test", accuracy_examples, preprocess, arrays=test)
   quantized = [f.name for f in chosen if f.quantized]
   if quantized and evaluation is None:
-    raise ConfigError(f"{', '.join(quantized)} are checked by test accuracy, which needs a classifier and "
-                      f"labelled test data; {ex.name} on {ex.config.data.name} has none. Export float formats.")
+    why = "no test data is reachable" if classifier else f"{ex.name} on {config.data.name} is not a classifier"
+    raise ConfigError(f"{', '.join(quantized)} are checked by test accuracy on labelled test data, and {why}. "
+                      f"Export float formats.")
   log(f"exporting {ex.name} from {workdir} at step {ex.meta.get('step')} to {out}: {', '.join(f.name for f in chosen)}")
-  batches = ex.real_inputs("test", batch_sizes)
+  batches = ex.inputs_from(examples, batch_sizes)
   reference = ex.reference()
   summary = {"runtime": "jax.jit (this machine's default backend)", "latency_ms": measure.latencies(reference, batches)}
   if evaluation:
     summary["accuracy"] = measure.accuracy(reference, *evaluation)
     summary["evaluation"] = {"split": "test", "examples": int(len(evaluation[1]))}
+  elif classifier:
+    summary["evaluation"] = {"skipped": "no test data was reachable"}
 
   out.parent.mkdir(parents=True, exist_ok=True)
   tmp = out.with_name(f".{out.name}.partial")
@@ -153,10 +172,7 @@ def export(workdir: str | Path, *, step: str | int | None = "latest", formats: s
     artifacts[f.name] = artifact
     log(f"  {f.name}: " + _describe(artifact))
 
-  from research.data import get_split
-
-  label_key = ex.config.data.get("label_key", "label")
-  raw = {k: v[:1] for k, v in get_split(ex.config.data.name, "test").items() if k != label_key}  # preprocessing's input
+  raw = {k: v[:1] for k, v in examples.items() if k != config.data.label_key}  # preprocessing's input
   manifest_lib.copy_assets(ex.config, workdir, tmp)  # e.g. the fitted tokenizer.json: a server needs it
   manifest_lib.write(tmp, manifest_lib.build(ex, workdir, artifacts, raw, reference=summary))
   _replace(tmp, out)

@@ -3,7 +3,8 @@
     {"manifest_version", "created", "model": {"name", "config"}, "config",
      "source": {"workdir", "step", "eval"},
      "inputs": [{"name", "shape": [null, ...], "dtype"}], "outputs": [...],
-     "preprocessing": {"pipeline", "ops": [{"name", "params", "state", "file"}], "raw_inputs"},
+     "preprocessing": {"clean": {"pipeline", "ops"}, "pipeline", "ops": [{"name", "params", "state", "file"}],
+                       "raw_inputs"},
      "labels", "reference": JAX's {"accuracy", "latency_ms"},
      "artifacts": {format: {"path", "files", "bytes", "parity", "accuracy", "latency_ms", ...}},
      "versions": {package: version}, "machine", "files": {relative path: {"sha256", "bytes"}}}
@@ -33,14 +34,6 @@ ASSETS = "assets"  # files of fitted preprocessing ops (e.g. tokenizer.json), co
 VERSION = 1
 PACKAGES = ("jax", "jaxlib", "flax", "numpy", "ml-collections", "jax2onnx", "onnx", "onnxruntime",
             "tensorflow", "tensorflow-cpu", "ai-edge-litert")
-# Class names of datasets whose loaders do not declare LABEL_NAMES themselves.
-KNOWN_LABELS = {
-    "mnist": [str(i) for i in range(10)],
-    "fashion_mnist": ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
-                      "Ankle boot"],
-}
-
-
 class VerifyError(RuntimeError):
   """An export directory does not match its manifest; the message names every bad file."""
 
@@ -75,14 +68,12 @@ def versions() -> dict:
   return found
 
 
-def label_names(dataset: str) -> list[str] | None:
-  from research.registry import DATASETS
+def label_names(config, workdir: Path | None = None) -> list[str] | None:
+  """The class names of the run's dataset, index by index: as recorded in the workdir, else the dataset's."""
+  from research.data import spec as data_spec
 
-  if dataset in DATASETS:
-    names = getattr(sys.modules.get(DATASETS.get(dataset).__module__), "LABEL_NAMES", None)
-    if names is not None:
-      return [str(n) for n in names]
-  return KNOWN_LABELS.get(dataset)
+  record = data_spec.read(workdir) if workdir else None
+  return record["label_names"] if record else data_spec.label_names(config.data.name)
 
 
 def _jsonable(value):
@@ -126,10 +117,30 @@ def preprocessing(config, raw: dict[str, np.ndarray] | None = None, workdir: Pat
       if isinstance(entry["state"], dict) and entry["state"].get("file"):  # copied by copy_assets
         entry["file"] = f"{ASSETS}/{entry['state']['file']}"
     resolved.append(entry)
-  result = {"pipeline": config.data.preprocess, "ops": resolved, "input_key": config.data.input_key}
+  result = {"clean": cleaning(config), "pipeline": config.data.preprocess, "ops": resolved,
+            "input_key": config.data.input_key}
   if raw:
-    result["raw_inputs"] = {k: {"shape": [None, *v.shape[1:]], "dtype": str(v.dtype)} for k, v in raw.items()}
+    from research.data import spec as data_spec
+
+    result["raw_inputs"] = {k: {"shape": [None, *c["shape"]], "dtype": c["dtype"]}  # text: "str"
+                            for k, c in data_spec.columns(raw).items()}
   return result
+
+
+def cleaning(config) -> dict:
+  """The cleaning training applied to whole splits before preprocessing (research/data/clean.py), each op with
+  its parameters resolved: text normalization rewrites every example, so a server applies it too."""
+  from research.data import clean
+
+  ops = []
+  for text, (fn, args, kwargs) in zip(filter(None, (p.strip() for p in config.data.clean.split("|"))),
+                                      clean.parse(config.data.clean)):
+    bound = inspect.signature(fn).bind(None, *args, **kwargs)
+    bound.apply_defaults()
+    params = {k: v for k, v in list(bound.arguments.items())[1:]}
+    ops.append({"name": text.split("(")[0].strip(), "params": _jsonable(params),
+                "doc": " ".join((inspect.getdoc(fn) or "").split("\n\n")[0].split())})
+  return {"pipeline": config.data.clean, "ops": ops}
 
 
 def copy_assets(config, workdir: Path, directory: Path) -> list[str]:
@@ -188,7 +199,7 @@ def build(ex, workdir: Path, artifacts: dict, raw: dict[str, np.ndarray] | None 
       "inputs": [s.to_json() for s in ex.inputs],
       "outputs": outputs,
       "preprocessing": preprocessing(ex.config, raw, workdir),
-      "labels": label_names(ex.config.data.name),
+      "labels": label_names(ex.config, workdir),
       "reference": _jsonable(reference or {}),
       "artifacts": _jsonable(artifacts),
       "versions": versions(),

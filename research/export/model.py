@@ -98,6 +98,10 @@ class Exportable:
     """Consecutive batches of `sizes` real examples of `split`, as this exportable's input arrays."""
     return [self.inputs_of(b) for b in real_batches(self.config, split, sizes, offset, self.preprocess)]
 
+  def inputs_from(self, arrays: dict[str, np.ndarray], sizes: Sequence[int]) -> list[list[np.ndarray]]:
+    """Consecutive batches of `sizes` examples of raw `arrays`, as this exportable's input arrays."""
+    return [self.inputs_of(b) for b in batches_from(arrays, sizes, self.preprocess)]
+
   def reference(self) -> Callable[..., list[np.ndarray]]:
     """The JAX function that every artifact is compared against: jitted, numpy in and out."""
     fn = jax.jit(self.apply)
@@ -131,8 +135,8 @@ def from_model(model, config: ml_collections.ConfigDict, meta: dict, sample: Seq
     module = nnx.merge(graphdef, rng_state, jax.tree.unflatten(treedef, list(weights)))
     # The fast formulations speed up training's backward pass only, and the strided-slice max-pool becomes a
     # dynamic gather under a dynamic batch, which TFLite cannot convert: artifacts use the reference ones.
-    with fast_paths.reference():
-      return _as_tuple(fn(module, *inputs))
+    fast_paths.configure(module, False)
+    return _as_tuple(fn(module, *inputs))
 
   specs = [InputSpec(name, tuple(int(d) for d in x.shape[1:]), str(np.dtype(x.dtype)))
            for name, x in zip(input_names, sample)]
@@ -156,9 +160,10 @@ def export_spec(model, batch: dict) -> tuple[Callable, dict[str, np.ndarray], li
 
 
 def for_model(model, config: ml_collections.ConfigDict, meta: dict, preprocess: Callable,
-              split: str = "test") -> Exportable:
-  """The Exportable of a built or trained model: its `export_fn` if it has one, else `model(x, train=False)`."""
-  batch = real_batches(config, split, [2], preprocess=preprocess)[0]
+              examples: dict[str, np.ndarray]) -> Exportable:
+  """The Exportable of a built or trained model: its `export_fn` if it has one, else `model(x, train=False)`.
+  `examples` are raw examples (at least 2: real ones, or `research.data.spec.synthetic`) that fix the inputs."""
+  batch = batches_from(examples, [2], preprocess)[0]
   if not hasattr(model, "export_fn"):
     return from_model(model, config, meta, [batch[config.data.input_key]], [config.data.input_key],
                       preprocess=preprocess)
@@ -173,47 +178,56 @@ def for_model(model, config: ml_collections.ConfigDict, meta: dict, preprocess: 
                     batch_inputs=batch_inputs)
 
 
-def from_workdir(workdir: str | Path, step: str | int | None = "latest") -> Exportable:
-  """The model of a training run at `step` ("latest", "best" or a number)."""
+def trained(workdir: str | Path, step: str | int | None = "latest"):
+  """(model, config, checkpoint metadata) of a training run at `step` ("latest", "best" or a number)."""
   from research.train.experiment import trained_model
 
   absl = logging.getLogger("absl")
   level = absl.level
   absl.setLevel(logging.ERROR)  # Orbax warns that a read-only checkpoint manager is read-only.
   try:
-    model, config, meta = trained_model(workdir, step)
+    return trained_model(workdir, step)
   finally:
     absl.setLevel(level)
-  return for_model(model, config, meta, preprocessor(config, workdir))
 
 
-def preprocessor(config: ml_collections.ConfigDict, workdir: str | Path | None = None) -> Callable:
-  """The run's preprocessing function of a batch dict, as training applied it."""
-  from research.data import ops
+def from_workdir(workdir: str | Path, step: str | int | None = "latest",
+                 examples: dict[str, np.ndarray] | None = None) -> Exportable:
+  """The model of a training run at `step`; its inputs are fixed by `examples` (default: what sizes the model,
+  research/train/experiment.py:model_examples, so no dataset is needed)."""
   from research.train import experiment
 
-  if workdir is not None and hasattr(experiment, "preprocessor"):  # fitted ops: state kept in the workdir
-    return experiment.preprocessor(config, workdir)
-  return ops.build(config.data.preprocess)
+  model, config, meta = trained(workdir, step)
+  if examples is None:
+    examples = experiment.model_examples(config, workdir)
+  return for_model(model, config, meta, experiment.preprocessor(config, workdir), examples)
 
 
-def real_batches(config: ml_collections.ConfigDict, split: str, sizes: Sequence[int], offset: int = 0,
-                 preprocess: Callable | None = None) -> list[dict[str, np.ndarray]]:
-  """Consecutive batches of `sizes` examples of the real `split`, preprocessed as in training (dicts).
-
-  Batches wrap around the split if it is shorter than their total.
-  """
-  from research.data import get_split
-
-  arrays = get_split(config.data.name, split)
+def batches_from(arrays: dict[str, np.ndarray], sizes: Sequence[int], preprocess: Callable,
+                 offset: int = 0) -> list[dict[str, np.ndarray]]:
+  """Consecutive batches of `sizes` examples of `arrays`, preprocessed (dicts); they wrap around short arrays."""
   n = len(next(iter(arrays.values())))
-  preprocess = preprocess or preprocessor(config)
   batches, start = [], offset
   for size in sizes:
     index = np.arange(start, start + size) % n
     batches.append({k: np.asarray(v) for k, v in preprocess({k: v[index] for k, v in arrays.items()}).items()})
     start += size
   return batches
+
+
+def real_batches(config: ml_collections.ConfigDict, split: str, sizes: Sequence[int], offset: int = 0,
+                 preprocess: Callable | None = None) -> list[dict[str, np.ndarray]]:
+  """Consecutive batches of `sizes` examples of the real `split`, cleaned and preprocessed as in training."""
+  from research.train import experiment
+
+  return batches_from(experiment.load_split(config, split), sizes, preprocess or ops_only(config), offset)
+
+
+def ops_only(config: ml_collections.ConfigDict) -> Callable:
+  """The config's preprocessing without fitted state (for pipelines with no fitted op)."""
+  from research.data import ops
+
+  return ops.build(config.data.preprocess)
 
 
 def real_inputs(config: ml_collections.ConfigDict, split: str, sizes: Sequence[int], offset: int = 0,
@@ -226,14 +240,16 @@ def real_inputs(config: ml_collections.ConfigDict, split: str, sizes: Sequence[i
 
 
 def labeled_inputs(config: ml_collections.ConfigDict, split: str, limit: int | None = None,
-                   preprocess: Callable | None = None) -> tuple[list[np.ndarray], np.ndarray] | None:
-  """(inputs, labels) of the first `limit` (default all) examples of `split`, preprocessed; None without labels."""
-  from research.data import get_split
+                   preprocess: Callable | None = None, arrays: dict[str, np.ndarray] | None = None,
+                   ) -> tuple[list[np.ndarray], np.ndarray] | None:
+  """(inputs, labels) of the first `limit` (default all) examples of `split` (or of `arrays`, already loaded),
+  cleaned and preprocessed as in training; None without labels."""
+  from research.train import experiment
 
-  label_key = config.data.get("label_key", "label")
-  arrays = get_split(config.data.name, split)
+  label_key = config.data.label_key
+  arrays = experiment.load_split(config, split) if arrays is None else arrays
   if label_key not in arrays:
     return None
   arrays = {k: v[:limit] for k, v in arrays.items()}
-  batch = (preprocess or preprocessor(config))(arrays)
+  batch = (preprocess or ops_only(config))(arrays)
   return [np.asarray(batch[config.data.input_key])], np.asarray(arrays[label_key])

@@ -24,6 +24,8 @@ class CNN(nnx.Module):
   `train=False` BatchNorm uses the running averages and dropout is off.
   """
 
+  fast_paths: bool = True  # the max-pool's formulation (research/models/layers/fast_paths.py)
+
   def __init__(self, image_shape: Sequence[int], num_classes: int, *, channels: Sequence[int] = (32, 64),
                kernel_size: int = 5, hidden_size: int = 256, dropout: float = 0.5, bn_momentum: float = 0.9,
                rngs: nnx.Rngs):
@@ -42,7 +44,7 @@ class CNN(nnx.Module):
 
   def __call__(self, x: jax.Array, *, train: bool = False, rngs: nnx.Rngs | None = None) -> jax.Array:
     for block in self.blocks:
-      x = max_pool(block(x, train=train), 2)
+      x = max_pool(block(x, train=train), 2, fast=self.fast_paths)
     x = jax.nn.relu(self.hidden(x.reshape(x.shape[0], -1)))
     return self.head(self.dropout(x, deterministic=not train, rngs=rngs))
 

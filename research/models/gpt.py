@@ -37,10 +37,12 @@ Cache = list[dict[str, jax.Array]]  # per layer: {"k", "v": float[B, max_len, he
 class CausalSelfAttention(nnx.Module):
   """Multi-head self-attention where position t attends to positions <= t.
 
-  Inputs:  float[B, T, dim]; optionally a layer cache {"k", "v": float[B, S, heads, head_dim]} and the
+  :Inputs:  float[B, T, dim]; optionally a layer cache {"k", "v": float[B, S, heads, head_dim]} and the
            position `index` of x's first token in it.
-  Outputs: (float[B, T, dim], the updated cache or None).
+  :Outputs: (float[B, T, dim], the updated cache or None).
   """
+
+  fast_paths: bool = True  # research/models/layers/fast_paths.py
 
   def __init__(self, dim: int, num_heads: int, *, dropout: float, residual_init, rngs: nnx.Rngs):
     if dim % num_heads:
@@ -63,7 +65,8 @@ class CausalSelfAttention(nnx.Module):
       cache = {"k": keys, "v": values}
       mask = jnp.arange(keys.shape[1])[None, :] <= (index + jnp.arange(t))[:, None]  # [T, S]
     dropout = partial(self.attn_dropout, rngs=rngs) if train and self.attn_dropout.rate > 0 else None
-    out = dot_product_attention(q, keys, values, mask, dropout, is_causal=cache is None).reshape(b, t, dim)
+    out = dot_product_attention(q, keys, values, mask, dropout, is_causal=cache is None,
+                                fast=self.fast_paths).reshape(b, t, dim)
     return self.resid_dropout(self.proj(out), deterministic=not train, rngs=rngs), cache
 
 

@@ -2,6 +2,7 @@
 
 `config.compute_dtype = "bfloat16"` applies one of two recipes to the built
 model, chosen by the backend:
+
   - `activations` (GPUs, TPUs): sets the computation dtype (`dtype`) of every
     Flax layer that has one (Linear, Conv, Embed, LayerNorm, BatchNorm, the RNN
     cells). Each layer casts its float32 parameters and its input to bfloat16
@@ -14,13 +15,16 @@ model, chosen by the backend:
     ones, while bfloat16 activations made whole steps slower (bfloat16 results
     and elementwise work run at float32 speed or below) and convolutions
     gained nothing.
+
 Both keep float32:
+
   - parameters, gradients and the optimizer state (the casts are differentiated,
     so gradients reach the float32 parameters);
   - normalization statistics (Flax computes LayerNorm and BatchNorm statistics
     in float32) and BatchNorm's running averages;
   - the attention softmax (research/models/layers/attention_core.py) and the
     losses: the logits are cast to float32 before any log-softmax.
+
 bfloat16 keeps float32's exponent range, so no loss scaling is needed (float16
 would need it, and is not offered). The training loop applies the setting;
 evaluation of a finished run, export and serving build the model in float32

@@ -1,6 +1,6 @@
 """Stacked LSTM / GRU text classifier with a bidirectional option and masked padding.
 
-Registered as "rnn". `config.model` fields:
+Registered as "rnn". `config.model` fields::
 
 | field | meaning |
 |---|---|
@@ -35,10 +35,11 @@ POOLINGS = ("last", "mean", "max")
 class MaskedRNN(nnx.Module):
   """Runs one RNN cell over a sequence, skipping masked steps.
 
-  Inputs:  x float[B, T, in_features]; mask bool[B, T] (True = real step).
-  Outputs: (outputs float[B, T, hidden], last hidden float[B, hidden]). Outputs
+  :Inputs:  x float[B, T, in_features]; mask bool[B, T] (True = real step).
+  :Outputs: (outputs float[B, T, hidden], last hidden float[B, hidden]). Outputs
            are 0 at masked steps; the last hidden state is the one after the last
            real step (after the first real step when `reverse`).
+
   `reverse=True` reads the sequence right to left (outputs stay in input order).
   """
 
@@ -121,4 +122,4 @@ def build_rnn(config, sample: jnp.ndarray, rngs: nnx.Rngs) -> RNNClassifier:
   return RNNClassifier(
       config.vocab_size, config.num_classes, cell=config.cell, embed_dim=config.embed_dim,
       hidden_size=config.hidden_size, num_layers=config.num_layers, bidirectional=config.bidirectional,
-      pooling=config.pooling, dropout=config.dropout, pad_id=config.get("pad_id", 0), rngs=rngs)
+      pooling=config.pooling, dropout=config.dropout, pad_id=config.pad_id, rngs=rngs)

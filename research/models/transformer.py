@@ -1,6 +1,6 @@
 """Transformer encoder text classifier: pre-LayerNorm blocks, a padding mask, mean or CLS pooling.
 
-Registered as "transformer". `config.model` fields:
+Registered as "transformer". `config.model` fields::
 
 | field | meaning |
 |---|---|

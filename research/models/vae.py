@@ -117,8 +117,8 @@ class ConvDecoder(nnx.Module):
 class VAE(nnx.Module):
   """Variational autoencoder of images.
 
-  Inputs:  float[B, H, W, C] images with values in [0, 1].
-  Outputs (`__call__`): (logits float[B, H, W, C] of the Bernoulli decoder, mean float[B, latent],
+  :Inputs:  float[B, H, W, C] images with values in [0, 1].
+  :Outputs (`__call__`): (logits float[B, H, W, C] of the Bernoulli decoder, mean float[B, latent],
            logvar float[B, latent]); z is sampled with `rngs.dropout()` when rngs is given, else z = mean.
 
   architecture "mlp": Dense layers of `hidden_sizes` (decoder mirrored). "conv": stride-2 convolutions

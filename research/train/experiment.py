@@ -15,11 +15,13 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
+from research import config as config_lib
 from research import models, optim, parallel  # noqa: F401  (models: registers the zoo)
 from research.checkpoint import Checkpointer
 from research.data import clean, ops
+from research.data import spec as data_spec
 from research.data.sources import get_split
-from research.errors import ConfigError
+from research.errors import ConfigError, DataUnavailableError
 from research.models.layers import fast_paths
 from research.registry import MODELS
 from research.train import state as state_lib
@@ -27,7 +29,7 @@ from research.train import state as state_lib
 
 def load_split(config, split: str) -> dict[str, np.ndarray]:
   """A split of the configured dataset, after the config's cleaning (research/data/clean.py)."""
-  return clean.apply(config.data.get("clean", ""), get_split(config.data.name, split))
+  return clean.apply(config.data.clean, get_split(config.data.name, split))
 
 
 def preprocessor(config, workdir: str | Path, train_arrays: dict[str, np.ndarray] | None = None):
@@ -36,10 +38,10 @@ def preprocessor(config, workdir: str | Path, train_arrays: dict[str, np.ndarray
 
 
 def build_model(config, arrays: dict[str, np.ndarray], preprocess) -> nnx.Module:
-  """The registered model, sized by two preprocessed examples of `arrays`; sets the layers' fast paths."""
-  fast_paths.set_enabled(config.get("fast_paths", True))
+  """The registered model, sized by two preprocessed examples of `arrays`, with `config.fast_paths`."""
   sample = preprocess({k: v[:2] for k, v in arrays.items()})[config.data.input_key]
-  return MODELS.get(config.model.name)(config.model, sample, nnx.Rngs(config.seed))
+  model = MODELS.get(config.model.name)(config.model, sample, nnx.Rngs(config.seed))
+  return fast_paths.configure(model, config.fast_paths)
 
 
 def build_state(config, model: nnx.Module, total_steps: int, mesh):
@@ -53,7 +55,7 @@ def load_config(workdir: str | Path) -> ml_collections.ConfigDict:
   path = Path(workdir) / "config.json"
   if not path.exists():
     raise ConfigError(f"{path} does not exist: is {workdir} the workdir of a training run?")
-  return ml_collections.ConfigDict(json.loads(path.read_text()))
+  return config_lib.with_defaults(json.loads(path.read_text()))
 
 
 def resolve_step(checkpoints: Checkpointer, step: str | int | None) -> int | None:
@@ -74,12 +76,31 @@ def resolve_step(checkpoints: Checkpointer, step: str | int | None) -> int | Non
   return int(step)
 
 
+def model_examples(config, workdir: str | Path) -> dict[str, np.ndarray]:
+  """Raw examples that size the run's model: synthetic ones from WORKDIR/dataset.json (no data needed), or the
+  training split for a workdir written before that record existed."""
+  record = data_spec.read(workdir)
+  if record is not None:
+    return data_spec.synthetic(record["columns"], 2)
+  return load_split(config, "train")
+
+
+def test_split(config, log=None) -> dict[str, np.ndarray] | None:
+  """The cleaned test split, or None (saying why through `log`) when no source of the dataset is reachable."""
+  try:
+    return load_split(config, "test")
+  except DataUnavailableError:
+    if log:
+      log(f"no test data: dataset {config.data.name!r} cannot be loaded from any source here")
+    return None
+
+
 def restore(workdir: str | Path, step: str | int | None = "latest", config=None):
   """Reads a trained run back: returns (config, graphdef, state, meta) on the current devices."""
   workdir = Path(workdir)
   config = config or load_config(workdir)
   mesh = parallel.make_mesh(config)
-  model = build_model(config, load_split(config, "train"), preprocessor(config, workdir))
+  model = build_model(config, model_examples(config, workdir), preprocessor(config, workdir))
   graphdef, state, _, _ = build_state(config, model, 1, mesh)
   checkpoints = Checkpointer(workdir / "checkpoints", every=0, keep=0, read_only=True)
   restored = checkpoints.restore(state, resolve_step(checkpoints, step))

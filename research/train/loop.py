@@ -20,9 +20,10 @@ import numpy as np
 from flax import nnx
 
 from research import config as config_lib
-from research import metrics, parallel, xla_flags
+from research import host_memory, metrics, parallel, xla_flags
 from research.checkpoint import Checkpointer
 from research.data import augment, clean, ops
+from research.data import spec as data_spec
 from research.data.pipeline import Pipeline, WaitTimer, eval_batches, prepared
 from research.errors import CheckpointError, ConfigError, TrainingError, brief
 from research.logging import MetricWriter, Progress
@@ -54,12 +55,12 @@ def check(config) -> None:
   DATASETS.get(config.data.name)
   ops.parse(config.data.preprocess)
   augment.build(config.data.augment)
-  clean.parse(config.data.get("clean", ""))
+  clean.parse(config.data.clean)
   if config.parallel.strategy not in STRATEGIES:
     raise ConfigError(f"parallel.strategy={config.parallel.strategy!r}; choose one of {', '.join(STRATEGIES)}.")
-  if config.get("xla_profile", "default") not in xla_flags.PROFILES:
+  if config.xla_profile not in xla_flags.PROFILES:
     raise ConfigError(f"xla_profile={config.xla_profile!r}; choose one of {', '.join(xla_flags.PROFILES)}.")
-  precision.check(config.get("compute_dtype", "float32"))
+  precision.check(config.compute_dtype)
   if config.nan_policy not in NAN_POLICIES:
     raise ConfigError(f"nan_policy={config.nan_policy!r}; choose one of {', '.join(NAN_POLICIES)}.")
   if config.train.steps <= 0 and config.train.epochs <= 0:
@@ -72,8 +73,6 @@ def check(config) -> None:
     raise ConfigError(f"checkpoint.best_mode={config.checkpoint.best_mode!r}; choose 'max' or 'min'.")
   if config.train.early_stopping_patience and not config.checkpoint.best_metric:
     raise ConfigError("train.early_stopping_patience needs checkpoint.best_metric (e.g. 'accuracy') to watch.")
-  if config.checkpoint.best_metric and not config.train.eval_every:
-    raise ConfigError("checkpoint.best_metric ranks eval results: set train.eval_every > 0.")
 
 
 def _make_workdir(workdir: Path) -> None:
@@ -113,18 +112,21 @@ def train(config, workdir: str | Path) -> dict[str, float]:
   """Trains `config` in `workdir` (resuming if it holds checkpoints); returns the last eval metrics."""
   # --- Config: validate and record. -------------------------------------------------------------
   check(config)
-  flags_warning = xla_flags.use(config.get("xla_profile", "default"))  # before anything below starts JAX
+  flags_warning = xla_flags.use(config.xla_profile)  # before anything below starts JAX
+  host_memory.apply()
   workdir = Path(workdir).absolute()
   mesh = parallel.make_mesh(config)
   parallel.check_batch_size(config.data.batch_size, mesh, "data.batch_size")
   parallel.check_batch_size(config.data.eval_batch_size, mesh, "data.eval_batch_size")
   _make_workdir(workdir)
   changed = config_lib.save(config, workdir)
-  compilation.enable(config.get("compilation_cache", ""), workdir)
+  compilation.enable(config.compilation_cache, workdir)
 
   # --- Data. --------------------------------------------------------------------------------------
   train_arrays = experiment.load_split(config, "train")
   test_arrays = experiment.load_split(config, "test")
+  sizes = {"train": len(next(iter(train_arrays.values()))), "test": len(next(iter(test_arrays.values())))}
+  data_spec.write(workdir, data_spec.describe(config, train_arrays, sizes))  # rebuilds the model without data
   preprocess = experiment.preprocessor(config, workdir, train_arrays)
   preprocess_state = ops.fit_states(config.data.preprocess, None, workdir)  # fitted stats/tokenizers, kept in checkpoints
   pipeline = Pipeline(train_arrays, batch_size=config.data.batch_size, sharding=parallel.batch_sharding(mesh),
@@ -134,7 +136,7 @@ def train(config, workdir: str | Path) -> dict[str, float]:
 
   # --- Model, optimizer, state. -------------------------------------------------------------------
   model = precision.set_compute_dtype(experiment.build_model(config, train_arrays, preprocess),
-                                     config.get("compute_dtype", "float32"))
+                                     config.compute_dtype)
   summarize = getattr(model, "summarize", metrics.summarize)
   summary_batch = preprocess({k: v[:16] for k, v in test_arrays.items()})  # fixed examples for summaries
   graphdef, state, tx, schedule = experiment.build_state(config, model, total_steps, mesh)
@@ -239,6 +241,9 @@ def train(config, workdir: str | Path) -> dict[str, float]:
             trained = nnx.merge(graphdef, state.params, state.model_state)
             writer.summaries(step, trained.summaries(summary_batch, jax.random.fold_in(state.rng, step)))
           if cc.best_metric:
+            if cc.best_metric not in eval_metrics:
+              raise ConfigError(f"checkpoint.best_metric={cc.best_metric!r} is not an eval metric of this run; "
+                                f"choose one of {', '.join(sorted(eval_metrics))}.")
             value = eval_metrics[cc.best_metric]
             if best_value is None or (value > best_value if cc.best_mode == "max" else value < best_value):
               best_value, bad_evals = value, 0

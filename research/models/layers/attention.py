@@ -39,10 +39,12 @@ def _broadcast_mask(mask: jax.Array | None) -> jax.Array | None:
 class MultiHeadAttention(nnx.Module):
   """Multi-head scaled dot-product self-attention.
 
-  Inputs:  x float[B, L, dim]; mask bool[B, L] (True = real token) or one that
+  :Inputs:  x float[B, L, dim]; mask bool[B, L] (True = real token) or one that
            broadcasts to [B, num_heads, L, L]; None attends everywhere.
-  Outputs: float[B, L, dim].
+  :Outputs: float[B, L, dim].
   """
+
+  fast_paths: bool = True  # research/models/layers/fast_paths.py
 
   def __init__(self, dim: int, num_heads: int, *, dropout: float = 0.0, rngs: nnx.Rngs):
     if dim % num_heads:
@@ -58,7 +60,7 @@ class MultiHeadAttention(nnx.Module):
     b, length, dim = x.shape
     q, k, v = jnp.split(self.qkv(x).reshape(b, length, 3 * self.num_heads, self.head_dim), 3, axis=2)
     dropout = partial(self.dropout, rngs=rngs) if train and self.dropout.rate > 0 else None
-    return self.out(dot_product_attention(q, k, v, _broadcast_mask(mask), dropout).reshape(b, length, dim))
+    return self.out(dot_product_attention(q, k, v, _broadcast_mask(mask), dropout, fast=self.fast_paths).reshape(b, length, dim))
 
 
 class TransformerBlock(nnx.Module):

@@ -1,8 +1,9 @@
 """Scaled dot-product attention, `softmax(q k^T / sqrt(d)) v`, with a boolean mask.
 
 The reference formulation is the textbook one, differentiated by JAX. With the
-fast paths on (the default, research/models/layers/fast_paths.py), on XLA:CPU
+fast paths on (the default), on XLA:CPU
 the core has a custom VJP instead:
+
   - heads first, and the keys transposed once, so every matmul is a plain
     batched [L, d] x [d, L] or [L, L] x [L, d] product (XLA:CPU ran the
     batched products it chose for the einsums at 25-48 GFLOP/s, the plain
@@ -10,9 +11,10 @@ the core has a custom VJP instead:
   - the backward pass reuses the saved probabilities in the closed form
     `ds = p * (dp - rowsum(do * o))`, where autodiff of the softmax recomputed
     and broadcast its normalizer (a materialized float32[B, H, L, L] per layer).
+
 For the benchmark Transformer's attention (batch 32, 4 heads, 128 tokens, head
 size 32) forward plus backward took 20.6 ms in the reference formulation and
-14.5 ms in this one (the README's "The CPU investigation"). Attention dropout
+14.5 ms in this one (docs/performance.md). Attention dropout
 keeps the reference path's random mask. On NVIDIA GPUs, causal attention in
 bfloat16 (the GPT under mixed precision) runs cuDNN's fused kernel; other
 cases on other backends use the reference formulation.
@@ -26,27 +28,27 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from research.models.layers import fast_paths
 
 
 def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None = None,
                           dropout: Callable[[jax.Array], jax.Array] | None = None, *,
-                          is_causal: bool = False) -> jax.Array:
+                          is_causal: bool = False, fast: bool = True) -> jax.Array:
   """Attention of q float[B, Lq, H, d] over k, v float[B, Lk, H, d]: float[B, Lq, H, d].
 
   `mask` is boolean, True where a query may attend to a key, and broadcasts to [B, H, Lq, Lk] (None: everywhere);
   `is_causal` also masks every key after its query's position. Masked keys get a weight of exactly 0.
   `dropout`, if given (an `nnx.Dropout` in training), is applied to the attention weights.
+  `fast` picks the fast formulation where one applies (above; a model's setting, research/models/layers/fast_paths.py).
   """
   if is_causal:
     causal = jnp.arange(k.shape[1])[None, :] <= jnp.arange(q.shape[1])[:, None]  # (a comparison: ONNX-exportable)
-    if mask is None and dropout is None and fast_paths.enabled() and jax.default_backend() == "gpu":
+    if mask is None and dropout is None and fast and jax.default_backend() == "gpu":
       flash = _cudnn_causal(q, k, v)
       if flash is not None:
         return flash
     mask = causal if mask is None else mask & causal
   scale = 1.0 / math.sqrt(q.shape[-1])
-  if not (fast_paths.enabled() and jax.default_backend() == "cpu"):
+  if not (fast and jax.default_backend() == "cpu"):
     logits = (jnp.einsum("bqhd,bkhd->bhqk", q, k) * scale).astype(jnp.float32)  # softmax in float32
     if mask is not None:
       logits = jnp.where(mask, logits, jnp.finfo(logits.dtype).min)  # exp() of it is exactly 0

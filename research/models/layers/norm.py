@@ -24,7 +24,6 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from research.models.layers import fast_paths
 from research.models.layers.reductions import batch_sum, batch_sums
 
 
@@ -78,9 +77,11 @@ class BatchNorm(nnx.BatchNorm):
   Inputs:  float[..., features]. Outputs: the same shape.
   """
 
+  fast_paths: bool = True  # the closed-form training-mode backward (research/models/layers/fast_paths.py)
+
   def __call__(self, x, use_running_average: bool | None = None, *, mask=None):
     use_running_average = self.use_running_average if use_running_average is None else use_running_average
-    fast = (fast_paths.enabled() and not use_running_average and mask is None and self.axis_name is None
+    fast = (self.fast_paths and not use_running_average and mask is None and self.axis_name is None
             and not _varying(x)
             and self.axis in (-1, x.ndim - 1) and self.dtype is None and self.scale is not None
             and self.bias is not None)

@@ -3,15 +3,15 @@
 `max_pool` with non-overlapping windows (strides == window, VALID padding, the
 usual 2x2/2) gives the same outputs as `flax.nnx.max_pool` (XLA's
 `reduce_window`) without its backward pass, `select_and_scatter`, which on
-XLA:CPU dominated a small CNN's train step. With the fast paths on (the
-default, research/models/layers/fast_paths.py) a window's maximum is a tree of
+XLA:CPU dominated a small CNN's train step. With `fast=True` (the
+default; a model's setting, research/models/layers/fast_paths.py) a window's maximum is a tree of
 elementwise maxima over strided slices, and its backward pass is a custom VJP:
 one elementwise pass, `dx = (x == upsampled y) * upsampled(dy / ties)`. The
 reference formulation reshapes each window into its own axes and takes a `max`.
 Autodiff of the tree of maxima was a chain of selects, divisions and pads that
 XLA:CPU fused with a recomputation of the BatchNorm and ReLU before it: 21.7 ms
 of the benchmark CNN's step for float32[128, 28, 28, 32]; the custom VJP's
-pass takes ~4 ms there (the README's "The CPU investigation").
+pass takes ~4 ms there (docs/performance.md).
 Where a window holds several equal maxima the gradient is shared equally among
 them, as for the reference `max` (`reduce_window` gives it all to one); with
 continuous inputs ties do not occur, and after a ReLU tied zeros get zero
@@ -27,7 +27,6 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from research.models.layers import fast_paths
 
 
 def _pair(value: int | Sequence[int]) -> tuple[int, int]:
@@ -35,8 +34,8 @@ def _pair(value: int | Sequence[int]) -> tuple[int, int]:
 
 
 def max_pool(x: jax.Array, window: int | Sequence[int] = 2, strides: int | Sequence[int] | None = None,
-             padding: str = "VALID") -> jax.Array:
-  """Max pooling of float[N, H, W, C] -> float[N, H', W', C].
+             padding: str = "VALID", *, fast: bool = True) -> jax.Array:
+  """Max pooling of float[N, H, W, C] -> float[N, H', W', C]; `fast` picks the fast formulation (above).
 
   VALID padding drops the rows and columns that do not fill a window, like
   `nnx.max_pool`: a 7x7 map pooled 2x2/2 gives 3x3.
@@ -48,7 +47,7 @@ def max_pool(x: jax.Array, window: int | Sequence[int] = 2, strides: int | Seque
   (kh, kw), (n, h, w, c) = window, x.shape
   oh, ow = h // kh, w // kw
   x = x[:, :oh * kh, :ow * kw, :]
-  if fast_paths.enabled():
+  if fast:
     return _window_max(x, (kh, kw))
   return jnp.max(x.reshape(n, oh, kh, ow, kw, c), axis=(2, 4))
 
