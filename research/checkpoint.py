@@ -1,9 +1,11 @@
 """Checkpoints: an Orbax CheckpointManager holding the TrainState and the data position.
 
-On disk, `WORKDIR/checkpoints/<step>/` has two items:
+On disk, `WORKDIR/checkpoints/<step>/` has two items::
+
   state/  the TrainState as a nested dict with string keys only
           (params/hidden/0/kernel, opt_state/1/0/mu/..., step, rng);
   meta/   JSON: {"format_version", "step", "data": {"epoch", "index"}}.
+
 Orbax writes each step into a temporary directory and renames it when complete,
 so a half-written checkpoint is never listed. Saves are asynchronous: `save`
 returns once device arrays are copied to host memory.

@@ -11,7 +11,7 @@
 
 and removes `batch["text"]` (strings cannot become device arrays).
 
-Kinds, all built with HF `tokenizers` and saved as one `tokenizer.json`:
+Kinds, all built with HF `tokenizers` and saved as one `tokenizer.json`::
 
 | kind        | model                               | round trip |
 |-------------|-------------------------------------|------------|

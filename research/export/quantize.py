@@ -1,4 +1,4 @@
-"""Post-training int8 quantization of the float artifacts exported in the same run.
+"""Post-training int8 quantization of the float artifacts exported in the same run. ::
 
     onnx_int8_dynamic  model.int8_dynamic.onnx  onnxruntime.quantization.quantize_dynamic: int8 weights of
                                                 MatMuls, activations quantized on the fly per batch
