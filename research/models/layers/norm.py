@@ -11,7 +11,7 @@ ones on XLA:CPU (`reductions.batch_sum`); the batch statistics' two sums
 take one fused pass over the activations first (`reductions.batch_sums`).
 XLA's autodiff of the textbook
 formula takes several passes over the activations; on XLA:CPU this backward
-pass was ~4x faster (the README's "The CPU investigation"). The batch statistics are
+pass was ~4x faster (docs/performance.md, "The CPU investigation"). The batch statistics are
 those of nnx.BatchNorm (mean and E[x^2] - mean^2 over every axis but the
 last); the running averages update the same way.
 """
