@@ -1,4 +1,4 @@
-"""manifest.json: everything a server or an app needs to use an export directory, and its checksums.
+"""manifest.json: everything a server or an app needs to use an export directory, and its checksums. ::
 
     {"manifest_version", "created", "model": {"name", "config"}, "config",
      "source": {"workdir", "step", "eval"},
