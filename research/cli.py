@@ -1,28 +1,115 @@
-"""Command-line plumbing shared by scripts/: parse flags and overrides, report errors in one line."""
+"""Command-line plumbing shared by scripts/: parse flags and overrides, report errors in one line.
+
+`main` sets the process up before anything imports JAX: other libraries'
+warnings go to a log file unless `--verbose` (research/console.py), then the
+malloc settings (research/host_memory.py) and the default XLA flags
+(research/xla_flags.py) are applied. `--help` imports no JAX, so it is quick.
+"""
 
 from __future__ import annotations
 
 import argparse
+import ast
+import contextlib
 import json
+import os
 import sys
 from pathlib import Path
+from typing import Iterator
 
-from research import atomic
+from research import console, host_memory, xla_flags
 from research.errors import CheckpointError, ConfigError, DataUnavailableError, TrainingError
+
+CONFIGS_DIR = Path(__file__).resolve().parents[1] / "configs"
+
+
+class Parser(argparse.ArgumentParser):
+  """argparse with errors as one-line ConfigErrors (argparse prints usage and the message on two lines)."""
+
+  def error(self, message):
+    raise ConfigError(f"{message} (see --help)")
+
+
+def parse_step(text: str) -> str | int:
+  """--step: 'latest', 'best' or a step number."""
+  if text in ("latest", "best"):
+    return text
+  try:
+    return int(text)
+  except ValueError:
+    raise ConfigError(f"--step must be latest, best or a checkpoint step number, not {text!r}.") from None
+
+
+# --- train -------------------------------------------------------------------------------------------------
+
+
+def _config_variants(tree: ast.Module) -> list[str]:
+  """The variant names a config's get_config compares `arg` with (`arg == "smoke"`, `arg in ("a", "b")`)."""
+  found = []
+  for node in ast.walk(tree):
+    if isinstance(node, ast.Compare) and isinstance(node.left, ast.Name) and node.left.id == "arg":
+      for op, other in zip(node.ops, node.comparators):
+        values = other.elts if isinstance(op, ast.In) and isinstance(other, (ast.Tuple, ast.List, ast.Set)) else [other]
+        if isinstance(op, (ast.Eq, ast.In)):
+          found += [v.value for v in values if isinstance(v, ast.Constant) and isinstance(v.value, str)]
+  return list(dict.fromkeys(found))
+
+
+def configs_help(directory: Path = CONFIGS_DIR) -> str:
+  """One line per config file: name, variants, and the first line of its docstring (read, never run)."""
+  lines = []
+  for path in sorted(directory.glob("*.py")):
+    if path.name.startswith("_"):
+      continue
+    try:
+      tree = ast.parse(path.read_text())
+    except (OSError, SyntaxError, ValueError):
+      continue
+    summary = (ast.get_docstring(tree) or "").strip().splitlines()
+    variants = _config_variants(tree)
+    name = path.stem + "".join(f"[:{v}]" for v in variants)
+    text = summary[0] if summary else ""
+    lines.append(f"  {name:<30} {text}".rstrip() if len(name) < 30 else f"  {name}\n  {'':<30} {text}".rstrip())
+  return "\n".join(lines) or "  (none found)"
+
+
+def train_parser() -> Parser:
+  epilog = f"""configs (configs/<name>.py, or configs/<name>.py:<variant>; smoke is a tiny run for checks):
+{configs_help()}
+
+config overrides:
+  Any config field can be set from the command line with --config.KEY=VALUE, e.g.
+    python scripts/train.py --config configs/mnist_mlp.py --workdir runs/mlp \\
+        --config.optimizer.learning_rate=3e-4 --config.train.epochs=2 --config.model.hidden_sizes='(256,)'
+  Every field and its default: research/config.py:defaults(); docs/configs.md explains each one.
+  An unknown key or a value of the wrong type stops the run before any work, naming the nearest key.
+
+The resolved config is written to WORKDIR/config.json. Rerunning the same command resumes from the latest
+checkpoint in WORKDIR."""
+  p = Parser(prog="train.py", description="Train an experiment; rerun the same command to resume.",
+             usage="%(prog)s --config configs/<name>.py[:variant] --workdir DIR [--config.KEY=VALUE ...] [options]",
+             epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
+  p.add_argument("--config", required=True, metavar="FILE[:VARIANT]",
+                 help="the experiment: configs/<name>.py, optionally with a variant, e.g. configs/mnist_mlp.py:smoke")
+  p.add_argument("--workdir", required=True, metavar="DIR",
+                 help="directory for config.json, checkpoints/, metrics.jsonl, tensorboard/ and logs/; "
+                 "created if missing")
+  p.add_argument("--coordinator_address", default=None, metavar="HOST:PORT",
+                 help="multi-process runs: host:port of process 0 (with --num_processes and --process_id); "
+                 "leave out on TPU pods and SLURM, where it is detected")
+  p.add_argument("--num_processes", type=int, default=None, metavar="N",
+                 help="multi-process runs: how many processes take part")
+  p.add_argument("--process_id", type=int, default=None, metavar="I",
+                 help="multi-process runs: this process's index, 0 to N-1")
+  p.add_argument("--verbose", action="store_true", help=console.VERBOSE_HELP)
+  return p
 
 
 def parse_train(argv: list[str]):
   """Returns (args, config) where config has every `--config.key=value` override applied."""
+  args, rest = train_parser().parse_known_args(argv)
   from research import config as config_lib
 
-  parser = argparse.ArgumentParser(description="Train an experiment; rerun to resume.")
-  parser.add_argument("--config", required=True, help="configs/<name>.py[:variant]")
-  parser.add_argument("--workdir", required=True, help="directory for checkpoints, logs and exports")
-  parser.add_argument("--coordinator_address", default=None,
-                      help="multi-process: host:port of process 0 (with --num_processes and --process_id)")
-  parser.add_argument("--num_processes", type=int, default=None)
-  parser.add_argument("--process_id", type=int, default=None)
-  args, rest = parser.parse_known_args(argv)
   overrides = [a for a in rest if a.startswith(config_lib.OVERRIDE_PREFIX)]
   unknown = [a for a in rest if a not in overrides]
   if unknown:
@@ -34,41 +121,85 @@ def parse_train(argv: list[str]):
 
 def train(argv: list[str]) -> None:
   args, config = parse_train(argv)
-  from research import parallel, xla_flags
+  from research import parallel
   from research.train.loop import check, train as run
 
   check(config)
-  xla_flags.apply(profile_name=config.get("xla_profile", "default"))  # before JAX starts its backend
+  xla_flags.apply(profile_name=config.xla_profile)  # before JAX starts its backend
   parallel.initialize(args.coordinator_address, args.num_processes, args.process_id)
   run(config, args.workdir)
 
 
-def evaluate(argv: list[str]) -> None:
-  """Evaluates a checkpoint of a run and writes WORKDIR/eval_<step>.json."""
-  parser = argparse.ArgumentParser(description="Evaluate a checkpoint of a training run.")
-  parser.add_argument("--workdir", required=True)
-  parser.add_argument("--step", default="latest", help="a step number, 'latest' or 'best'")
-  parser.add_argument("--split", default="test")
-  args = parser.parse_args(argv)
-  from research.train.evaluate import evaluate_checkpoint
+# --- evaluate ----------------------------------------------------------------------------------------------
 
-  result = evaluate_checkpoint(args.workdir, args.step, args.split)
-  path = Path(args.workdir) / f"eval_{result['step']}.json"
-  atomic.write_text(path, json.dumps(result, indent=2) + "\n")
-  print(json.dumps(result))
+
+def evaluate_parser() -> Parser:
+  p = Parser(prog="evaluate.py", allow_abbrev=False, formatter_class=argparse.RawDescriptionHelpFormatter,
+             description="Evaluate a checkpoint of a training run on a whole split, exactly as training evaluates.",
+             epilog="Writes WORKDIR/eval/<split>_<step>.json. For a classifier it also reports per-class precision, "
+             "recall, F1\nand the confusion matrix: printed, in the JSON, and drawn in "
+             "WORKDIR/eval/<split>_<step>_confusion.png.\n\n"
+             "  python scripts/evaluate.py --workdir runs/mnist_mlp --step best --split test")
+  p.add_argument("--workdir", required=True, metavar="DIR",
+                 help="the training run's workdir (config.json, checkpoints/)")
+  p.add_argument("--step", default="latest", metavar="STEP",
+                 help="which checkpoint: latest (default), best (the one marked by the config's "
+                 "checkpoint.best_metric), or a step number")
+  p.add_argument("--split", default="test", metavar="SPLIT",
+                 help="the dataset split to evaluate on: test (default) or train")
+  p.add_argument("--json", action="store_true", help="print the full result as one JSON document instead of tables")
+  p.add_argument("--verbose", action="store_true", help=console.VERBOSE_HELP)
+  return p
+
+
+def evaluate(argv: list[str]) -> None:
+  """Evaluates a checkpoint of a run, prints the report and writes WORKDIR/eval/<split>_<step>.json (+ PNG)."""
+  args = evaluate_parser().parse_args(argv)
+  step = parse_step(args.step)
+  if not Path(args.workdir).is_dir():
+    raise ConfigError(f"--workdir {args.workdir} does not exist: give the workdir of a training run "
+                      f"(the --workdir it was trained with).")
+  from research.train import evaluate as evaluate_lib
+
+  result = evaluate_lib.evaluate_checkpoint(args.workdir, step, args.split)
+  written = evaluate_lib.write(result, args.workdir)
+  if args.json:
+    print(json.dumps(result, indent=2))
+    return
+  print(evaluate_lib.report(result))
+  print("wrote " + ", ".join(str(p) for p in written))
 
 
 COMMANDS = {"train": train, "evaluate": evaluate}
 
 
+@contextlib.contextmanager
+def entry_point(argv: list[str], workdir: str | None = None, *, creates_workdir: bool = False) -> Iterator[None]:
+  """The process settings of a script, made before anything imports JAX: the quiet console (research/console.py,
+  unless --verbose), the malloc settings and the library's default XLA flags."""
+  with contextlib.ExitStack() as stack:
+    if not console.verbose_flag(argv):
+      stack.enter_context(console.quiet(console.log_path(workdir, create_workdir=creates_workdir)))
+    host_memory.apply()
+    try:
+      xla_flags.apply()
+    except ValueError as e:  # a bad RESEARCH_XLA_DEFAULTS
+      raise ConfigError(str(e)) from None
+    yield
+
+
 def main(command: str, argv: list[str]) -> int:
   """Runs a command; bad input exits 2 and a failed run exits 1, each with a one-line message."""
   try:
-    COMMANDS[command](argv)
+    with entry_point(argv, console.flag_value(argv, "--workdir"), creates_workdir=command == "train"):
+      COMMANDS[command](argv)
     return 0
   except (ConfigError, DataUnavailableError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
   except (CheckpointError, TrainingError) as e:
     print(f"error: {e}", file=sys.stderr)
+    return 1
+  except BrokenPipeError:  # e.g. `evaluate.py ... | head`: the reader left; say nothing more
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 1

@@ -4,7 +4,7 @@ A batch contributes a dict of sums (e.g. loss_sum, correct, count); batches are
 added key by key (`add`, or `jax.lax.psum` across devices); `summarize` turns
 the totals into reported numbers at the end. Never a mean of means.
 
-Sum keys that `summarize` understands:
+Sum keys that `summarize` understands::
 
 | key(s) | reported |
 |---|---|
@@ -15,6 +15,7 @@ Sum keys that `summarize` understands:
 | `bleu_correct`, `bleu_total` float[4], `bleu_hyp_len`, `bleu_ref_len` | `bleu` (corpus BLEU, 0-100) |
 
 Per-class precision / recall / F1 come from `precision_recall_f1(confusion)`.
+A row per class, with its support: `classification_report(confusion, class_names)`.
 Device-side sums are jax functions of a batch; BLEU's n-gram counts are
 computed on the host (`bleu_sums`), from token sequences.
 """
@@ -75,6 +76,20 @@ def precision_recall_f1(confusion) -> dict[str, np.ndarray]:
   ratio = lambda a, b: np.divide(a, b, out=np.zeros_like(a), where=b > 0)
   return {"precision": ratio(tp, predicted), "recall": ratio(tp, actual), "f1": ratio(2 * tp, predicted + actual)}
 
+
+
+def classification_report(confusion, class_names: Sequence[str] | None = None) -> list[dict]:
+  """One row per class of a summed confusion matrix (rows: true class, columns: predicted):
+  {"class", "precision", "recall", "f1", "support"}, as scikit-learn's `classification_report` (with
+  `zero_division=0`); `support` is how many examples of the class there are. Names default to the indices."""
+  confusion = np.asarray(confusion, np.float64)
+  names = [str(i) for i in range(len(confusion))] if class_names is None else [str(n) for n in class_names]
+  if len(names) != len(confusion):
+    raise ValueError(f"{len(names)} class names for a {len(confusion)}-class confusion matrix.")
+  scores = precision_recall_f1(confusion)
+  support = np.rint(confusion.sum(1)).astype(np.int64)
+  return [{"class": name, "precision": float(scores["precision"][i]), "recall": float(scores["recall"][i]),
+           "f1": float(scores["f1"][i]), "support": int(support[i])} for i, name in enumerate(names)]
 
 def token_nll_sums(logits: jax.Array, targets: jax.Array, mask: jax.Array | None = None) -> dict[str, jax.Array]:
   """Summed next-token negative log-likelihood (nats) and token count, for `perplexity`.

@@ -1,7 +1,11 @@
 #!/usr/bin/env python
-"""Evaluate a checkpoint of a training run and write WORKDIR/eval_<step>.json.
+"""Evaluate a checkpoint of a training run on a whole split and write WORKDIR/eval/<split>_<step>.json.
 
-    python scripts/evaluate.py --workdir runs/mnist_mlp [--step N|latest|best] [--split test]
+    python scripts/evaluate.py --workdir runs/mnist_mlp [--step N|latest|best] [--split test|train] [--json]
+
+A classifier also gets per-class precision, recall, F1 and a confusion matrix
+(printed, in the JSON, and drawn in WORKDIR/eval/<split>_<step>_confusion.png).
+Other libraries' warnings go to WORKDIR/logs/warnings.log; --verbose prints them. See --help.
 """
 
 import sys

@@ -4,7 +4,8 @@
     python scripts/export.py --workdir runs/mnist_mlp [--step latest|best|N] [--format onnx] [--out DIR]
     python scripts/export.py --verify runs/mnist_mlp/export
 
-See `--help` and README.md, section "Export".
+See `--help` and README.md, section "Export". Other libraries' warnings go to
+WORKDIR/logs/warnings.log; --verbose prints them.
 """
 
 import sys

@@ -4,6 +4,8 @@
     python scripts/train.py --config configs/mnist_mlp.py --workdir runs/mnist_mlp [--config.key=value ...]
 
 Rerunning the same command with the same workdir resumes from the latest checkpoint.
+`--help` lists the configs and explains the overrides. Other libraries' warnings go
+to WORKDIR/logs/warnings.log; --verbose prints them.
 """
 
 import sys

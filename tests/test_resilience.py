@@ -198,7 +198,7 @@ def test_checkpoint_saved_on_8_devices_restores_on_fewer(finished_run, tmp_path,
 def test_evaluate_script_reproduces_the_logged_accuracy(finished_run):
   done = helpers.run_script("evaluate.py", "--workdir", str(finished_run), "--step", "10")
   assert done.returncode == 0, done.stderr[-2000:]
-  written = json.loads((finished_run / "eval_10.json").read_text())
+  written = json.loads((finished_run / "eval" / "test_10.json").read_text())
   logged = [json.loads(line) for line in (finished_run / "metrics.jsonl").read_text().splitlines()]
   at_10 = next(r for r in logged if r["step"] == 10 and "eval/accuracy" in r)
   assert written["step"] == 10 and written["split"] == "test"
@@ -224,8 +224,8 @@ def test_early_stopping_keeps_and_marks_the_best_step(tmp_path):
                         "--config.checkpoint.best_mode=max", "--config.checkpoint.keep=1",
                         "--config.checkpoint.every=0")
   assert "Already trained to step 8" in again  # an early-stopped run stays stopped
-  done = helpers.run_script("evaluate.py", "--workdir", str(workdir), "--step", "best")
-  assert json.loads(done.stdout.strip().splitlines()[-1])["step"] == 2
+  done = helpers.run_script("evaluate.py", "--workdir", str(workdir), "--step", "best", "--json")
+  assert json.loads(done.stdout)["step"] == 2
 
 
 def test_init_from_restores_only_the_parameters(finished_run, tmp_path):

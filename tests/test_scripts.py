@@ -27,6 +27,7 @@ def test_train_script_runs_and_reports_progress(smoke_run):
   assert "20/20 100%" in log and "ex/s" in log and "ETA" in log
   assert "step 20: eval loss" in log
   assert (workdir / "checkpoints" / "20").is_dir()
+  assert "WARNING" not in log and "absl" not in log  # other libraries' warnings go to WORKDIR/logs/warnings.log
 
 
 def test_bad_override_exits_nonzero_with_one_line_naming_the_fix(tmp_path):
@@ -82,3 +83,63 @@ def test_tensorboard_server_serves_the_logged_scalars(smoke_run):
   finally:
     os.killpg(server.pid, signal.SIGKILL)
     server.wait(timeout=30)
+
+
+# Every flag of each script, as its --help must describe it.
+FLAGS = {
+    "train.py": ["--config", "--workdir", "--coordinator_address", "--num_processes", "--process_id", "--verbose"],
+    "evaluate.py": ["--workdir", "--step", "--split", "--json", "--verbose"],
+    "export.py": ["--workdir", "--step", "--format", "--out", "--parity-batch-sizes", "--tolerance",
+                  "--max-accuracy-drop", "--accuracy-examples", "--tflite-batch", "--verify", "--verbose"],
+}
+# Runs a script with --help in this interpreter and reports whether JAX got imported.
+_HELP = """
+import runpy, sys
+sys.argv = [sys.argv[1], "--help"]
+try:
+  runpy.run_path(sys.argv[0], run_name="__main__")
+except SystemExit as e:
+  print("exit", e.code)
+print("jax imported:", "jax" in sys.modules)
+"""
+
+
+def _parsers():
+  from research import cli
+  from research.export import cli as export_cli
+
+  return {"train.py": cli.train_parser(), "evaluate.py": cli.evaluate_parser(), "export.py": export_cli.parser()}
+
+
+@pytest.mark.parametrize("script", sorted(FLAGS))
+def test_help_describes_every_flag_without_importing_jax(script):
+  done = subprocess.run([sys.executable, "-c", _HELP, str(helpers.ROOT / "scripts" / script)], cwd=helpers.ROOT,
+                        capture_output=True, text=True, timeout=120)
+  assert done.returncode == 0, done.stderr[-2000:]
+  assert done.stdout.rstrip().endswith("exit 0\njax imported: False"), done.stdout[-500:]
+  for flag in FLAGS[script]:
+    assert flag in done.stdout, flag
+  options = {o for action in _parsers()[script]._actions for o in action.option_strings}
+  assert options == set(FLAGS[script]) | {"-h", "--help"}  # no flag left out of FLAGS
+  assert all(action.help for action in _parsers()[script]._actions), script
+
+
+def test_train_help_lists_the_configs_and_explains_overrides():
+  done = helpers.run_script("train.py", "--help", timeout=60)
+  assert done.returncode == 0 and not done.stderr
+  for config in sorted((helpers.ROOT / "configs").glob("*.py")):
+    line = next((l for l in done.stdout.splitlines() if l.strip().startswith(f"{config.stem}[:smoke]")), None)
+    assert line is not None, config.stem
+  assert "MLP 784-512-256-10 on real MNIST" in done.stdout  # the first line of the config's docstring
+  assert "--config.KEY=VALUE" in done.stdout and "--config.optimizer.learning_rate=" in done.stdout
+  assert "research/config.py:defaults()" in done.stdout and "docs/configs.md" in done.stdout
+
+
+@pytest.mark.parametrize("script, args", [("train.py", ["--config", "configs/mnist_mlp.py"]),
+                                          ("evaluate.py", ["--workdir", "x", "--step"]),
+                                          ("export.py", ["--workdir", "x", "--tolerance", "tight"])])
+def test_argparse_errors_are_one_line(script, args, tmp_path):
+  done = helpers.run_script(script, *args, timeout=120)
+  lines = done.stderr.strip().splitlines()
+  assert done.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), done.stderr
+  assert "see --help" in lines[0]

@@ -8,7 +8,18 @@ Format packages (jax2onnx, onnxruntime, TensorFlow) are imported only when a
 format that needs them is used: the core install stays TF-free.
 """
 
-from research.export.api import export, verify  # noqa: F401
-from research.export.formats import FORMATS, parse as parse_formats  # noqa: F401
-from research.export.manifest import VerifyError  # noqa: F401
-from research.export.parity import ParityError  # noqa: F401
+_NAMES = {"export": ("api", "export"), "verify": ("api", "verify"), "FORMATS": ("formats", "FORMATS"),
+          "parse_formats": ("formats", "parse"), "VerifyError": ("manifest", "VerifyError"),
+          "ParityError": ("parity", "ParityError")}
+__all__ = sorted(_NAMES)
+
+
+def __getattr__(name: str):
+  """Loads the names above on first use (PEP 562): importing the package, or research.export.cli for
+  `scripts/export.py --help`, does not import JAX."""
+  if name not in _NAMES:
+    raise AttributeError(f"module 'research.export' has no attribute {name!r}")
+  import importlib
+
+  module, attr = _NAMES[name]
+  return getattr(importlib.import_module(f"research.export.{module}"), attr)

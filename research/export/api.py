@@ -26,10 +26,9 @@ from research.export import manifest as manifest_lib
 from research.export import measure
 from research.export import model as model_lib
 from research.export import parity
+from research.export.parity import DEFAULT_BATCH_SIZES, DEFAULT_MAX_ACCURACY_DROP  # noqa: F401  (re-exported)
 from research.export.formats import FORMATS, parse as parse_formats  # noqa: F401  (re-exported)
 
-DEFAULT_BATCH_SIZES = (1, 64)
-DEFAULT_MAX_ACCURACY_DROP = 0.01  # a quantized artifact may lose at most 1 point of test accuracy
 
 
 def _check_out(out: Path, workdir: Path) -> None:

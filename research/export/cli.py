@@ -3,6 +3,9 @@
 Exit codes: 0 done; 1 an artifact failed its parity check, or --verify found a
 changed, missing or unlisted file; 2 bad arguments (unknown format, missing
 workdir or checkpoint, a combination that cannot work), reported before any work.
+Other libraries' warnings go to WORKDIR/logs/warnings.log unless --verbose
+(research/console.py); `main` applies the process settings first
+(research.cli.entry_point).
 """
 
 from __future__ import annotations
@@ -10,21 +13,9 @@ from __future__ import annotations
 import argparse
 import sys
 
+from research import console
+from research.cli import Parser, entry_point, parse_step as _step
 from research.errors import CheckpointError, ConfigError, DataUnavailableError
-
-
-class _Parser(argparse.ArgumentParser):
-  def error(self, message):  # argparse's usage + message on two lines -> our one-line error
-    raise ConfigError(f"{message} (see --help)")
-
-
-def _step(text: str):
-  if text in ("latest", "best"):
-    return text
-  try:
-    return int(text)
-  except ValueError:
-    raise ConfigError(f"--step must be latest, best or a checkpoint step number, not {text!r}.") from None
 
 
 def _batch_sizes(text: str) -> list[int]:
@@ -38,13 +29,18 @@ def _batch_sizes(text: str) -> list[int]:
 
 
 def parser() -> argparse.ArgumentParser:
-  from research.export.api import DEFAULT_BATCH_SIZES, DEFAULT_MAX_ACCURACY_DROP, FORMATS
-  from research.export.parity import DEFAULT_TOLERANCE
+  from research.export.formats import FORMATS
+  from research.export.parity import DEFAULT_BATCH_SIZES, DEFAULT_MAX_ACCURACY_DROP, DEFAULT_TOLERANCE
 
-  p = _Parser(prog="export.py", description="Export a trained run for deployment, parity-checked, with a manifest; "
-              "or verify an export directory.")
+  p = Parser(prog="export.py", description="Export a trained run for deployment: each artifact checked against JAX\n"
+             "on real test inputs, described with sha256s in manifest.json. Or verify an export directory.",
+             formatter_class=argparse.RawDescriptionHelpFormatter,
+             epilog="  python scripts/export.py --workdir runs/mnist_mlp --format onnx,tflite  # -> runs/mnist_mlp/export/"
+             "\n  python scripts/export.py --verify runs/mnist_mlp/export")
   p.add_argument("--workdir", help="the training run's workdir")
-  p.add_argument("--step", default="latest", help="checkpoint: latest (default), best, or a step number")
+  p.add_argument("--step", default="latest",
+                 help="checkpoint: latest (default), best (marked by the config's checkpoint.best_metric), "
+                 "or a step number")
   p.add_argument("--format", default="onnx", help=f"comma-separated, from: {', '.join(FORMATS.names())} (default onnx)")
   p.add_argument("--out", help="export directory (default WORKDIR/export); an older export there is replaced")
   p.add_argument("--parity-batch-sizes", default=",".join(map(str, DEFAULT_BATCH_SIZES)),
@@ -57,13 +53,14 @@ def parser() -> argparse.ArgumentParser:
   p.add_argument("--accuracy-examples", type=int, help="test examples to measure accuracy on (default: all)")
   p.add_argument("--tflite-batch", type=int, help="fix the batch size of tflite and tflite_int8 (default: dynamic)")
   p.add_argument("--verify", metavar="DIR", help="recompute every sha256 in DIR/manifest.json, export nothing")
+  p.add_argument("--verbose", action="store_true", help=console.VERBOSE_HELP)
   return p
 
 
 def run(argv: list[str]) -> int:
+  args = parser().parse_args(argv)  # (before importing JAX: --help is quick)
   from research.export import api
 
-  args = parser().parse_args(argv)
   if args.verify:
     if args.workdir:
       raise ConfigError("--verify checks an existing export; give it without --workdir.")
@@ -102,7 +99,8 @@ def run(argv: list[str]) -> int:
 
 def main(argv: list[str]) -> int:
   try:
-    return run(argv)
+    with entry_point(argv, console.flag_value(argv, "--workdir")):
+      return run(argv)
   except (ConfigError, DataUnavailableError, CheckpointError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2

@@ -7,6 +7,8 @@ from typing import Callable, Sequence
 import numpy as np
 
 DEFAULT_TOLERANCE = 1e-4  # max abs difference on float32 outputs (logits)
+DEFAULT_BATCH_SIZES = (1, 64)
+DEFAULT_MAX_ACCURACY_DROP = 0.01  # a quantized artifact may lose at most 1 point of test accuracy
 
 
 class ParityError(RuntimeError):

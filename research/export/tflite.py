@@ -90,7 +90,12 @@ def export(ex: Exportable, out: Path, *, batch: int | None = None) -> dict:
 def interpreter(path: Path, threads: int | None = None):
   from ai_edge_litert.interpreter import Interpreter
 
-  return Interpreter(model_path=str(path), num_threads=threads)
+  from research import console
+
+  with console.native_output_to_log():  # LiteRT prints "INFO: Created TensorFlow Lite XNNPACK delegate" to fd 2
+    interp = Interpreter(model_path=str(path), num_threads=threads)
+    interp.allocate_tensors()  # (where the delegate is created)
+  return interp
 
 
 def runner(path: Path, input_names: list[str], output_names: list[str], batch: int | None = None,
