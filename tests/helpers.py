@@ -23,10 +23,13 @@ def env_with_devices(devices: int) -> dict:
   return env
 
 
-def run_script(script: str, *args: str, devices: int = 8, timeout: float = 300) -> subprocess.CompletedProcess:
-  """Runs scripts/<script> to completion; a hung JAX process is killed with SIGKILL at `timeout`."""
+def run_script(script: str, *args: str, devices: int = 8, timeout: float = 300,
+               unset: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+  """Runs scripts/<script> to completion (without the environment variables in `unset`); a hung JAX process is
+  killed with SIGKILL at `timeout`."""
+  env = {k: v for k, v in env_with_devices(devices).items() if k not in unset}
   proc = subprocess.Popen([sys.executable, str(ROOT / "scripts" / script), *args], cwd=ROOT,
-                          env=env_with_devices(devices), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                          env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
   try:
     out, err = proc.communicate(timeout=timeout)
   except subprocess.TimeoutExpired:
@@ -36,8 +39,10 @@ def run_script(script: str, *args: str, devices: int = 8, timeout: float = 300) 
   return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
-def train(workdir, *overrides: str, config: str = "configs/mnist_mlp.py:smoke", devices: int = 8) -> str:
-  done = run_script("train.py", "--config", config, "--workdir", str(workdir), *overrides, devices=devices)
+def train(workdir, *overrides: str, config: str = "configs/mnist_mlp.py:smoke", devices: int = 8,
+          unset: tuple[str, ...] = ()) -> str:
+  done = run_script("train.py", "--config", config, "--workdir", str(workdir), *overrides, devices=devices,
+                    unset=unset)
   assert done.returncode == 0, done.stderr[-3000:]
   return done.stderr
 

@@ -1,5 +1,7 @@
 import gzip
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -91,8 +93,15 @@ def test_compilation_cache_is_written_then_reused(tmp_path):
   assert any("train_step" in name for name in entries), entries
   helpers.train(tmp_path / "second", f"--config.compilation_cache={cache}")
   assert sorted(p.name for p in cache.iterdir()) == entries  # every compile was a cache hit
-  helpers.train(tmp_path / "default")
+  helpers.train(tmp_path / "default", unset=("RESEARCH_COMPILATION_CACHE",))
   assert any((tmp_path / "default/cache/jax").iterdir())  # default: inside the workdir
+  shared = tmp_path / "machine-cache"
+  env_run = subprocess.run([sys.executable, str(helpers.ROOT / "scripts" / "train.py"), "--config",
+                            "configs/mnist_mlp.py:smoke", "--workdir", str(tmp_path / "env")], cwd=helpers.ROOT,
+                           env={**helpers.env_with_devices(8), "RESEARCH_COMPILATION_CACHE": str(shared)},
+                           capture_output=True, text=True, timeout=300)
+  assert env_run.returncode == 0, env_run.stderr[-2000:]
+  assert any(shared.iterdir()) and not (tmp_path / "env/cache").exists()  # $RESEARCH_COMPILATION_CACHE: one for all
 
 
 def _traced_calls(trace: dict, name: str) -> list[tuple[float, float]]:

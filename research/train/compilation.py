@@ -1,22 +1,28 @@
 """JAX's persistent compilation cache, on by default.
 
 `config.compilation_cache` is "" (default: WORKDIR/cache/jax, so a resumed or
-repeated run skips compiling), a directory to share between runs, or "off".
+repeated run skips compiling; or the directory in $RESEARCH_COMPILATION_CACHE,
+one cache for every run that does not name its own), a directory to share
+between runs, or "off".
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import jax
 from jax.experimental.compilation_cache import compilation_cache
+
+ENV = "RESEARCH_COMPILATION_CACHE"
 
 
 def enable(setting: str, workdir: Path) -> Path | None:
   """Points JAX's persistent cache at the configured directory; returns it (None when off)."""
   if setting == "off":
     return None
-  path = Path(setting).expanduser() if setting else Path(workdir) / "cache" / "jax"
+  default = os.environ.get(ENV) or Path(workdir) / "cache" / "jax"
+  path = Path(setting or default).expanduser()
   path.mkdir(parents=True, exist_ok=True)
   if jax.config.jax_compilation_cache_dir != str(path):
     jax.config.update("jax_compilation_cache_dir", str(path))

@@ -1,0 +1,240 @@
+"""Every shell command in README.md and docs/*.md works: each ```bash line is run or checked, in document order.
+
+The commands run in one scratch directory whose `configs`, `scripts`, `research` and `docs` link to the
+repository's, so relative paths work as documented and `runs/` lands in the scratch directory. Each
+command is classified; one that fits no class fails its test, so none is silently skipped:
+
+- set-up, checked and not run: `python3 -m venv .venv`; `.venv/bin/pip install -e '.[extras]'` (every
+  extra must exist in pyproject.toml); `.venv/bin/python -m pytest` (the whole command must be what
+  `.ci/run` runs). The other parts of a `&&` chain still run.
+- training (`scripts/train.py --config configs/X.py ...`): at smoke scale, `configs/X.py:smoke`, with
+  every documented override kept as written.
+- a server (`.venv/bin/tensorboard --logdir DIR`): started on a free port, asked for its logdir over
+  HTTP, stopped.
+- anything else that runs `.venv/bin/python scripts/*.py` (evaluate, export, --verify, --help, benchmark
+  --quick) or `.venv/bin/python -m module` (the Sphinx build): as written.
+
+`.venv/bin/<tool>` becomes the tool beside sys.executable. Every command runs through bash (so `&`,
+`;` and `wait` work as written) with 1 simulated CPU device per process.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import time
+import tomllib
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests import helpers
+
+ROOT = helpers.ROOT
+PAGES = ["README.md"] + sorted(f"docs/{p.name}" for p in (ROOT / "docs").glob("*.md"))  # README first
+COMMAND_FENCES = {"bash"}
+OTHER_FENCES = {"", "console", "text", "python", "{toctree}"}  # output, diagrams, code: not commands
+TIMEOUT_S = 300
+BIN = Path(sys.executable).parent
+
+
+@dataclasses.dataclass(frozen=True)
+class Command:
+  page: str
+  line: int
+  text: str  # continuations joined; for an unknown fence, its language
+  fence: str = "bash"
+
+  @property
+  def id(self) -> str:
+    return f"{self.page}:{self.line}"
+
+
+def extract(page: str) -> list[Command]:
+  """Every command of a page's ```bash fences (continuations joined), and every fence of an unknown language."""
+  commands, fence, pending, start = [], None, "", 0
+  for number, raw in enumerate((ROOT / page).read_text().splitlines(), 1):
+    line = raw.strip()
+    if line.startswith("```"):
+      if fence is None:
+        fence = line[3:].strip()
+        if fence not in COMMAND_FENCES | OTHER_FENCES:
+          commands.append(Command(page, number, fence, fence=fence))
+      else:
+        assert not pending, f"{page}:{start}: a command ends in a backslash at the end of its fence"
+        fence = None
+      continue
+    if fence not in COMMAND_FENCES or (not pending and (not line or line.startswith("#"))):
+      continue
+    start = start if pending else number
+    if line.endswith("\\"):
+      pending += line[:-1].strip() + " "
+      continue
+    commands.append(Command(page, start, pending + line))
+    pending = ""
+  return commands
+
+
+COMMANDS = [c for page in PAGES for c in extract(page)]
+
+
+# ---- set-up commands: checked, not run
+
+
+def extras_defined() -> set[str]:
+  return set(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"])
+
+
+def check_venv(words: list[str]) -> None:
+  assert words == ["python3", "-m", "venv", ".venv"], f"unexpected venv command: {' '.join(words)}"
+
+
+def check_pip_install(words: list[str]) -> None:
+  """`.venv/bin/pip install [-q] -e .[a,b]`: every extra must exist (other installs belong in prose)."""
+  args = [w for w in words[2:] if w not in ("-q", "-e")]
+  assert words[1] == "install" and len(args) == 1, f"unexpected pip command: {' '.join(words)}"
+  match = re.fullmatch(r"\.(?:\[([\w,-]+)\])?", args[0])
+  assert match, f"pip installs {args[0]!r}, not this project: documented installs are of '.[extras]'"
+  unknown = set((match.group(1) or "").split(",")) - {""} - extras_defined()
+  assert not unknown, f"extras {sorted(unknown)} are not in pyproject.toml ({sorted(extras_defined())})"
+
+
+def check_pytest(command: str) -> None:
+  ci = (ROOT / ".ci" / "run").read_text().splitlines()
+  assert command in ci, f".ci/run does not run the documented test command {command!r}; it runs:\n" + "\n".join(ci)
+
+
+def split_setup(command: str) -> tuple[list, str]:
+  """(checks to make, the rest of the command to run): set-up parts of a `&&` chain are checked."""
+  checks, rest = [], []
+  for part in command.split(" && "):
+    words = shlex.split(part)
+    if words[:3] == ["python3", "-m", "venv"]:
+      checks.append(lambda w=words: check_venv(w))
+    elif words[0] == ".venv/bin/pip":
+      checks.append(lambda w=words: check_pip_install(w))
+    elif words[:3] == [".venv/bin/python", "-m", "pytest"]:
+      checks.append(lambda: check_pytest(command))
+    else:
+      rest.append(part)
+  return checks, " && ".join(rest)
+
+
+# ---- commands that run
+
+
+def local_tools(command: str) -> str:
+  """`.venv/bin/<tool>` -> the tool beside the interpreter running the tests."""
+  return re.sub(r"\.venv/bin/([\w.-]+)",
+                lambda m: shlex.quote(sys.executable if m.group(1) == "python" else str(BIN / m.group(1))), command)
+
+
+def smoke_scale(command: str) -> str:
+  """`--config configs/X.py` -> `--config configs/X.py:smoke`, unless a variant is given."""
+  return re.sub(r"(--config[ =]configs/\w+\.py)(?=\s|$)", r"\1:smoke", command)
+
+
+def classify(command: str) -> str:
+  """'server', or 'script' when every program it starts is `.venv/bin/python scripts/*.py` or `-m module`."""
+  words = shlex.split(command.replace("&", " & ").replace(";", " ; "))
+  programs = [words[0]] + [w for prev, w in zip(words, words[1:]) if prev in ("&", ";")]
+  programs = [p for p in programs if p not in ("&", ";", "wait")]
+  if words[0] == ".venv/bin/tensorboard" and len(programs) == 1:
+    return "server"
+  scripts = re.findall(r"\.venv/bin/python (?:scripts/\w+\.py|-m [\w.]+)", command)
+  assert len(scripts) == len(programs), (
+      f"a command this test cannot run (not .venv/bin/python scripts/*.py or -m module): {command}")
+  return "script"
+
+
+def run(command: str, cwd: Path, timeout: float = TIMEOUT_S) -> None:
+  proc = subprocess.Popen(["bash", "-c", command], cwd=cwd, env=helpers.env_with_devices(1), text=True,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+  try:
+    out, err = proc.communicate(timeout=timeout)
+  except subprocess.TimeoutExpired:
+    os.killpg(proc.pid, signal.SIGKILL)  # the whole group: `&` starts more than one process
+    out, err = proc.communicate()
+    pytest.fail(f"timed out after {timeout}s: {command}\n{err[-3000:]}")
+  assert proc.returncode == 0, f"exit {proc.returncode}: {command}\nstdout:\n{out[-1500:]}\nstderr:\n{err[-3000:]}"
+
+
+def free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def serve(command: str, cwd: Path, timeout: float = 90) -> None:
+  """Starts the server, waits until it answers with its --logdir, stops it."""
+  words = shlex.split(command)
+  logdir = words[words.index("--logdir") + 1]
+  port = re.search(r"--port[ =](\d+)", command)
+  port = int(port.group(1)) if port else free_port()
+  if "--port" not in command:
+    command += f" --port {port}"
+  proc = subprocess.Popen(["bash", "-c", "exec " + local_tools(command)], cwd=cwd, env=helpers.env_with_devices(1),
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+  try:
+    deadline, answer = time.time() + timeout, None
+    while answer is None and time.time() < deadline and proc.poll() is None:
+      try:
+        with urllib.request.urlopen(f"http://localhost:{port}/data/logdir", timeout=5) as response:
+          answer = json.loads(response.read())
+      except OSError:
+        time.sleep(1)
+  finally:
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+      _, err = proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+      os.killpg(proc.pid, signal.SIGKILL)
+      _, err = proc.communicate()
+  assert answer is not None, f"{command} never answered on port {port}:\n{err[-3000:]}"
+  assert answer["logdir"].rstrip("/").endswith(logdir.rstrip("/")), answer
+
+
+# ---- the test
+
+
+@pytest.fixture(scope="module")
+def scratch(tmp_path_factory) -> Path:
+  """One directory for every command, in document order: later commands use the runs of earlier ones."""
+  directory = tmp_path_factory.mktemp("docs")
+  for name in ("configs", "scripts", "research", "docs"):
+    (directory / name).symlink_to(ROOT / name)
+  return directory
+
+
+def test_commands_were_found():
+  ids = [c.id for c in COMMANDS]
+  assert len(ids) == len(set(ids)), "two commands on one line"
+  assert any(c.page == "README.md" for c in COMMANDS) and any(c.page.startswith("docs/") for c in COMMANDS)
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=[c.id for c in COMMANDS])
+def test_documented_command(command: Command, scratch: Path):
+  assert command.fence in COMMAND_FENCES, (
+      f"a ```{command.fence} fence: write shell commands in ```bash fences (run by this test), and output or "
+      f"code in ```console, ```text or ```python")
+  checks, rest = split_setup(command.text)
+  for check in checks:
+    check()
+  if not rest:
+    return
+  if classify(rest) == "server":
+    serve(rest, scratch)
+  else:  # training at smoke scale (the rewrite changes only `--config configs/X.py`), the rest as written
+    smoke = smoke_scale(rest)
+    trainings = re.findall(r"scripts/train\.py (?!--help)", smoke)
+    assert len(re.findall(r"--config[ =]configs/\w+\.py:\w+", smoke)) == len(trainings), (
+        f"a training command this test cannot bring to smoke scale (--config configs/X.py[:variant]): {rest}")
+    run(local_tools(smoke), scratch, timeout=900 if "benchmark.py" in rest else TIMEOUT_S)
