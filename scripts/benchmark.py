@@ -29,7 +29,7 @@ SECTIONS = {"checkpoint": ("research.bench.checkpoint", {}), "train": ("research
 
 def main() -> int:
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("section", choices=sorted(SECTIONS))
+  parser.add_argument("section", choices=sorted(SECTIONS), help="which benchmark to run (see the list above)")
   parser.add_argument("--quick", action="store_true", help="tiny sizes: checks the benchmark runs, not the numbers")
   parser.add_argument("--out", default=None, help="markdown file (default docs/benchmarks/<section>.md; "
                                                   "--quick writes nothing unless --out is given)")

@@ -1,7 +1,5 @@
 import gzip
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -95,13 +93,25 @@ def test_compilation_cache_is_written_then_reused(tmp_path):
   assert sorted(p.name for p in cache.iterdir()) == entries  # every compile was a cache hit
   helpers.train(tmp_path / "default", unset=("RESEARCH_COMPILATION_CACHE",))
   assert any((tmp_path / "default/cache/jax").iterdir())  # default: inside the workdir
-  shared = tmp_path / "machine-cache"
-  env_run = subprocess.run([sys.executable, str(helpers.ROOT / "scripts" / "train.py"), "--config",
-                            "configs/mnist_mlp.py:smoke", "--workdir", str(tmp_path / "env")], cwd=helpers.ROOT,
-                           env={**helpers.env_with_devices(8), "RESEARCH_COMPILATION_CACHE": str(shared)},
-                           capture_output=True, text=True, timeout=300)
-  assert env_run.returncode == 0, env_run.stderr[-2000:]
-  assert any(shared.iterdir()) and not (tmp_path / "env/cache").exists()  # $RESEARCH_COMPILATION_CACHE: one for all
+
+
+def test_the_environment_moves_the_default_compilation_cache(tmp_path, monkeypatch):
+  import jax
+
+  from research.train import compilation
+
+  before = jax.config.jax_compilation_cache_dir
+  try:
+    monkeypatch.setenv("RESEARCH_COMPILATION_CACHE", str(tmp_path / "machine"))
+    assert compilation.enable("", tmp_path / "run") == tmp_path / "machine"  # one cache for every run
+    assert jax.config.jax_compilation_cache_dir == str(tmp_path / "machine")
+    assert compilation.enable(str(tmp_path / "own"), tmp_path / "run") == tmp_path / "own"  # a config's wins
+    monkeypatch.delenv("RESEARCH_COMPILATION_CACHE")
+    assert compilation.enable("", tmp_path / "run") == tmp_path / "run" / "cache" / "jax"
+    assert compilation.enable("off", tmp_path / "run") is None
+  finally:
+    if before:  # other tests' runs go on with the session's cache
+      compilation.enable(before, tmp_path)
 
 
 def _traced_calls(trace: dict, name: str) -> list[tuple[float, float]]:
