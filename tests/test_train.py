@@ -85,14 +85,13 @@ def test_workdir_holds_config_checkpoints_events_and_metrics(tmp_path):
 
 
 def test_compilation_cache_is_written_then_reused(tmp_path):
-  cache = tmp_path / "shared-cache"
-  helpers.train(tmp_path / "first", f"--config.compilation_cache={cache}")
+  helpers.train(tmp_path / "first", unset=("RESEARCH_COMPILATION_CACHE",))
+  cache = tmp_path / "first" / "cache" / "jax"  # the default: inside the workdir
   entries = sorted(p.name for p in cache.iterdir())
   assert any("train_step" in name for name in entries), entries
-  helpers.train(tmp_path / "second", f"--config.compilation_cache={cache}")
+  helpers.train(tmp_path / "second", f"--config.compilation_cache={cache}")  # another run shares it
   assert sorted(p.name for p in cache.iterdir()) == entries  # every compile was a cache hit
-  helpers.train(tmp_path / "default", unset=("RESEARCH_COMPILATION_CACHE",))
-  assert any((tmp_path / "default/cache/jax").iterdir())  # default: inside the workdir
+  assert not (tmp_path / "second" / "cache").exists()
 
 
 def test_the_environment_moves_the_default_compilation_cache(tmp_path, monkeypatch):
