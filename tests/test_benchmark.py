@@ -27,15 +27,11 @@ def test_train_benchmark_quick(tmp_path, section, precision):
     if line.startswith(("| mlp |", "| cnn |", "| transformer |")):
       model, system, rate, vs_hand = (cell.strip() for cell in line.split("|")[1:5])
       rows.setdefault(model, {})[system] = (rate, vs_hand)
-  # --quick: every system (every peer installed by the test extra) on the MLP, the library's own on every model
-  # (in bfloat16 on the MLP only)
+  # --quick: every system (every peer installed by the test extra) on the MLP
+  assert set(rows) == {"mlp"}
   assert set(rows["mlp"]) == {"hand_jax", "trainer", "keras_jax", "torch_eager", "torch_compile"}
-  models = ("mlp", "cnn", "transformer") if section == "train" else ("mlp",)
-  assert set(rows) == set(models)
-  for model in models:  # every architecture of the performance issue is measured
-    assert set(rows[model]) >= {"hand_jax", "trainer"}
-    assert rows[model]["hand_jax"][1] == "1.00x" and float(rows[model]["trainer"][1][:-1]) > 0
-    assert float(rows[model]["trainer"][0].replace(",", "")) > 0
+  assert rows["mlp"]["hand_jax"][1] == "1.00x" and float(rows["mlp"]["trainer"][1][:-1]) > 0
+  assert float(rows["mlp"]["trainer"][0].replace(",", "")) > 0
 
 
 def test_steps_benchmark_quick(tmp_path):

@@ -90,11 +90,10 @@ def random_inputs(ex, batch: int, seed: int = 1) -> list[np.ndarray]:
   return out
 
 
-def systems(ex, out: Path, tf: bool | str, threads: int) -> dict:
+def systems(ex, out: Path, tf: bool, threads: int) -> dict:
   """{system name: make(batch) -> runner}; a runner is a function of numpy inputs -> list of numpy outputs.
 
-  Every artifact is exported into `out` here; a system that fails to export is {name: error string}. `tf` False
-  or a string (the reason) leaves out the TensorFlow and LiteRT rows.
+  Every artifact is exported into `out` here; a system that fails to export is {name: error string}.
   """
   from research.export import onnx as onnx_format
   from research.export import quantize
@@ -125,8 +124,8 @@ def systems(ex, out: Path, tf: bool | str, threads: int) -> dict:
             lambda: (quantize.export_onnx_static(ex, out, calibration=calibration),
                      onnx_runner(out / quantize.STATIC_FILE))[1])
   tf_rows = ("tf saved_model", "tflite", "tflite fixed batch", "tflite int8 fixed batch")
-  if tf is not True:
-    found.update({name: tf or "not installed (the `tf` extra)" for name in tf_rows})
+  if not tf:
+    found.update({name: "not installed (the `tf` extra)" for name in tf_rows})
     return found
   from research.export import tf as tf_format
   from research.export import tflite
@@ -181,13 +180,11 @@ def run(quick: bool = False) -> str:
   tf = _tf_installed()
   sections, notes = [], []
   with tempfile.TemporaryDirectory(prefix="research-inference-bench-") as tmp:
-    for name in MODELS:
+    for name in list(MODELS)[:1] if quick else MODELS:  # --quick: the MLP (the export matrix tests every family)
       ex, params = exportable(name, quick)
       out = Path(tmp) / name
       out.mkdir()
-      # --quick converts to TF formats for the MLP only: TF's conversions dominate its time, and
-      # tests/test_export_matrix.py converts every family.
-      found = systems(ex, out, "skipped (--quick: the MLP only)" if tf and quick and name != "mlp" else tf, threads)
+      found = systems(ex, out, tf, threads)
       runners = {s: {b: make(b) for b in BATCH_SIZES} for s, make in found.items() if not isinstance(make, str)}
       inputs = {b: random_inputs(ex, b) for b in BATCH_SIZES}
       reference = {b: runners["jax (jit)"][b](*inputs[b]) for b in BATCH_SIZES}
