@@ -27,6 +27,9 @@ def replacing(path: str | os.PathLike) -> Iterator[Path]:
   try:
     yield tmp
     os.replace(tmp, path)
+  except OSError as e:  # (a full disk fails at a write, which names no file): name the target
+    tmp.unlink(missing_ok=True)
+    raise OSError(e.errno, e.strerror, str(path)) from e
   except BaseException:
     tmp.unlink(missing_ok=True)
     raise

@@ -4,7 +4,13 @@ On disk, `WORKDIR/checkpoints/<step>/` has two items::
 
   state/  the TrainState as a nested dict with string keys only
           (params/hidden/0/kernel, opt_state/1/0/mu/..., step, rng);
-  meta/   JSON: {"format_version", "step", "data": {"epoch", "index"}}.
+  meta/   JSON: {"format_version", "step", "data": {"epoch", "index"}, "checksums": {path: xxh3-64}, ...}.
+
+Every array's bytes are hashed (xxh3-64, ~10 GB/s: faster than the host copy
+Orbax makes of the same arrays) when the save starts, and the hashes are
+committed with the checkpoint in `meta`. Restore recomputes them, so bit rot in
+array data is caught like any other damage: the checkpoint is set aside and the
+next older one is tried.
 
 Orbax writes each step into a temporary directory and renames it when complete,
 so a half-written checkpoint is never listed. Saves are asynchronous: `save`
@@ -14,13 +20,16 @@ returns once device arrays are copied to host memory.
 from __future__ import annotations
 
 import json
+import re
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
+import xxhash
 from orbax.checkpoint.checkpoint_managers import AnyPreservationPolicy, BestN, LatestN
 
 from research import atomic
@@ -28,6 +37,8 @@ from research.errors import CheckpointError, brief
 
 FORMAT_VERSION = 2  # 1: variables were stored with a trailing `/value` (nnx.State); unreadable now
 BEST_FILE = "best.json"
+UNREADABLE = re.compile(r"\d+\.unreadable-\d+")  # a damaged checkpoint set aside by `restore`
+ORBAX_TEMPORARY = ".orbax-checkpoint-tmp"  # a save in progress, or one a killed run left behind
 
 
 def key_name(key) -> str:
@@ -58,6 +69,37 @@ def from_string_tree(nested: dict, like):
       node = node[key_name(key)]
     leaves.append(node)
   return jax.tree.unflatten(jax.tree.structure(like), leaves)
+
+
+def checksums(nested: dict, prefix: str = "") -> dict[str, str]:
+  """{"params/hidden/0/kernel": xxh3-64 hex, ...} of a string tree's arrays, from one host copy of each.
+
+  Arrays split across devices (not replicated) are not hashed: their bytes are not all on this host."""
+  sums = {}
+  for name, value in nested.items():
+    if isinstance(value, dict):
+      sums.update(checksums(value, f"{prefix}{name}/"))
+      continue
+    if isinstance(value, jax.Array):
+      if not value.is_fully_replicated:
+        continue
+      value = value.addressable_data(0)
+    sums[f"{prefix}{name}"] = xxhash.xxh3_64_hexdigest(np.ascontiguousarray(value))
+  return sums
+
+
+def verify(nested: dict, expected: dict[str, str]) -> None:
+  """Raises if an array of `nested` differs from the checksum recorded when it was saved."""
+  for path, actual in checksums(nested).items():
+    if path in expected and expected[path] != actual:
+      raise ValueError(f"array {path} does not match its checksum (its bytes changed on disk since the save)")
+
+
+def failed_step(error: BaseException, default: int) -> int:
+  """The step whose save failed: an asynchronous save's error surfaces at a later save or wait, and names the
+  step's temporary directory."""
+  found = re.search(r"/(\d+)" + re.escape(ORBAX_TEMPORARY), str(error))
+  return int(found.group(1)) if found else default
 
 
 def abstract(tree):
@@ -106,10 +148,11 @@ class Checkpointer:
     """
     if not (force or self.due(step)) or step in self.manager.all_steps():
       return False
+    nested = to_string_tree(state)
     meta = {"format_version": FORMAT_VERSION, "step": step, "data": data_position, "eval": eval_metrics or {},
-            "progress": progress or {}}
+            "progress": progress or {}, "checksums": checksums(nested)}
     saved = self.manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(to_string_tree(state)), meta=ocp.args.JsonSave(meta)),
+        state=ocp.args.StandardSave(nested), meta=ocp.args.JsonSave(meta)),
         metrics=eval_metrics if self.best_metric and eval_metrics else None, force=True)
     if saved and self.best_metric and eval_metrics:
       self._mark_if_best(step, eval_metrics[self.best_metric])
@@ -135,6 +178,35 @@ class Checkpointer:
     atomic.write_text(self.directory / BEST_FILE, json.dumps(
         {"step": step, "metric": self.best_metric, "mode": self.best_mode, "value": value}))
 
+  def foreign_entries(self) -> list[str]:
+    """Entries of the checkpoint directory that are neither checkpoints nor the library's own files."""
+    if not self.directory.is_dir():
+      return []
+    odd = []
+    for entry in self.directory.iterdir():
+      ours = ((entry.name.isdigit() and entry.is_dir()) or entry.name == BEST_FILE
+              or UNREADABLE.fullmatch(entry.name) or ORBAX_TEMPORARY in entry.name)
+      if not ours:
+        odd.append(entry.name + ("/" if entry.is_dir() else " (a file)" if entry.name.isdigit() else ""))
+    return sorted(odd)
+
+  def layout_difference(self, like, step: int) -> list[str]:
+    """How the arrays saved at `step` differ from `like`'s (paths missing, added or reshaped); [] if the same
+    or if the checkpoint's metadata cannot be read (restore then reports it)."""
+    try:
+      metadata = ocp.PyTreeCheckpointer().metadata(self.directory / str(step) / "state")
+      metadata = getattr(getattr(metadata, "item_metadata", metadata), "tree", metadata)
+      saved = {"/".join(key_name(k) for k in path): tuple(leaf.shape)
+               for path, leaf in jax.tree_util.tree_flatten_with_path(metadata)[0]}
+    except Exception:  # noqa: BLE001  (a damaged checkpoint: restore names the problem)
+      return []
+    wanted = {"/".join(key_name(k) for k in path): tuple(np.shape(leaf))
+              for path, leaf in jax.tree_util.tree_flatten_with_path(like)[0]}
+    differ = [f"{k}: saved {saved[k]}, now {wanted[k]}" for k in sorted(set(saved) & set(wanted))
+              if saved[k] != wanted[k]]
+    differ += [f"{k}: not in the checkpoint" for k in sorted(set(wanted) - set(saved))]
+    return differ + [f"{k}: only in the checkpoint" for k in sorted(set(saved) - set(wanted))]
+
   def restore(self, like, step: int | None = None, *, partial: bool = False) -> tuple[Any, dict] | None:
     """Restores `step` (default: the newest readable one) onto the shardings of `like`.
 
@@ -142,27 +214,38 @@ class Checkpointer:
     a dict, e.g. {"params": ..., "model_state": ...}). Returns (restored, meta),
     or None if there are no checkpoints. A checkpoint that cannot be read is
     reported with its step and the reason, and the next older one is tried; if
-    none can be read, raises with the list of what was tried.
+    none can be read, raises with the list of what was tried. A reader
+    (`read_only`) of a live run skips, silently, a checkpoint that the run
+    deleted while it was being read, and takes the newest one left.
     """
-    steps = [step] if step is not None else sorted(self.steps(), reverse=True)
+    odd = [] if self.read_only else self.foreign_entries()
+    if odd:
+      raise CheckpointError(f"{self.directory} holds {', '.join(odd[:5])}, which {'is' if len(odd) == 1 else 'are'} "
+                            f"not a checkpoint; move {'it' if len(odd) == 1 else 'them'} out of the directory "
+                            f"(nothing was trained or deleted).")
     target = abstract(to_string_tree(like))
     if partial:
       state_args = ocp.args.PyTreeRestore(item=target, partial_restore=True,
                                           restore_args=ocp.checkpoint_utils.construct_restore_args(target))
     else:
       state_args = ocp.args.StandardRestore(target)
-    failures = []
-    for s in steps:
+    failures, tried = [], set()
+    while True:
+      candidates = [step] if step is not None else [s for s in sorted(self.steps(), reverse=True) if s not in tried]
+      candidates = [s for s in candidates if s not in tried]
+      if not candidates:
+        break
+      s = candidates[0]
+      tried.add(s)
       try:
-        meta = dict(self.manager.restore(s, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"])
-        if meta.get("format_version") != FORMAT_VERSION:  # read first: an old layout fails obscurely in Orbax
-          raise ValueError(f"written in checkpoint format {meta.get('format_version')}; this version of "
-                           f"research reads format {FORMAT_VERSION} (retrain, or use the version that wrote it)")
-        if meta.get("step") != s:
-          raise ValueError(f"bad metadata {meta!r}")
-        restored = self.manager.restore(s, args=ocp.args.Composite(state=state_args))
-        result = from_string_tree(restored["state"], like), meta
+        result = self._read(s, like, state_args)
       except Exception as e:  # Orbax raises many types for damaged files; each is reported.
+        if self.read_only and self._deleted_meanwhile(s):
+          if step is not None:
+            raise CheckpointError(f"The checkpoint of step {s} in {self.directory} was deleted by the run "
+                                  f"writing it (checkpoint.keep) while it was read; choose a newer step: "
+                                  f"{self.steps()}.") from None
+          continue
         reason = brief(e, 200)
         failures.append((s, reason))
         print(f"warning: checkpoint at step {s} in {self.directory} is unreadable ({reason}); "
@@ -171,10 +254,26 @@ class Checkpointer:
       self._set_aside([failed for failed, _ in failures])
       return result
     if failures:
-      tried = "\n  ".join(f"step {s}: {reason}" for s, reason in failures)
-      raise CheckpointError(f"No readable checkpoint in {self.directory}. Tried:\n  {tried}\n"
-                            f"Move the directory away to start from scratch.")
+      tried_text = "; ".join(f"step {s}: {reason}" for s, reason in failures)
+      raise CheckpointError(f"No readable checkpoint in {self.directory} (tried {tried_text}). Move the directory "
+                            f"away to start from scratch.")
     return None
+
+  def _read(self, step: int, like, state_args) -> tuple[Any, dict]:
+    meta = dict(self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"])
+    if meta.get("format_version") != FORMAT_VERSION:  # read first: an old layout fails obscurely in Orbax
+      raise ValueError(f"written in checkpoint format {meta.get('format_version')}; this version of "
+                       f"research reads format {FORMAT_VERSION} (retrain, or use the version that wrote it)")
+    if meta.get("step") != step:
+      raise ValueError(f"bad metadata {meta!r}")
+    restored = self.manager.restore(step, args=ocp.args.Composite(state=state_args))
+    verify(restored["state"], meta.get("checksums", {}))
+    return from_string_tree(restored["state"], like), meta
+
+  def _deleted_meanwhile(self, step: int) -> bool:
+    """Whether `step` is gone because a live run's keep policy removed it (not damage)."""
+    self.manager.reload()
+    return step not in self.manager.all_steps() and not (self.directory / str(step)).exists()
 
   def _set_aside(self, steps: list[int]) -> None:
     """Renames unreadable checkpoints newer than the one restored to `<step>.unreadable-<time>`.

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Iterator
 
 from research import console, host_memory, xla_flags
-from research.errors import CheckpointError, ConfigError, DataUnavailableError, TrainingError
+from research.errors import CheckpointError, ConfigError, DataUnavailableError, TrainingError, WorkdirWriteError
 
 CONFIGS_DIR = Path(__file__).resolve().parents[1] / "configs"
 
@@ -34,10 +34,10 @@ def parse_step(text: str) -> str | int:
   """--step: 'latest', 'best' or a step number."""
   if text in ("latest", "best"):
     return text
-  try:
-    return int(text)
-  except ValueError:
-    raise ConfigError(f"--step must be latest, best or a checkpoint step number, not {text!r}.") from None
+  step = int(text) if text.strip().isdigit() else None  # steps count from 0: no sign, no float
+  if step is None:
+    raise ConfigError(f"--step must be latest, best or a checkpoint step number, not {text!r}.")
+  return step
 
 
 # --- train -------------------------------------------------------------------------------------------------
@@ -120,14 +120,17 @@ def parse_train(argv: list[str]):
 
 
 def train(argv: list[str]) -> None:
-  args, config = parse_train(argv)
-  from research import parallel
-  from research.train.loop import check, train as run
+  from research.train.preemption import PreemptionGuard
 
-  check(config)
-  xla_flags.apply(profile_name=config.xla_profile)  # before JAX starts its backend
-  parallel.initialize(args.coordinator_address, args.num_processes, args.process_id)
-  run(config, args.workdir)
+  with PreemptionGuard() as preemption:  # before JAX is imported: a signal at any moment is a clean stop
+    args, config = parse_train(argv)
+    from research import parallel
+    from research.train.loop import check, train as run
+
+    check(config)
+    xla_flags.apply(profile_name=config.xla_profile)  # before JAX starts its backend
+    parallel.initialize(args.coordinator_address, args.num_processes, args.process_id)
+    run(config, args.workdir, preemption)
 
 
 # --- evaluate ----------------------------------------------------------------------------------------------
@@ -197,9 +200,16 @@ def main(command: str, argv: list[str]) -> int:
   except (ConfigError, DataUnavailableError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
-  except (CheckpointError, TrainingError) as e:
+  except (CheckpointError, TrainingError, WorkdirWriteError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
+  except OSError as e:  # a full disk or lost permissions where no step is involved (config.json, dataset.json)
+    where = f"Writing {e.filename}" if e.filename else "Reading or writing a file"
+    print(f"error: {where} failed: {e.strerror or e}. Free space or fix permissions, then rerun.", file=sys.stderr)
+    return 1
+  except KeyboardInterrupt:  # Ctrl-C twice in training, or once in evaluate/export
+    print("error: interrupted; checkpoints already written are intact.", file=sys.stderr)
+    return 130
   except BrokenPipeError:  # e.g. `evaluate.py ... | head`: the reader left; say nothing more
     os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 1

@@ -13,6 +13,8 @@ import difflib
 import importlib.util
 import json
 import os
+import time
+import traceback
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -91,6 +93,13 @@ def _missing_file(path: str) -> ConfigError:
                      f"configs: {', '.join(Path(c).stem for c in known)}.")
 
 
+def _where(path: str, error: BaseException) -> str:
+  """`PATH line N`: the line of the config file that raised `error` (or called what raised it)."""
+  lines = [f.lineno for f in traceback.extract_tb(error.__traceback__)
+           if os.path.abspath(f.filename) == os.path.abspath(path)]
+  return f"{path} line {lines[-1]}" if lines else path
+
+
 def load(spec: str) -> ml_collections.ConfigDict:
   """Loads `path/to/config.py` or `path/to/config.py:arg` and returns its ConfigDict.
 
@@ -103,16 +112,16 @@ def load(spec: str) -> ml_collections.ConfigDict:
   try:
     module_spec.loader.exec_module(module)
   except SyntaxError as e:
-    raise ConfigError(f"{path} line {e.lineno}: syntax error ({e.msg}); fix the config file.") from None
+    raise ConfigError(f"{e.filename or path} line {e.lineno}: syntax error ({e.msg}); fix the file.") from None
   except Exception as e:  # a config that raises while loading: its own error, in one line
-    raise ConfigError(f"{path} failed to load: {brief(e)}; fix the config file.") from None
+    raise ConfigError(f"{_where(path, e)}: failed to load: {brief(e)}; fix the config file.") from None
   if not hasattr(module, "get_config"):
     raise ConfigError(f"{path} defines no get_config(arg=None) function.")
   try:
     config = module.get_config(arg or None)
   except Exception as e:  # e.g. an unknown variant: the config's message names the known ones
-    detail = str(e) if isinstance(e, (ValueError, ConfigError)) else brief(e)
-    raise ConfigError(f"--config {spec}: {detail}") from None
+    detail = " ".join(str(e).split()) if isinstance(e, ValueError) else brief(e)
+    raise ConfigError(f"--config {spec}: {detail} ({_where(path, e)})") from None
   if not isinstance(config, ml_collections.ConfigDict):
     raise ConfigError(f"{path}: get_config() must return an ml_collections.ConfigDict, got {type(config).__name__}.")
   return config
@@ -220,19 +229,40 @@ def to_dict(config: ml_collections.ConfigDict) -> dict:
   return json.loads(config.to_json())
 
 
-def save(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> list[str]:
-  """Writes WORKDIR/config.json; returns the keys that differ from a config already there."""
+HISTORY_FILE = "config_history.jsonl"
+
+
+def changes(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[str, list]:
+  """{key: [old, new]} for every key that differs from WORKDIR/config.json; {} if there is none yet."""
   path = Path(workdir) / "config.json"
-  new = to_dict(config)
-  changed = []
-  if path.exists():
-    try:
-      old = json.loads(path.read_text())
-      changed = sorted(k for k in set(_flat(old)) | set(_flat(new)) if _flat(old).get(k) != _flat(new).get(k))
-    except json.JSONDecodeError:
-      changed = ["<unreadable config.json>"]
-  atomic.write_text(path, json.dumps(new, indent=2, sort_keys=True) + "\n")
-  return changed
+  if not path.exists():
+    return {}
+  try:
+    old = _flat(json.loads(path.read_text()))
+  except (OSError, ValueError):
+    return {"<unreadable config.json>": [None, None]}
+  new = _flat(to_dict(config))
+  return {k: [old.get(k), new.get(k)] for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)}
+
+
+def save(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> None:
+  """Writes WORKDIR/config.json (atomically: a reader never sees half of it)."""
+  atomic.write_text(Path(workdir) / "config.json", json.dumps(to_dict(config), indent=2, sort_keys=True) + "\n")
+
+
+def record_changes(workdir: str | os.PathLike, step: int, changed: dict[str, list]) -> None:
+  """Appends a resume's accepted config changes to WORKDIR/config_history.jsonl."""
+  with open(Path(workdir) / HISTORY_FILE, "a") as f:
+    f.write(json.dumps({"step": step, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "changes": changed}) + "\n")
+
+
+def history(workdir: str | os.PathLike) -> list[dict]:
+  """The config changes accepted on earlier resumes, oldest first."""
+  try:
+    lines = (Path(workdir) / HISTORY_FILE).read_text().splitlines()
+  except OSError:
+    return []
+  return [json.loads(line) for line in lines if line.strip().endswith("}")]
 
 
 def _flat(d: dict, prefix: str = "") -> dict:

@@ -15,6 +15,8 @@ the console.
   `research-<uid>-warnings.log` in the system's temporary directory. The file is
   created only when something is written to it, and runs append to it, each
   under a header line naming the command.
+- Exceptions that end a library's background thread, or that Python can only
+  report (in an `atexit` callback, a destructor), go to the log file too.
 - C++ logging of TensorFlow / XLA / gRPC writes to the process's stderr
   directly, so it is turned down with environment variables that those
   libraries read when they load (`NATIVE_QUIET`; errors still show): the
@@ -32,6 +34,7 @@ import logging
 import os
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Iterator, MutableMapping, Sequence
@@ -85,14 +88,28 @@ class LogFileHandler(logging.Handler):
           return  # nowhere writable: drop it rather than disturb the console
       self.stream.write(self.format(record) + "\n")
       self.stream.flush()
-    except Exception:  # a logging failure must never end the run
-      self.handleError(record)
+    except Exception:  # noqa: BLE001  (e.g. a full disk: the record is dropped; the console stays clean and the
+      pass  # run goes on, and the library's own error line names the problem)
 
   def close(self) -> None:
     if self.stream is not None:
       self.stream.close()
       self.stream = None
     super().close()
+
+
+def _log_thread_exception(args: threading.ExceptHookArgs) -> None:
+  """A library's background thread that dies (e.g. TensorBoard's event writer on a full disk) logs its traceback
+  to the file; the main thread's own error names the problem on the console."""
+  logging.getLogger("research.threads").error(
+      "thread %s died", getattr(args.thread, "name", "?"), exc_info=(args.exc_type, args.exc_value, args.exc_traceback))
+
+
+def _log_unraisable(args) -> None:
+  """An exception Python can only report (e.g. in an atexit callback of TensorBoard's writer): to the file."""
+  logging.getLogger("research.unraisable").error(
+      "%s: %r", args.err_msg or "Exception ignored in", args.object,
+      exc_info=(args.exc_type, args.exc_value, args.exc_traceback))
 
 
 @contextlib.contextmanager
@@ -117,6 +134,8 @@ def quiet(log_file: str | Path, environ: MutableMapping[str, str] = os.environ,
     root.removeHandler(old)
   root.addHandler(handler)
   logging.captureWarnings(True)
+  hooks = threading.excepthook, sys.unraisablehook
+  threading.excepthook, sys.unraisablehook = _log_thread_exception, _log_unraisable
   try:
     yield handler
   finally:
@@ -129,6 +148,7 @@ def quiet(log_file: str | Path, environ: MutableMapping[str, str] = os.environ,
       for old in previous:
         root.addHandler(old)
       logging.captureWarnings(False)
+      threading.excepthook, sys.unraisablehook = hooks
 
 
 @contextlib.contextmanager

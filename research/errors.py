@@ -1,7 +1,9 @@
 """Errors that speak to the user: what was wrong, what was expected, what to do."""
 
+import json
 import os
 import re
+from pathlib import Path
 
 
 def brief(error: BaseException, limit: int = 300) -> str:
@@ -27,5 +29,24 @@ class CheckpointError(RuntimeError):
   """No checkpoint could be read, or one could not be written; names the path and the reason."""
 
 
+class WorkdirWriteError(RuntimeError):
+  """A file of the workdir (metrics, TensorBoard events, config) could not be written; names the path and step."""
+
+
 class TrainingError(RuntimeError):
   """Training cannot go on (e.g. a non-finite loss under nan_policy='stop'); names the step and the metric."""
+
+
+def read_json_object(path: str | os.PathLike, what: str, question: str) -> dict:
+  """A JSON object read from `path`, or a one-line ConfigError: missing, unreadable, or not an object (`what`, e.g.
+  "a config"), each ending with `question` (e.g. "is DIR the workdir of a training run?")."""
+  path = Path(path)
+  if not path.exists():
+    raise ConfigError(f"{path} does not exist: {question}")
+  try:
+    value = json.loads(path.read_text())
+  except (OSError, ValueError) as e:
+    raise ConfigError(f"{path} cannot be read ({brief(e)}): {question}") from None
+  if not isinstance(value, dict):
+    raise ConfigError(f"{path} holds a JSON {type(value).__name__}, not {what}: {question}")
+  return value

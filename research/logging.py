@@ -7,16 +7,30 @@ Only process 0 writes.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import sys
 import time
 from pathlib import Path
+from typing import Iterator
 
 import jax
 import numpy as np
 
 from research import atomic
+from research.errors import WorkdirWriteError
+
+
+@contextlib.contextmanager
+def _naming(path: Path, step: int | None) -> Iterator[None]:
+  """An OSError (a full disk, lost permissions) as one line naming the file and the step."""
+  try:
+    yield
+  except OSError as e:
+    at = f" at step {step}" if step is not None else ""
+    raise WorkdirWriteError(f"Writing {path}{at} failed: {e.strerror or e}. Free space or fix permissions, then "
+                            f"rerun the same command to resume from the last checkpoint.") from None
 
 
 class MetricWriter:
@@ -28,39 +42,48 @@ class MetricWriter:
       return
     SummaryWriter = _summary_writer_class()
     workdir = Path(workdir)
-    self.jsonl_path = workdir / "metrics.jsonl"
-    _truncate_after(self.jsonl_path, resume_step)
-    self.jsonl = open(self.jsonl_path, "a")
-    self.tb = SummaryWriter(str(workdir / "tensorboard"), purge_step=resume_step or None)
+    self.jsonl_path, self.tb_path = workdir / "metrics.jsonl", workdir / "tensorboard"
+    with _naming(self.jsonl_path, resume_step):
+      _truncate_after(self.jsonl_path, resume_step)
+      self.jsonl = open(self.jsonl_path, "a")
+    with _naming(self.tb_path, resume_step):
+      self.tb = SummaryWriter(str(self.tb_path), purge_step=resume_step or None)
+
+  def _write(self, step: int, record: dict) -> None:
+    with _naming(self.jsonl_path, step):
+      self.jsonl.write(json.dumps({"step": step, **record}) + "\n")
+      self.jsonl.flush()
 
   def scalars(self, step: int, values: dict[str, float]) -> None:
     if not self.active:
       return
-    for tag, value in values.items():
-      self.tb.add_scalar(tag, value, step)
-    self.jsonl.write(json.dumps({"step": step, **values}) + "\n")
-    self.jsonl.flush()
+    with _naming(self.tb_path, step):
+      for tag, value in values.items():
+        self.tb.add_scalar(tag, value, step)
+    self._write(step, values)
 
   def summaries(self, step: int, values: dict) -> None:
     """Writes text (str) and images (float [H, W, C] in [0, 1]) to TensorBoard, and their tags to the jsonl."""
     if not self.active:
       return
-    for tag, value in values.items():
-      if isinstance(value, str):
-        self.tb.add_text(tag, value, step)
-      else:
-        self.tb.add_image(tag, np.asarray(value), step, dataformats="HWC")
-    self.jsonl.write(json.dumps({"step": step, "summaries": sorted(values)}) + "\n")
-    self.jsonl.flush()
+    with _naming(self.tb_path, step):
+      for tag, value in values.items():
+        if isinstance(value, str):
+          self.tb.add_text(tag, value, step)
+        else:
+          self.tb.add_image(tag, np.asarray(value), step, dataformats="HWC")
+    self._write(step, {"summaries": sorted(values)})
 
   def flush(self) -> None:
     if self.active:
-      self.tb.flush()
+      with _naming(self.tb_path, None):
+        self.tb.flush()
 
   def close(self) -> None:
     if self.active:
-      self.tb.close()
-      self.jsonl.close()
+      with _naming(self.tb_path, None):
+        self.tb.close()
+        self.jsonl.close()
 
 
 def _summary_writer_class():

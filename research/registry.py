@@ -36,11 +36,13 @@ class Registry(Generic[T]):
     except KeyError:
       raise ConfigError(self.unknown_message(name)) from None
 
-  def unknown_message(self, name: str) -> str:
+  def unknown_message(self, name: str, key: str = "") -> str:
+    """`Unknown model 'mpl'. Did you mean 'mlp'? Known: ...`; with `key`, it opens `model.name='mpl': ...`."""
     known = sorted(self._entries)
     near = difflib.get_close_matches(str(name), known, n=1)
     hint = f" Did you mean {near[0]!r}?" if near else ""
-    return f"Unknown {self.kind} {name!r}.{hint} Known: {', '.join(known)}."
+    what = f"{key}={name!r}: unknown {self.kind}" if key else f"Unknown {self.kind} {name!r}"
+    return f"{what}.{hint} Known: {', '.join(known)}."
 
   def names(self) -> list[str]:
     return sorted(self._entries)
@@ -57,3 +59,4 @@ CLEANERS: Registry = Registry("cleaning op")
 OPTIMIZERS: Registry = Registry("optimizer")
 SCHEDULES: Registry = Registry("learning-rate schedule")
 LOSSES: Registry = Registry("loss")
+ACTIVATIONS: Registry = Registry("activation")  # a model's `activation` (research/models/mlp.py)

@@ -39,6 +39,20 @@ def run_script(script: str, *args: str, devices: int = 8, timeout: float = 300,
   return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
+def start_processes(workdir, *args: str, processes: int = 2, devices: int = 4) -> list[subprocess.Popen]:
+  """Starts scripts/train.py as one multi-process JAX run on loopback (`devices` CPU devices each)."""
+  import socket
+
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+  return [subprocess.Popen(
+      [sys.executable, str(ROOT / "scripts/train.py"), *args, "--workdir", str(workdir),
+       f"--coordinator_address=127.0.0.1:{port}", f"--num_processes={processes}", f"--process_id={i}"],
+      cwd=ROOT, env=env_with_devices(devices), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+      for i in range(processes)]
+
+
 def train(workdir, *overrides: str, config: str = "configs/mnist_mlp.py:smoke", devices: int = 8,
           unset: tuple[str, ...] = ()) -> str:
   done = run_script("train.py", "--config", config, "--workdir", str(workdir), *overrides, devices=devices,
@@ -49,6 +63,11 @@ def train(workdir, *overrides: str, config: str = "configs/mnist_mlp.py:smoke", 
 
 def checkpoint_params(workdir, step: int) -> dict[str, np.ndarray]:
   """The parameters saved at `step`, read straight from disk as numpy arrays keyed by path."""
+  return {k[len("params/"):]: v for k, v in checkpoint_arrays(workdir, step).items() if k.startswith("params/")}
+
+
+def checkpoint_arrays(workdir, step: int) -> dict[str, np.ndarray]:
+  """Every array saved at `step` (params/..., opt_state/..., step, rng), read straight from disk."""
   path = Path(workdir).absolute() / "checkpoints" / str(step) / "state"
   checkpointer = ocp.PyTreeCheckpointer()
   metadata = checkpointer.metadata(path)
@@ -65,7 +84,7 @@ def checkpoint_params(workdir, step: int) -> dict[str, np.ndarray]:
       else:
         flat[f"{prefix}{k}"] = np.asarray(v)
 
-  walk(tree["params"], "")
+  walk(tree, "")
   return flat
 
 

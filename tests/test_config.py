@@ -57,11 +57,15 @@ def test_variant_and_missing_file():
 
 def test_resolved_config_is_written_and_changes_are_reported(tmp_path):
   config = config_lib.load(SPEC)
-  assert config_lib.save(config, tmp_path) == []
+  assert config_lib.changes(config, tmp_path) == {}
+  config_lib.save(config, tmp_path)
   assert json.loads((tmp_path / "config.json").read_text())["optimizer"]["learning_rate"] == 1e-3
   config.optimizer.learning_rate = 0.5
-  assert config_lib.save(config, tmp_path) == ["optimizer.learning_rate"]
+  assert config_lib.changes(config, tmp_path) == {"optimizer.learning_rate": [1e-3, 0.5]}
+  config_lib.save(config, tmp_path)
   assert json.loads((tmp_path / "config.json").read_text())["optimizer"]["learning_rate"] == 0.5
+  config_lib.record_changes(tmp_path, 10, {"optimizer.learning_rate": [1e-3, 0.5]})
+  assert [h["step"] for h in config_lib.history(tmp_path)] == [10]
 
 
 def test_processes_saving_one_workdir_at_once_never_clash(tmp_path):

@@ -194,7 +194,7 @@ def test_bad_arguments_exit_2_with_one_line(run, args, words):
 
 def test_missing_workdir_exits_2(tmp_path):
   done = helpers.run_script("export.py", "--workdir", str(tmp_path / "nope"), timeout=120)
-  assert done.returncode == 2 and done.stderr.strip().splitlines() == [f"error: Workdir {tmp_path / 'nope'} does not exist."]
+  assert done.returncode == 2 and done.stderr.strip().splitlines() == [f"error: --workdir {tmp_path / 'nope'} does not exist: give the workdir of a training run."]
 
 
 def test_parity_failure_fails_the_export_with_a_report(run, exported, tmp_path, monkeypatch, capsys):

@@ -276,7 +276,7 @@ _TRAIN_FLAGS = """
 import os, sys
 from research import cli
 from research.train import loop
-loop.train = lambda config, workdir: print(os.environ["XLA_FLAGS"])
+loop.train = lambda config, workdir, *guard: print(os.environ["XLA_FLAGS"])
 sys.exit(cli.main("train", sys.argv[1:]))
 """
 

@@ -117,6 +117,7 @@ def test_unreadable_latest_checkpoint_falls_back_to_the_previous(finished_run, t
     (latest / "meta/metadata").write_text("{not json")
   log = helpers.train(workdir)
   assert "checkpoint at step 20" in log and "unreadable" in log
+  assert "Traceback" not in log  # Orbax's, TensorStore's and asyncio's go to WORKDIR/logs/warnings.log
   assert "Resuming from step 10" in log and "moved the unreadable checkpoint of step 20" in log
   assert len(list((workdir / "checkpoints").glob("20.unreadable-*"))) == 1  # set aside, not deleted
   _assert_same_params(finished_run, workdir, 20)  # retrained from 10: the same result
@@ -155,7 +156,7 @@ def test_nan_guard(tmp_path, policy):
   if policy == "stop":
     assert done.returncode == 1
     message = done.stderr.strip().splitlines()[-1]
-    assert "non-finite train metric at step 9" in message and "loss=" in message
+    assert "non-finite train step 9" in message and "loss=" in message
   else:
     assert done.returncode == 0, done.stderr[-2000:]
     assert "update skipped" in done.stderr
@@ -262,3 +263,70 @@ def test_unwritable_workdir_and_a_full_disk_fail_clearly_and_keep_old_checkpoint
   message = err.strip().splitlines()[-1]
   assert str(workdir / "checkpoints") in message and "File too large" in message and "intact" in message
   assert "Resuming from step 10" in helpers.train(workdir)  # the old checkpoint still restores
+
+
+@pytest.mark.parametrize("policy", ["stop", "skip"])
+def test_an_update_that_overflows_the_parameters_never_reaches_a_checkpoint(tmp_path, policy):
+  # Step 1's loss and gradient are finite; Adam's step of learning_rate=1e39 makes every parameter non-finite.
+  done = helpers.run_script("train.py", "--config", "configs/mnist_mlp.py:smoke", "--workdir", str(tmp_path),
+                            "--config.optimizer.learning_rate=1e39", "--config.schedule.name=constant",
+                            "--config.checkpoint.every=1", "--config.train.steps=4", "--config.train.eval_every=0",
+                            f"--config.nan_policy={policy}")
+  steps = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
+  if policy == "stop":
+    assert done.returncode == 1 and steps == []
+    assert "non-finite train step 1" in done.stderr and "overflowed the parameters" in done.stderr
+  else:
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert steps == [2, 3, 4]  # every step skipped, each one saved (keep=3)
+  for step in steps:
+    arrays = helpers.checkpoint_arrays(tmp_path, step)
+    assert any(k.startswith("opt_state/") for k in arrays)
+    for key, value in arrays.items():
+      assert np.isfinite(value).all(), f"non-finite value in checkpoint {step}: {key}"
+
+
+def test_bit_rot_in_array_data_is_caught_and_the_run_falls_back_to_an_identical_end(finished_run, tmp_path):
+  workdir = tmp_path / "run"
+  shutil.copytree(finished_run, workdir)
+  data = _data_file(workdir / "checkpoints/20")
+  damaged = bytearray(data.read_bytes())
+  for i in range(len(damaged) // 2, len(damaged) // 2 + 8):  # a few flipped bits in the middle of array data
+    damaged[i] ^= 0x04
+  data.write_bytes(bytes(damaged))
+  log = helpers.train(workdir)
+  assert "does not match its checksum" in log and "checkpoint at step 20" in log and "Resuming from step 10" in log
+  assert "Traceback" not in log
+  _assert_same_params(finished_run, workdir, 20)
+
+
+def test_a_changed_config_on_resume_is_named_and_overwrites_nothing(finished_run, tmp_path):
+  workdir = tmp_path / "run"
+  shutil.copytree(finished_run, workdir)
+  saved_config = (workdir / "config.json").read_bytes()
+  wider = helpers.run_script("train.py", "--config", "configs/mnist_mlp.py:smoke", "--workdir", str(workdir),
+                             "--config.model.hidden_sizes=(64,)")
+  assert wider.returncode == 2 and len(wider.stderr.strip().splitlines()) == 1, wider.stderr[-2000:]
+  assert "model.hidden_sizes" in wider.stderr and "init_from" in wider.stderr and "new --workdir" in wider.stderr
+  assert (workdir / "config.json").read_bytes() == saved_config  # evaluation and export of the run still work
+
+  log = helpers.train(workdir, "--config.optimizer.learning_rate=0.002", "--config.train.steps=25")
+  assert "optimizer.learning_rate 0.001 -> 0.002" in log and "Resuming from step 20" in log
+  assert json.loads((workdir / "config.json").read_text())["optimizer"]["learning_rate"] == 0.002
+  history = [json.loads(line) for line in (workdir / "config_history.jsonl").read_text().splitlines()]
+  assert history == [{"step": 20, "time": history[0]["time"],
+                      "changes": {"optimizer.learning_rate": [0.001, 0.002], "train.steps": [20, 25]}}]
+  again = helpers.train(workdir, "--config.optimizer.learning_rate=0.002", "--config.train.steps=25")
+  assert "the config was changed on resuming at step 20: optimizer.learning_rate, train.steps" in again
+
+
+def test_a_step_directory_replaced_by_a_file_is_refused_not_retrained(finished_run, tmp_path):
+  workdir = tmp_path / "run"
+  shutil.copytree(finished_run, workdir)
+  shutil.rmtree(workdir / "checkpoints/20")
+  (workdir / "checkpoints/20").write_text("not a checkpoint")
+  metrics = (workdir / "metrics.jsonl").read_bytes()
+  done = helpers.run_script("train.py", "--config", "configs/mnist_mlp.py:smoke", "--workdir", str(workdir))
+  assert done.returncode == 1 and "20 (a file)" in done.stderr and "not a checkpoint" in done.stderr
+  assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+  assert (workdir / "metrics.jsonl").read_bytes() == metrics and (workdir / "checkpoints/10").is_dir()

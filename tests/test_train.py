@@ -139,26 +139,15 @@ def test_profile_traces_the_configured_window_of_steps(tmp_path):
   trace_file, = (tmp_path / "short/tensorboard/plugins/profile").glob("*/perfetto_trace.json.gz")
   assert len(_traced_calls(json.loads(gzip.decompress(trace_file.read_bytes())), "PjitFunction(_train_step)")) == 3
 
-  with pytest.raises(ConfigError, match="train.profile_steps must be an integer >= 0"):
+  with pytest.raises(ConfigError, match="train.profile_steps=-1: step counts and periods are whole numbers"):
     train(_smoke(profile_steps=-1), tmp_path / "bad")
 
 
 @pytest.mark.slow
 def test_two_processes_train_like_one(tmp_path):
   """Real multi-process JAX on loopback: 2 processes x 4 CPU devices match 1 process x 8 devices."""
-  import socket
-  import subprocess
-  import sys
-
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
   common = ["--config", "configs/mnist_mlp.py:smoke", "--config.train.log_every=1", "--config.train.eval_every=10"]
-  procs = [subprocess.Popen(
-      [sys.executable, str(helpers.ROOT / "scripts/train.py"), *common, "--workdir", str(tmp_path / "multi"),
-       f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}"],
-      cwd=helpers.ROOT, env=helpers.env_with_devices(4), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-      for i in range(2)]
+  procs = helpers.start_processes(tmp_path / "multi", *common)
   try:
     outputs = [p.communicate(timeout=400) for p in procs]
   finally:

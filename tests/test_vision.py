@@ -12,9 +12,8 @@ from research import config as config_lib
 from research import parallel
 from research.data import cifar10, fashion_mnist, get_split
 from research.errors import ConfigError, DataUnavailableError
-from research.models.cnn import CNN
 from research.models.layers import max_pool
-from research.models.resnet import ResNet, stage_sizes
+from research.models.resnet import stage_sizes
 from research.registry import MODELS
 from research.train import state as state_lib
 from research.train.loop import train

@@ -91,7 +91,7 @@ def export(workdir: str | Path, *, step: str | int | None = "latest", formats: s
   """
   workdir = Path(workdir)
   if not workdir.is_dir():
-    raise ConfigError(f"Workdir {workdir} does not exist.")
+    raise ConfigError(f"--workdir {workdir} does not exist: give the workdir of a training run.")
   chosen = parse_formats(formats)
   options = dict(options or {})
   for name in options:
@@ -208,7 +208,4 @@ def verify(directory: str | Path) -> dict:
   directory = Path(directory)
   if not directory.is_dir():
     raise ConfigError(f"{directory} is not a directory.")
-  try:
-    return manifest_lib.verify(directory)
-  except FileNotFoundError as e:
-    raise ConfigError(str(e)) from None
+  return manifest_lib.verify(directory)  # a ConfigError where DIR has no readable manifest

@@ -11,6 +11,7 @@ Other libraries' warnings go to WORKDIR/logs/warnings.log unless --verbose
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 
 from research import console
@@ -71,6 +72,8 @@ def run(argv: list[str]) -> int:
     except VerifyError as e:
       print(f"error: {e}", file=sys.stderr)
       return 1
+    except ConfigError as e:  # not an export directory
+      raise ConfigError(f"--verify {args.verify}: {e}") from None
     print(f"ok: {len(manifest['files'])} files in {args.verify} match manifest.json")
     return 0
   if not args.workdir:
@@ -87,6 +90,11 @@ def run(argv: list[str]) -> int:
     options.update({n: {"batch": args.tflite_batch} for n in ("tflite", "tflite_int8") if n in names})
   if args.accuracy_examples is not None and args.accuracy_examples < 1:
     raise ConfigError(f"--accuracy-examples must be positive, not {args.accuracy_examples}.")
+  if not 0 <= args.tolerance < math.inf:  # (nan fails too)
+    raise ConfigError(f"--tolerance is the largest difference from JAX allowed: a finite number >= 0, not "
+                      f"{args.tolerance}.")
+  if not 0 <= args.max_accuracy_drop <= 1:
+    raise ConfigError(f"--max-accuracy-drop is a fraction of test accuracy, in [0, 1], not {args.max_accuracy_drop}.")
   try:
     api.export(args.workdir, step=_step(args.step), formats=args.format, out=args.out,
                batch_sizes=_batch_sizes(args.parity_batch_sizes), tolerance=args.tolerance,
@@ -104,3 +112,6 @@ def main(argv: list[str]) -> int:
   except (ConfigError, DataUnavailableError, CheckpointError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
+  except KeyboardInterrupt:
+    print("error: interrupted; the export directory may be incomplete.", file=sys.stderr)
+    return 130

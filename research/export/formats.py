@@ -74,7 +74,10 @@ def parse(formats: str | Sequence[str]) -> list[Format]:
   """'onnx,stablehlo' -> Formats in export order, with the base of each quantized one; packages checked."""
   names = [n.strip() for n in (formats.split(",") if isinstance(formats, str) else formats) if n.strip()]
   if not names:
-    raise ConfigError(f"No export format given; known: {', '.join(FORMATS.names())}.")
+    raise ConfigError(f"--format names no export format; known: {', '.join(FORMATS.names())}.")
+  unknown = [n for n in names if n not in FORMATS]
+  if unknown:
+    raise ConfigError(FORMATS.unknown_message(unknown[0], "--format"))
   chosen = {f.name: f for f in (FORMATS.get(n) for n in names)}
   for f in list(chosen.values()):
     if f.base:

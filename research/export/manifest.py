@@ -22,18 +22,20 @@ import inspect
 import json
 import os
 import platform
-import sys
 from pathlib import Path
 
 import numpy as np
 
 from research import atomic
+from research.errors import read_json_object
 
 MANIFEST = "manifest.json"
 ASSETS = "assets"  # files of fitted preprocessing ops (e.g. tokenizer.json), copied from the workdir
 VERSION = 1
 PACKAGES = ("jax", "jaxlib", "flax", "numpy", "ml-collections", "jax2onnx", "onnx", "onnxruntime",
             "tensorflow", "tensorflow-cpu", "ai-edge-litert")
+
+
 class VerifyError(RuntimeError):
   """An export directory does not match its manifest; the message names every bad file."""
 
@@ -216,13 +218,8 @@ def write(directory: Path, manifest: dict) -> Path:
 
 
 def read(directory: Path) -> dict:
-  path = Path(directory) / MANIFEST
-  if not path.is_file():
-    raise FileNotFoundError(f"{path} does not exist: is {directory} an export directory?")
-  try:
-    return json.loads(path.read_text())
-  except json.JSONDecodeError as e:
-    raise VerifyError(f"{path} is not valid JSON ({e}).") from None
+  """DIR/manifest.json; a ConfigError where DIR holds none (it is not an export directory)."""
+  return read_json_object(Path(directory) / MANIFEST, "a manifest", f"is {directory} an export directory?")
 
 
 def verify(directory: str | Path) -> dict:
@@ -239,8 +236,9 @@ def verify(directory: str | Path) -> dict:
       problems.append(f"{name}: missing")
       continue
     actual = sha256(path)
-    if actual != entry.get("sha256"):
-      problems.append(f"{name}: sha256 mismatch (manifest {entry.get('sha256')}, file {actual}): the file was changed")
+    listed_sha = entry.get("sha256") if isinstance(entry, dict) else None
+    if actual != listed_sha:
+      problems.append(f"{name}: sha256 mismatch (manifest {listed_sha}, file {actual}): the file was changed")
   for name in _files(directory):
     if name not in listed:
       problems.append(f"{name}: not listed in the manifest")

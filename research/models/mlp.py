@@ -8,7 +8,13 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from research.registry import MODELS
+from research.registry import ACTIVATIONS, MODELS
+
+# The elementwise functions of jax.nn a config may name as `model.activation`.
+for _name in ("celu", "elu", "gelu", "hard_sigmoid", "hard_silu", "hard_swish", "hard_tanh", "identity", "leaky_relu",
+              "log_sigmoid", "mish", "relu", "relu6", "selu", "sigmoid", "silu", "soft_sign", "softplus", "sparse_plus",
+              "sparse_sigmoid", "squareplus", "swish", "tanh"):
+  ACTIVATIONS.register(_name)(getattr(jax.nn, _name))
 
 
 class MLP(nnx.Module):
@@ -24,7 +30,7 @@ class MLP(nnx.Module):
     self.hidden = nnx.List([nnx.Linear(a, b, rngs=rngs) for a, b in zip(sizes[:-1], sizes[1:])])
     self.head = nnx.Linear(sizes[-1], num_classes, rngs=rngs)
     self.dropout = nnx.Dropout(dropout)
-    self.activation = getattr(jax.nn, activation)
+    self.activation = ACTIVATIONS.get(activation)
 
   def __call__(self, x: jax.Array, *, train: bool = False, rngs: nnx.Rngs | None = None) -> jax.Array:
     for layer in self.hidden:

@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from research.errors import ConfigError
 from research.models.transformer import masked_mean
 from research.registry import MODELS
 
@@ -45,7 +46,7 @@ class MaskedRNN(nnx.Module):
 
   def __init__(self, cell: str, in_features: int, hidden_size: int, *, reverse: bool = False, rngs: nnx.Rngs):
     if cell not in CELLS:
-      raise ValueError(f"rnn: cell={cell!r}; choose one of {', '.join(CELLS)}.")
+      raise ConfigError(f"model.cell={cell!r}: choose one of {', '.join(CELLS)}.")
     self.cell = CELLS[cell](in_features, hidden_size, rngs=rngs)
     self.is_lstm = cell == "lstm"
     self.hidden_size = hidden_size
@@ -82,7 +83,7 @@ class RNNClassifier(nnx.Module):
                hidden_size: int = 128, num_layers: int = 1, bidirectional: bool = True, pooling: str = "last",
                dropout: float = 0.0, pad_id: int = 0, rngs: nnx.Rngs):
     if pooling not in POOLINGS:
-      raise ValueError(f"rnn: pooling={pooling!r}; choose one of {', '.join(POOLINGS)}.")
+      raise ConfigError(f"model.pooling={pooling!r}: choose one of {', '.join(POOLINGS)}.")
     self.pad_id, self.pooling = pad_id, pooling
     self.embed = nnx.Embed(vocab_size, embed_dim, rngs=rngs)
     directions = 2 if bidirectional else 1

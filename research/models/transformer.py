@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from research.errors import ConfigError
 from research.models.layers.attention import TransformerBlock, sinusoidal_positions
 from research.registry import MODELS
 
@@ -49,9 +50,9 @@ class TransformerClassifier(nnx.Module):
                positions: str = "learned", pooling: str = "mean", max_length: int = 512, pad_id: int = 0,
                rngs: nnx.Rngs):
     if positions not in POSITIONS:
-      raise ValueError(f"transformer: positions={positions!r}; choose one of {', '.join(POSITIONS)}.")
+      raise ConfigError(f"model.positions={positions!r}: choose one of {', '.join(POSITIONS)}.")
     if pooling not in POOLINGS:
-      raise ValueError(f"transformer: pooling={pooling!r}; choose one of {', '.join(POOLINGS)}.")
+      raise ConfigError(f"model.pooling={pooling!r}: choose one of {', '.join(POOLINGS)}.")
     self.pad_id, self.positions, self.pooling, self.max_length = pad_id, positions, pooling, max_length
     self.embed = nnx.Embed(vocab_size, dim, embedding_init=nnx.initializers.normal(0.02), rngs=rngs)
     extra = 1 if pooling == "cls" else 0

@@ -7,7 +7,6 @@ onto exactly the structure that saved it.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import jax
@@ -21,7 +20,7 @@ from research.checkpoint import Checkpointer
 from research.data import clean, ops
 from research.data import spec as data_spec
 from research.data.sources import get_split
-from research.errors import ConfigError, DataUnavailableError
+from research.errors import ConfigError, DataUnavailableError, read_json_object
 from research.models.layers import fast_paths
 from research.registry import MODELS
 from research.train import state as state_lib
@@ -52,10 +51,9 @@ def build_state(config, model: nnx.Module, total_steps: int, mesh):
 
 
 def load_config(workdir: str | Path) -> ml_collections.ConfigDict:
-  path = Path(workdir) / "config.json"
-  if not path.exists():
-    raise ConfigError(f"{path} does not exist: is {workdir} the workdir of a training run?")
-  return config_lib.with_defaults(json.loads(path.read_text()))
+  saved = read_json_object(Path(workdir) / "config.json", "a config",
+                           f"is {workdir} the workdir of a training run?")
+  return config_lib.with_defaults(saved)
 
 
 def resolve_step(checkpoints: Checkpointer, step: str | int | None) -> int | None:

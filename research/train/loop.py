@@ -20,16 +20,16 @@ import numpy as np
 from flax import nnx
 
 from research import config as config_lib
-from research import host_memory, metrics, parallel, xla_flags
-from research.checkpoint import Checkpointer
+from research import host_memory, metrics, parallel, validate, xla_flags
+from research.checkpoint import Checkpointer, failed_step
 from research.data import augment, clean, ops
 from research.data import spec as data_spec
 from research.data.pipeline import Pipeline, WaitTimer, eval_batches, prepared
 from research.errors import CheckpointError, ConfigError, TrainingError, brief
 from research.logging import MetricWriter, Progress
 from research.models import precision
-from research.registry import DATASETS, MODELS
 from research.train import compilation, experiment, profiling
+from research.train.lock import WorkdirLock
 from research.train.preemption import PreemptionGuard
 from research.train.step import STRATEGIES, make_steps, named
 
@@ -51,8 +51,7 @@ def evaluate(eval_step, state, arrays, config, mesh, preprocess, summarize=metri
 
 def check(config) -> None:
   """Fails fast, before any data is loaded, on names and values the run cannot use."""
-  MODELS.get(config.model.name)
-  DATASETS.get(config.data.name)
+  validate.check(config)  # registry names, and every value against its meaning (research/validate.py)
   ops.parse(config.data.preprocess)
   augment.build(config.data.augment)
   clean.parse(config.data.clean)
@@ -63,12 +62,6 @@ def check(config) -> None:
   precision.check(config.compute_dtype)
   if config.nan_policy not in NAN_POLICIES:
     raise ConfigError(f"nan_policy={config.nan_policy!r}; choose one of {', '.join(NAN_POLICIES)}.")
-  if config.train.steps <= 0 and config.train.epochs <= 0:
-    raise ConfigError("Set train.steps or train.epochs to a positive number.")
-  for key in ("log_every", "eval_every", "stop_after_steps", "early_stopping_patience"):
-    if config.train[key] < 0:
-      raise ConfigError(f"train.{key} must be >= 0 (0 turns it off), got {config.train[key]}.")
-  profiling.check(config.train)
   if config.checkpoint.best_mode not in ("max", "min"):
     raise ConfigError(f"checkpoint.best_mode={config.checkpoint.best_mode!r}; choose 'max' or 'min'.")
   if config.train.early_stopping_patience and not config.checkpoint.best_metric:
@@ -98,35 +91,81 @@ def _init_from(spec: str, state, config):
   return state.replace(**restored), meta["step"]
 
 
+def _stopped_before_training(preemption: PreemptionGuard, progress: Progress, when: str,
+                             restored: bool = False) -> bool:
+  """Whether a signal asked to stop before the first step (every process decides together)."""
+  if not preemption.signalled():
+    return False
+  progress.message(f"Stopped by {preemption.signal_name} {when}; nothing new to save. Rerun the same command to "
+                   f"{'resume' if restored else 'start'}.")
+  return True
+
+
+def _check_resumable(checkpoints: Checkpointer, state, changed: dict[str, list], workdir: Path) -> None:
+  """A changed config whose state the newest checkpoint cannot hold is one error naming the changed keys."""
+  steps = checkpoints.steps()
+  if not changed or not steps:
+    return
+  differ = checkpoints.layout_difference(state, steps[-1])
+  if differ:
+    keys = ", ".join(f"{k} ({old!r} -> {new!r})" for k, (old, new) in changed.items())
+    raise ConfigError(f"The config differs from the one {workdir} was trained with: {keys}; its checkpoints cannot "
+                      f"hold the new state ({differ[0]}{', ...' if len(differ) > 1 else ''}). Resume with the "
+                      f"original config ({workdir / 'config.json'}), train in a new --workdir, or start a new "
+                      f"workdir from these weights with --config.init_from={workdir}.")
+
+
+def _report_config_changes(progress: Progress, workdir: Path, step: int, changed: dict[str, list]) -> None:
+  """Names this resume's config changes and earlier ones; records this one in WORKDIR/config_history.jsonl."""
+  for earlier in config_lib.history(workdir):
+    progress.message(f"note: the config was changed on resuming at step {earlier['step']}: "
+                     f"{', '.join(earlier['changes'])}.")
+  if changed:
+    progress.message("warning: the config differs from the one this workdir was trained with: "
+                     + ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in changed.items()))
+    if jax.process_index() == 0:
+      config_lib.record_changes(workdir, step, changed)
+
+
 def _abandon(checkpoints: Checkpointer, writer: MetricWriter) -> None:
   """On an error: let checkpoint writes already started finish (they are complete and valid), then close."""
-  try:
-    checkpoints.wait()
-    checkpoints.close()
-  except Exception:  # The error being raised is the one to report.
-    pass
-  writer.close()
+  for finish in (checkpoints.wait, checkpoints.close, writer.close):
+    try:
+      finish()
+    except Exception:  # noqa: BLE001  (the error being raised is the one to report)
+      pass
 
 
-def train(config, workdir: str | Path) -> dict[str, float]:
-  """Trains `config` in `workdir` (resuming if it holds checkpoints); returns the last eval metrics."""
-  # --- Config: validate and record. -------------------------------------------------------------
+def train(config, workdir: str | Path, preemption: PreemptionGuard | None = None) -> dict[str, float]:
+  """Trains `config` in `workdir` (resuming if it holds checkpoints); returns the last eval metrics.
+
+  The run holds WORKDIR/.lock throughout. SIGTERM/SIGINT at any moment stop it cleanly; pass a `preemption`
+  guard entered earlier (scripts/train.py enters one before JAX starts) to cover the moments before this call.
+  """
   check(config)
   flags_warning = xla_flags.use(config.xla_profile)  # before anything below starts JAX
   host_memory.apply()
   workdir = Path(workdir).absolute()
-  mesh = parallel.make_mesh(config)
-  parallel.check_batch_size(config.data.batch_size, mesh, "data.batch_size")
-  parallel.check_batch_size(config.data.eval_batch_size, mesh, "data.eval_batch_size")
-  _make_workdir(workdir)
-  changed = config_lib.save(config, workdir)
+  with contextlib.ExitStack() as stack:
+    preemption = preemption or stack.enter_context(PreemptionGuard())
+    mesh = parallel.make_mesh(config)
+    parallel.check_batch_size(config.data.batch_size, mesh, "data.batch_size")
+    parallel.check_batch_size(config.data.eval_batch_size, mesh, "data.eval_batch_size")
+    _make_workdir(workdir)
+    if jax.process_index() == 0:  # the process that writes the workdir's files
+      stack.enter_context(WorkdirLock(workdir))
+    return _train(config, workdir, mesh, preemption, flags_warning)
+
+
+def _train(config, workdir: Path, mesh, preemption: PreemptionGuard, flags_warning: str | None) -> dict[str, float]:
+  changed = config_lib.changes(config, workdir)  # config.json is written once the run is accepted (below)
   compilation.enable(config.compilation_cache, workdir)
 
   # --- Data. --------------------------------------------------------------------------------------
   train_arrays = experiment.load_split(config, "train")
   test_arrays = experiment.load_split(config, "test")
   sizes = {"train": len(next(iter(train_arrays.values()))), "test": len(next(iter(test_arrays.values())))}
-  data_spec.write(workdir, data_spec.describe(config, train_arrays, sizes))  # rebuilds the model without data
+  validate.against_data(config, sizes)  # e.g. a batch larger than the train split
   preprocess = experiment.preprocessor(config, workdir, train_arrays)
   preprocess_state = ops.fit_states(config.data.preprocess, None, workdir)  # fitted stats/tokenizers, kept in checkpoints
   pipeline = Pipeline(train_arrays, batch_size=config.data.batch_size, sharding=parallel.batch_sharding(mesh),
@@ -143,7 +182,8 @@ def train(config, workdir: str | Path) -> dict[str, float]:
   learning_rate = jax.jit(schedule)  # for the logs; run eagerly, optax's schedules took ~1 ms of small ops
   train_step, eval_step = make_steps(graphdef, tx, mesh, strategy=config.parallel.strategy,
                                      input_key=config.data.input_key, label_smoothing=config.label_smoothing,
-                                     augment=augment.build(config.data.augment))
+                                     augment=augment.build(config.data.augment),
+                                     rollback=config.nan_policy == "skip")
 
   # --- Resume from the newest readable checkpoint, or start (optionally from another run's params). --
   cc = config.checkpoint
@@ -152,17 +192,24 @@ def train(config, workdir: str | Path) -> dict[str, float]:
   progress = Progress(total_steps, 0, config.data.batch_size)
   if flags_warning:
     progress.message(flags_warning)
+  if _stopped_before_training(preemption, progress, "during start-up"):
+    return {}
+  _check_resumable(checkpoints, state, changed, workdir)
   restored = checkpoints.restore(state)
   start, progress_meta = 0, {}
   if restored is not None:
     state, meta = restored
     start, progress_meta = int(meta["step"]), meta.get("progress", {})
     progress.message(f"Resuming from step {start} in {checkpoints.directory}.")
-    if changed:
-      progress.message(f"warning: the config differs from the one this workdir was trained with: {', '.join(changed)}")
+    _report_config_changes(progress, workdir, start, changed)
   elif config.init_from:
     state, source_step = _init_from(config.init_from, state, config)
     progress.message(f"Initialized parameters from {config.init_from} (step {source_step}).")
+  if jax.process_index() == 0:  # the run is accepted: record its config, and its data to rebuild the model without it
+    config_lib.save(config, workdir)
+    data_spec.write(workdir, data_spec.describe(config, train_arrays, sizes))
+  if _stopped_before_training(preemption, progress, f"before step {start + 1}", restored=start > 0):
+    return {}
   if progress_meta.get("stopped_early"):
     total_steps = start  # An early-stopped run is finished.
   writer = MetricWriter(workdir, resume_step=start)
@@ -189,17 +236,18 @@ def train(config, workdir: str | Path) -> dict[str, float]:
     done, pending = pending[:len(pending) - keep], pending[len(pending) - keep:]
     for offset, m in enumerate(map(named, jax.device_get(done))):
       if m["nonfinite"]:
-        where = (f"non-finite train metric at step {first_step + offset}: loss={m['loss']}, "
-                 f"grad_norm={m['grad_norm']}")
+        overflowed = np.isfinite(m["loss"]) and np.isfinite(m["grad_norm"])  # then its update was not finite
+        where = (f"non-finite train step {first_step + offset}: loss={m['loss']}, grad_norm={m['grad_norm']}"
+                 + (", and its update overflowed the parameters or optimizer state" if overflowed else ""))
         if config.nan_policy == "stop":
-          raise TrainingError(f"{where}. The update was not applied and no checkpoint holds it; lower "
-                              f"optimizer.learning_rate, set optimizer.clip_norm, or set nan_policy='skip'.")
+          raise TrainingError(f"{where}. No checkpoint holds it; lower optimizer.learning_rate, set "
+                              f"optimizer.clip_norm, or set nan_policy='skip'.")
         progress.message(f"warning: {where}; update skipped (nan_policy='skip').")
       fetched.append(m)
 
   try:
     batches = WaitTimer(pipeline.iterate(start, stop - start))
-    with PreemptionGuard() as preemption, contextlib.closing(batches):
+    with contextlib.closing(batches):
       for step, batch in zip(range(start + 1, stop + 1), batches):
         profiler.before(step)
         dispatched = time.perf_counter()
@@ -261,8 +309,9 @@ def train(config, workdir: str | Path) -> dict[str, float]:
                                 progress=progress_meta):
               timer = time.perf_counter()
           except Exception as e:  # Disk full, permissions: name the path; older checkpoints are untouched.
-            raise CheckpointError(f"Saving the checkpoint of step {step} to {checkpoints.directory} failed: "
-                                  f"{brief(e)}. Checkpoints already written are intact: {checkpoints.steps()}.") from e
+            raise CheckpointError(f"Saving the checkpoint of step {failed_step(e, step)} to {checkpoints.directory} "
+                                  f"failed: {brief(e)}. Checkpoints already written are intact: "
+                                  f"{checkpoints.steps()}.") from None
         if preempted:
           break
         if stopped_early:
@@ -279,8 +328,8 @@ def train(config, workdir: str | Path) -> dict[str, float]:
   try:
     checkpoints.wait()
   except Exception as e:
-    raise CheckpointError(f"Writing checkpoints to {checkpoints.directory} failed: {brief(e)}. "
-                          f"Checkpoints already written are intact.") from e
+    raise CheckpointError(f"Saving the checkpoint of step {failed_step(e, stop)} to {checkpoints.directory} failed: "
+                          f"{brief(e)}. Checkpoints already written are intact: {checkpoints.steps()}.") from None
   checkpoints.close()
   writer.close()
   if preempted:

@@ -59,12 +59,19 @@ def _pmean_floats(tree, axis):
   return jax.tree.map(lambda x: jax.lax.pmean(x, axis) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
 
 
+def all_finite(tree) -> jax.Array:
+  """Whether every floating-point value in `tree` is finite (one fused pass over each leaf)."""
+  leaves = [jnp.isfinite(x).all() for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
+  return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
+
+
 def global_norm(tree) -> jax.Array:
   """The L2 norm of all leaves (see `sum_of_squares` for its cost on XLA:CPU)."""
   return jnp.sqrt(sum(sum_of_squares(x) for x in jax.tree.leaves(tree)))
 
 
-def _train_step(state: TrainState, batch, *, graphdef, tx, input_key, label_smoothing, augment=None, axis=None):
+def _train_step(state: TrainState, batch, *, graphdef, tx, input_key, label_smoothing, augment=None, axis=None,
+                rollback=False):
   rng = jax.random.fold_in(state.rng, state.step)
   if axis is not None:  # Each device draws its own dropout mask and augmentation.
     rng = jax.random.fold_in(rng, jax.lax.axis_index(axis))
@@ -82,16 +89,20 @@ def _train_step(state: TrainState, batch, *, graphdef, tx, input_key, label_smoo
     grads, loss, model_state = jax.lax.pmean(grads, axis), jax.lax.pmean(loss, axis), _pmean_floats(model_state, axis)
   grad_norm = global_norm(grads)
   finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+  old = (state.params, state.opt_state, state.model_state)
 
   def update(_):
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    return optax.apply_updates(state.params, updates), opt_state, model_state
+    new = (optax.apply_updates(state.params, updates), opt_state, model_state)
+    return new, all_finite(new)  # a finite gradient can still overflow a parameter or a moment (lr=1e39)
 
-  # A non-finite step never reaches the parameters (nor, so, a checkpoint). A lax.cond, not an elementwise select
-  # of the old state: to keep the old values for the select, XLA copied Adam's moments every step (the MLP step
-  # ran ~10% slower).
-  params, opt_state, model_state = jax.lax.cond(
-      finite, update, lambda _: (state.params, state.opt_state, state.model_state), None)
+  # A non-finite loss or gradient is never applied. A lax.cond, not an elementwise select of the old state: to
+  # keep the old values for a select, XLA copied Adam's moments every step (the MLP step ran ~10% slower).
+  new, applied_finite = jax.lax.cond(finite, update, lambda _: (old, jnp.array(True)), None)
+  finite = finite & applied_finite
+  if rollback:  # nan_policy='skip' pays for that select to undo an update that overflowed; 'stop' never saves it
+    new = jax.tree.map(lambda n, o: jnp.where(applied_finite, n, o), new, old)
+  params, opt_state, model_state = new
   new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state, model_state=model_state,
                             skipped_steps=state.skipped_steps + (~finite).astype(jnp.int32))
   return new_state, jnp.stack([loss, grad_norm, ~finite]).astype(jnp.float32)  # STEP_METRICS
@@ -104,13 +115,15 @@ def _eval_step(state: TrainState, batch, *, graphdef, input_key, axis=None):
 
 def make_steps(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, mesh: jax.sharding.Mesh, *,
                strategy: str, input_key: str, label_smoothing: float = 0.0,
-               augment: Callable | None = None) -> tuple[Callable, Callable]:
+               augment: Callable | None = None, rollback: bool = False) -> tuple[Callable, Callable]:
   """Returns jitted (train_step(state, batch) -> (state, metric vector), eval_step(state, batch) -> sums).
 
-  `augment(batch, rng) -> batch` (see research.data.augment) runs inside the train step only.
+  `augment(batch, rng) -> batch` (see research.data.augment) runs inside the train step only. A step whose loss,
+  gradient or updated state is not finite is flagged in its metrics; with `rollback` (nan_policy='skip') an
+  update that overflowed the state is also undone (a non-finite loss or gradient is never applied either way).
   """
   train = partial(_train_step, graphdef=graphdef, tx=tx, input_key=input_key, label_smoothing=label_smoothing,
-                  augment=augment)
+                  augment=augment, rollback=rollback)
   evaluate = partial(_eval_step, graphdef=graphdef, input_key=input_key)
   if strategy == "auto":
     repl, data = parallel.replicated(mesh), parallel.batch_sharding(mesh)

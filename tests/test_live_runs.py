@@ -1,0 +1,107 @@
+"""A run that is being written: one writer per workdir, readers that never break it, signals at any moment."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests import helpers
+
+pytestmark = pytest.mark.slow
+
+SMOKE = "configs/mnist_mlp.py:smoke"
+
+
+def _start(workdir, *overrides):
+  return subprocess.Popen(
+      [sys.executable, str(helpers.ROOT / "scripts/train.py"), "--config", SMOKE, "--workdir", str(workdir),
+       *overrides], cwd=helpers.ROOT, env=helpers.env_with_devices(8), stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for_steps(proc, workdir, steps: int, timeout: float = 120) -> None:
+  """Until `steps` lines are logged (the runs here log every step)."""
+  deadline, metrics = time.time() + timeout, workdir / "metrics.jsonl"
+  while proc.poll() is None and time.time() < deadline:
+    if metrics.exists() and len(metrics.read_text().splitlines()) >= steps:
+      return
+    time.sleep(0.05)
+  raise AssertionError(f"the run made no progress in {timeout}s (exit status {proc.poll()})")
+
+
+def test_one_writer_per_workdir_and_readers_of_a_live_run_never_break_it(tmp_path):
+  workdir = tmp_path / "run"
+  # A checkpoint every 2 steps, only the newest kept: readers race the writer's deletions all along.
+  writer = _start(workdir, "--config.train.steps=100000", "--config.checkpoint.every=2", "--config.checkpoint.keep=1",
+                  "--config.train.eval_every=0", "--config.train.log_every=1", "--config.checkpoint.best_metric=")
+  try:
+    _wait_for_steps(writer, workdir, 4)
+    second = helpers.run_script("train.py", "--config", SMOKE, "--workdir", str(workdir))
+    assert second.returncode == 2, second.stderr[-2000:]
+    assert len(second.stderr.strip().splitlines()) == 1
+    assert f"in use by another run (pid {writer.pid} on " in second.stderr and "started" in second.stderr
+    read = helpers.run_script("evaluate.py", "--workdir", str(workdir), "--json")
+    assert read.returncode == 0, read.stderr[-2000:]
+    assert "unreadable" not in read.stderr and json.loads(read.stdout)["metrics"]["accuracy"] > 0.1
+    exported = helpers.run_script("export.py", "--workdir", str(workdir), "--out", str(tmp_path / "export"),
+                                  "--parity-batch-sizes", "1", "--accuracy-examples", "200")
+    assert exported.returncode == 0, exported.stderr[-2000:]
+    assert writer.poll() is None, "the run ended before its readers did: nothing was tested live"
+  finally:
+    writer.send_signal(signal.SIGTERM)
+    _, err = writer.communicate(timeout=120)
+  assert writer.returncode == 0 and "Stopped by SIGTERM" in err and "unreadable" not in err
+
+
+@pytest.mark.parametrize("signals, delay", [((signal.SIGTERM,), 0.5), ((signal.SIGINT,), 3.0),
+                                            ((signal.SIGTERM, signal.SIGINT), 6.0)])
+def test_a_signal_at_any_moment_of_start_up_is_one_clean_stop(tmp_path, signals, delay):
+  """Imports, data loading and compilation take a smoke run's first ~5 s; at 6 s it may have trained a step
+  (then it saves it): either way one clean stop."""
+  workdir = tmp_path / "run"
+  proc = _start(workdir, "--config.train.steps=2000")  # still running at `delay`
+  time.sleep(delay)
+  for sig in signals:
+    proc.send_signal(sig)
+    time.sleep(0.2)
+  _, err = proc.communicate(timeout=120)
+  assert proc.returncode == 0, err[-2000:]
+  assert "Traceback" not in err and err.strip().splitlines()[-1].startswith(f"Stopped by {signals[0].name} "), err
+
+
+def test_a_second_ctrl_c_during_saves_leaves_the_last_checkpoint_intact(tmp_path):
+  workdir = tmp_path / "run"
+  proc = _start(workdir, "--config.train.steps=100000", "--config.checkpoint.every=1", "--config.train.log_every=1",
+                "--config.train.eval_every=0", "--config.checkpoint.best_metric=")
+  _wait_for_steps(proc, workdir, 3)
+  proc.send_signal(signal.SIGINT)
+  proc.send_signal(signal.SIGINT)
+  _, err = proc.communicate(timeout=120)
+  assert proc.returncode in (0, 130) and "Traceback" not in err, err[-2000:]
+  if proc.returncode == 130:
+    assert err.strip().splitlines()[-1] == "error: interrupted; checkpoints already written are intact."
+  resumed = helpers.train(workdir, "--config.train.steps=12", "--config.checkpoint.best_metric=")
+  assert "Resuming from step" in resumed and "unreadable" not in resumed
+
+
+def test_a_signal_to_one_process_of_a_multi_process_run_stops_all_at_one_step(tmp_path):
+  workdir = tmp_path / "run"
+  procs = helpers.start_processes(workdir, "--config", SMOKE, "--config.train.steps=100000",
+                                  "--config.train.log_every=1", "--config.train.eval_every=0",
+                                  "--config.checkpoint.best_metric=")
+  try:
+    _wait_for_steps(procs[0], workdir, 3)
+    procs[1].send_signal(signal.SIGTERM)  # as a scheduler that preempts one host
+    outputs = [p.communicate(timeout=120) for p in procs]
+  finally:
+    for p in procs:
+      p.kill()  # a hung multi-process JAX run ignores SIGTERM
+  assert [p.returncode for p in procs] == [0, 0], "\n".join(err[-2000:] for _, err in outputs)
+  last = outputs[0][1].strip().splitlines()[-1]
+  # Process 0 learns of the stop from JAX's preemption service (which hears the SIGTERM) or at a sync point.
+  assert last.startswith("Stopped by ") and "after step " in last and "checkpoint saved" in last
+  step = int(last.split("after step ")[1].split(";")[0])
+  assert (workdir / "checkpoints" / str(step)).is_dir()
