@@ -50,3 +50,8 @@ def read_json_object(path: str | os.PathLike, what: str, question: str) -> dict:
   if not isinstance(value, dict):
     raise ConfigError(f"{path} holds a JSON {type(value).__name__}, not {what}: {question}")
   return value
+
+
+class InputError(ValueError):
+  """Inputs to a served model that do not fit its signature (shape, dtype, range, text length); the message names
+  the input and the rule. A script exits 2 on it; the server answers 400."""

@@ -30,6 +30,7 @@ NAMED = {
     "api/train.html": ["research.train.state.TrainState", "research.train.loop.train"],
     "api/checkpoint.html": ["research.checkpoint.Checkpointer"],
     "api/export.html": ["research.export.api.export", "research.export.manifest.verify"],
+    "api/serve.html": ["research.serve.predictor.Predictor", "research.serve.inputs.check"],
 }
 
 

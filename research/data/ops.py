@@ -136,13 +136,16 @@ def _bind(entry: FittedOp, state: dict, assets_dir: Path) -> Callable:
   return op
 
 
-def build(spec: str, *, fit_on: Batch | None = None, assets_dir: str | Path | None = None) -> Callable[[Batch], Batch]:
+def build(spec: str, *, fit_on: Batch | None = None, assets_dir: str | Path | None = None,
+          states: dict[str, Any] | None = None) -> Callable[[Batch], Batch]:
   """Turns 'op1(args)|op2' into one function of a batch.
 
   Fitted ops take their state from `assets_dir` (fitting it on `fit_on`, the
-  train split, the first time). Pipelines without fitted ops need neither.
+  train split, the first time), or from `states` ({"<index>:<op>": state}, as an
+  export's manifest lists them) with their files in `assets_dir`. Pipelines
+  without fitted ops need neither.
   """
-  states = fit_states(spec, fit_on, assets_dir)
+  states = fit_states(spec, fit_on, assets_dir) if states is None else states
   steps = []
   for i, (name, args, kwargs) in enumerate(parse(spec)):
     entry = OPS.get(name)

@@ -1,0 +1,81 @@
+"""`scripts/predict.py`: predictions for files or texts from an export directory, one line per example.
+
+Exit codes: 0 done; 1 the export does not match its manifest (a changed, missing or
+unlisted file: the model is refused); 2 bad arguments or inputs (one line naming them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import numpy as np
+
+from research import console
+from research.cli import Parser, entry_point
+from research.errors import ConfigError, InputError
+
+
+def parser() -> argparse.ArgumentParser:
+  from research.serve.predictor import BACKENDS
+
+  p = Parser(prog="predict.py", formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False,
+             description="Predict with an exported model: image files, .npy arrays or texts in, classes out.\n"
+             "Reads nothing but the export directory (every file's sha256 is checked first).",
+             epilog="  python scripts/predict.py --export runs/mnist_mlp/export digit.png more.npy\n"
+             "  python scripts/predict.py --export runs/rt/export 'a gripping, funny film' reviews.txt")
+  p.add_argument("--export", required=True, metavar="DIR", help="an export directory (scripts/export.py --out)")
+  p.add_argument("inputs", nargs="+", metavar="INPUT",
+                 help="image files or .npy arrays (image models); texts, or .txt files of one text per line "
+                 "(text models)")
+  p.add_argument("--backend", default="onnx", choices=sorted(BACKENDS),
+                 help="onnx: onnxruntime (default); jax: the StableHLO export, compiled by XLA")
+  p.add_argument("--top", type=int, default=1, metavar="K", help="show the K most likely classes (default 1)")
+  p.add_argument("--json", action="store_true", help="print one JSON document with every probability")
+  p.add_argument("--verbose", action="store_true", help=console.VERBOSE_HELP)
+  return p
+
+
+def predict(argv: list[str]) -> None:
+  args = parser().parse_args(argv)
+  if args.top < 1:
+    raise ConfigError(f"--top must be >= 1, got {args.top}.")
+  from research.serve import inputs as inputs_lib
+  from research.serve.predictor import Predictor
+
+  model = Predictor.load(args.export, backend=args.backend)
+  names, raw = inputs_lib.read(model.signature, args.inputs)
+  result = model.predict(raw)
+  if "outputs" in result:
+    raise ConfigError(f"{args.export} is not a classifier (outputs {[o['name'] for o in model.manifest['outputs']]}); "
+                      f"predict.py prints class predictions.")
+  if args.json:
+    print(json.dumps({"label_names": result["label_names"], "examples": [
+        {"input": n, "prediction": int(p), "label": label, "probabilities": probs.round(6).tolist()}
+        for n, p, label, probs in zip(names, result["predictions"], result["labels"], result["probabilities"])]},
+        indent=2))
+    return
+  label = (lambda c: result["label_names"][c]) if result["label_names"] else str
+  for name, probs in zip(names, result["probabilities"]):
+    best = np.argsort(-probs, kind="stable")[:args.top]
+    print(f"{name}\t" + "  ".join(f"{label(c)} {probs[c]:.4f}" for c in best))
+
+
+def main(argv: list[str]) -> int:
+  from research.export.manifest import VerifyError
+
+  try:
+    with entry_point(argv, None):
+      predict(argv)
+    return 0
+  except (ConfigError, InputError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  except VerifyError as e:
+    print(f"error: {' '.join(str(e).split())} (the model is refused)", file=sys.stderr)
+    return 1
+  except KeyboardInterrupt:
+    return 130
+  except BrokenPipeError:
+    return 1
