@@ -330,3 +330,21 @@ def test_a_step_directory_replaced_by_a_file_is_refused_not_retrained(finished_r
   assert done.returncode == 1 and "20 (a file)" in done.stderr and "not a checkpoint" in done.stderr
   assert len(done.stderr.strip().splitlines()) == 1, done.stderr
   assert (workdir / "metrics.jsonl").read_bytes() == metrics and (workdir / "checkpoints/10").is_dir()
+
+
+@pytest.mark.parametrize("limit", [100, 1500])
+def test_a_disk_full_from_the_start_is_one_line_naming_the_file(tmp_path, limit):
+  """Files may not grow past `limit` bytes: the run's records (100) or its metrics and events (1500) fail."""
+  def full_disk():
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+  from research.data import sources
+
+  for split in ("train", "test"):  # in the session's data cache before the disk is "full"
+    sources.get_split("mnist", split)
+  proc = _start(tmp_path / "run", "--config.train.steps=4", preexec_fn=full_disk)
+  _, err = proc.communicate(timeout=300)
+  assert proc.returncode == 1 and "Traceback" not in err, err[-3000:]
+  line = err.strip().splitlines()[-1]
+  assert line.startswith("error: ") and str(tmp_path / "run") in line and "File too large" in line, line
