@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from research.errors import ConfigError, DataUnavailableError, brief
+from research.export import generation as generation_lib
 from research.export import manifest as manifest_lib
 from research.export import measure
 from research.export import model as model_lib
@@ -171,9 +172,17 @@ def export(workdir: str | Path, *, step: str | int | None = "latest", formats: s
     artifacts[f.name] = artifact
     log(f"  {f.name}: " + _describe(artifact))
 
-  raw = {k: v[:1] for k, v in examples.items() if k != config.data.label_key}  # preprocessing's input
+  generation = None
+  if generation_lib.supported(model):  # a language model: prefill + cached decode, checked against the model
+    generation = generation_lib.export(model, tmp)
+    generation["check"] = generation_lib.check(model, tmp, generation)
+    log(f"  generate: {generation['prefill']}, {generation['decode']}: greedy tokens equal the model's "
+        f"({generation['check']['greedy_tokens_checked']} tokens, past one window)")
+  # The raw inputs a caller sends: the data's columns, for a model of its data; an export function (a language
+  # model's logits, a VAE's decoder) takes its own inputs, which the manifest's `inputs` list.
+  raw = None if ex.batch_inputs is not None else {k: v[:1] for k, v in examples.items() if k != config.data.label_key}
   manifest_lib.copy_assets(ex.config, workdir, tmp)  # e.g. the fitted tokenizer.json: a server needs it
-  manifest_lib.write(tmp, manifest_lib.build(ex, workdir, artifacts, raw, reference=summary))
+  manifest_lib.write(tmp, manifest_lib.build(ex, workdir, artifacts, raw, reference=summary, generation=generation))
   _replace(tmp, out)
   log(f"wrote {out / manifest_lib.MANIFEST}")
   return out

@@ -7,6 +7,7 @@
                        "raw_inputs"},
      "labels", "reference": JAX's {"accuracy", "latency_ms"},
      "artifacts": {format: {"path", "files", "bytes", "parity", "accuracy", "latency_ms", ...}},
+     "generation": a language model's prefill/decode functions and tokenizer (research/export/generation.py),
      "versions": {package: version}, "machine", "files": {relative path: {"sha256", "bytes"}}}
 
 `verify(directory)` recomputes every checksum: a changed, missing or unlisted
@@ -180,7 +181,7 @@ def eval_metrics(workdir: Path, meta: dict) -> tuple[dict, str | None]:
 
 
 def build(ex, workdir: Path, artifacts: dict, raw: dict[str, np.ndarray] | None = None,
-          reference: dict | None = None) -> dict:
+          reference: dict | None = None, generation: dict | None = None) -> dict:
   from research.config import to_dict
 
   config = to_dict(ex.config)
@@ -204,6 +205,7 @@ def build(ex, workdir: Path, artifacts: dict, raw: dict[str, np.ndarray] | None 
       "labels": label_names(ex.config, workdir),
       "reference": _jsonable(reference or {}),
       "artifacts": _jsonable(artifacts),
+      **({"generation": _jsonable(generation)} if generation else {}),
       "versions": versions(),
       "machine": {"platform": platform.platform(), "processor": platform.machine(), "cpus": os.cpu_count()},
   }

@@ -18,8 +18,10 @@ the context inside its chunk only.
 
 from __future__ import annotations
 
+import functools
 import math
 from functools import partial
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -218,37 +220,109 @@ def sample_logits(logits: jax.Array, key: jax.Array, temperature=1.0, top_k=0) -
   return jnp.where(temperature > 0, sampled, jnp.argmax(logits, axis=-1)).astype(jnp.int32)
 
 
-@partial(jax.jit, static_argnames=("graphdef", "num_tokens"))
-def _generate(graphdef, state, prompt, key, temperature, top_k, *, num_tokens):
-  model = nnx.merge(graphdef, state)
-  b, p = prompt.shape
-  cache = model.init_cache(b, p + num_tokens)
-  logits, cache = model.forward(prompt, cache=cache, index=0)  # prefill
+def decoder(model: GPT) -> tuple[Callable, Callable, list[np.ndarray]]:
+  """Pure functions of a flat list of weights, for `jax.jit` and `jax.export` alike, and those weights:
 
-  def step(carry, i):
-    cache, last_logits = carry
-    token = sample_logits(last_logits, jax.random.fold_in(key, i), temperature, top_k)
-    logits, cache = model.forward(token[:, None], cache=cache, index=p + i)  # incremental decode
-    return (cache, logits[:, -1]), token
+      prefill(weights, tokens int32[B, block_size]) -> (logits float32[B, block_size, vocab], k, v)
+      decode(weights, k, v, token int32[B], index int32[]) -> (logits float32[B, vocab], k, v)
 
-  _, tokens = jax.lax.scan(step, (cache, logits[:, -1]), jnp.arange(num_tokens))
-  return jnp.concatenate([prompt, tokens.T], axis=1)
+  `k`, `v` float32[layers, B, block_size, heads, head_dim] are the KV cache; `decode` writes the token at
+  position `index` and attends to positions <= index. Prefill a context padded to block_size: causal
+  attention keeps the padding out of every real position's logits.
+  """
+  graphdef, rng_state, state = nnx.split(model, nnx.RngState, ...)
+  leaves, treedef = jax.tree.flatten(state)
+  prefill, decode = _functions(graphdef, treedef)
+  rng_state = jax.device_get(rng_state)  # unused at inference; kept so the graph merges back whole
+  return (partial(prefill, rng_state), partial(decode, rng_state),
+          [np.asarray(jax.device_get(leaf)) for leaf in leaves])
+
+
+def _functions(graphdef, treedef) -> tuple[Callable, Callable]:
+  def merged(rng_state, weights) -> GPT:
+    return nnx.merge(graphdef, rng_state, jax.tree.unflatten(treedef, list(weights)))
+
+  def prefill(rng_state, weights, tokens):
+    m = merged(rng_state, weights)
+    logits, cache = m.forward(tokens, cache=m.init_cache(tokens.shape[0], m.block_size), index=0)
+    return (logits, *_stacked(cache))
+
+  def decode(rng_state, weights, k, v, token, index):
+    cache = [{"k": k[i], "v": v[i]} for i in range(k.shape[0])]
+    logits, cache = merged(rng_state, weights).forward(token[:, None], cache=cache, index=index)
+    return (logits[:, -1], *_stacked(cache))
+
+  return prefill, decode
+
+
+@functools.lru_cache(maxsize=16)
+def _jitted(graphdef, treedef) -> tuple[Callable, Callable]:
+  """Compiled once per model structure (training's text samples call `generate` at every evaluation)."""
+  return tuple(jax.jit(f) for f in _functions(graphdef, treedef))
+
+
+def _stacked(cache: Cache) -> tuple[jax.Array, jax.Array]:
+  return jnp.stack([c["k"] for c in cache]), jnp.stack([c["v"] for c in cache])
+
+
+def sliding_generate(prefill: Callable, decode: Callable, prompt, num_tokens: int, *, block_size: int,
+                     rng: jax.Array, temperature: float = 1.0, top_k: int = 0,
+                     on_tokens: Callable[[np.ndarray], None] | None = None) -> np.ndarray:
+  """Continues int[B, P] `prompt` by `num_tokens` tokens: int32[B, P + num_tokens].
+
+  `prefill(tokens)` and `decode(k, v, token, index)` are `decoder`'s functions with the weights bound (jitted
+  in-process, or deserialized from an export). Token i is drawn with `fold_in(rng, i)`. Positions are learned,
+  so a context holds at most block_size tokens: when the cache is full, the last block_size // 2 tokens are
+  prefilled again at positions 0.. (a sliding window) and decoding goes on. `on_tokens` sees each new token
+  column as it is drawn (for streaming).
+  """
+  tokens = np.asarray(prompt, np.int32)
+  if tokens.ndim != 2 or tokens.shape[1] < 1:
+    raise ValueError(f"the prompt must be int[B, P] with P >= 1 tokens, got shape {tokens.shape}.")
+  temperature, top_k = jnp.float32(temperature), jnp.int32(top_k)
+
+  def start(context: np.ndarray):
+    padded = np.zeros((len(context), block_size), np.int32)
+    padded[:, :context.shape[1]] = context
+    logits, k, v = prefill(padded)
+    return logits[:, context.shape[1] - 1], k, v, context.shape[1]
+
+  last, k, v, position = start(tokens[:, -block_size:])
+  drawn = []
+  for i in range(num_tokens):
+    token = np.asarray(_sample(last, jax.random.fold_in(rng, i), temperature, top_k))
+    drawn.append(token)
+    if on_tokens is not None:
+      on_tokens(token)
+    if i == num_tokens - 1:
+      break
+    if position == block_size:  # the window is full: slide it
+      last, k, v, position = start(np.concatenate([tokens, np.stack(drawn, 1)], 1)[:, -(block_size // 2):])
+    else:
+      last, k, v = decode(k, v, token, np.int32(position))
+      position += 1
+  return np.concatenate([tokens, np.stack(drawn, 1).astype(np.int32)], 1) if drawn else tokens
+
+
+_sample = jax.jit(sample_logits)
 
 
 def generate(model: GPT, prompt, num_tokens: int, *, rng: jax.Array, temperature: float = 1.0,
-             top_k: int = 0) -> np.ndarray:
+             top_k: int = 0, on_tokens: Callable[[np.ndarray], None] | None = None) -> np.ndarray:
   """Continues int[B, P] `prompt` by `num_tokens` sampled tokens: int32[B, P + num_tokens] (numpy).
 
-  Seeded: token i is drawn with `fold_in(rng, i)`, so the same rng gives the same text. P + num_tokens
-  must fit in `block_size` (positions are learned). Runs prefill + cached decode as one jitted program.
+  Seeded: token i is drawn with `fold_in(rng, i)`, so the same rng gives the same text. Prefill, then one
+  cached decode step per token; past block_size tokens the context slides (see `sliding_generate`), so any
+  length works. An export's generation (research/serve/generate.py) runs the same loop on the exported
+  functions and gives the same tokens.
   """
-  prompt = jnp.asarray(prompt, jnp.int32)
-  if prompt.shape[1] + num_tokens > model.block_size:
-    raise ValueError(f"prompt ({prompt.shape[1]}) + num_tokens ({num_tokens}) exceeds block_size="
-                     f"{model.block_size}.")
-  graphdef, state = nnx.split(model)
-  return np.asarray(_generate(graphdef, state, prompt, rng, jnp.float32(temperature), jnp.int32(top_k),
-                              num_tokens=int(num_tokens)))
+  graphdef, rng_state, state = nnx.split(model, nnx.RngState, ...)
+  leaves, treedef = jax.tree.flatten(state)
+  prefill, decode = _jitted(graphdef, treedef)
+  return sliding_generate(lambda t: prefill(rng_state, leaves, t),
+                          lambda k, v, t, i: decode(rng_state, leaves, k, v, t, i),
+                          prompt, num_tokens, block_size=model.block_size, rng=rng, temperature=temperature,
+                          top_k=top_k, on_tokens=on_tokens)
 
 
 @MODELS.register("gpt")

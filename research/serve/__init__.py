@@ -4,7 +4,8 @@
     model = Predictor.load("runs/mnist_mlp/export")      # sha256 of every file checked first
     model.predict({"image": pixels_uint8})                # -> predictions, probabilities, label names
 
-`Predictor` (research/serve/predictor.py) applies the manifest's preprocessing
+`Generator` (research/serve/generate.py) continues a prompt with an exported
+language model. `Predictor` (research/serve/predictor.py) applies the manifest's preprocessing
 with the same code as training and runs the model in onnxruntime (default) or,
 from the StableHLO export, in JAX. `research/serve/inputs.py` reads raw inputs
 (image files, `.npy`, lines of text) and checks them against the signature.

@@ -1,4 +1,4 @@
-"""`scripts/predict.py`: predictions for files or texts from an export directory, one line per example.
+"""`scripts/predict.py` and `scripts/generate.py`: an export directory's predictions, or its generated text.
 
 Exit codes: 0 done; 1 the export does not match its manifest (a changed, missing or
 unlisted file: the model is refused); 2 bad arguments or inputs (one line naming them).
@@ -62,12 +62,40 @@ def predict(argv: list[str]) -> None:
     print(f"{name}\t" + "  ".join(f"{label(c)} {probs[c]:.4f}" for c in best))
 
 
-def main(argv: list[str]) -> int:
+def generate_parser() -> argparse.ArgumentParser:
+  p = Parser(prog="generate.py", formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False,
+             description="Generate text with an exported language model (a KV cache; past the model's context the "
+             "window slides).\nReads nothing but the export directory; a seed gives the same text every time.",
+             epilog="  python scripts/generate.py --export runs/shakespeare_gpt/export --prompt 'ROMEO:' "
+             "--max_tokens 200 --temperature 0.8 --top_k 40 --seed 0")
+  p.add_argument("--export", required=True, metavar="DIR", help="the export directory of a language model")
+  p.add_argument("--prompt", required=True, help="the text to continue")
+  p.add_argument("--max_tokens", type=int, default=200, metavar="N", help="tokens (bytes) to generate (default 200)")
+  p.add_argument("--temperature", type=float, default=1.0, metavar="T", help="0 is greedy (default 1.0)")
+  p.add_argument("--top_k", type=int, default=0, metavar="K", help="sample from the K most likely (0: all; default)")
+  p.add_argument("--seed", type=int, default=0, metavar="S", help="the sampling seed (default 0)")
+  p.add_argument("--verbose", action="store_true", help=console.VERBOSE_HELP)
+  return p
+
+
+def generate(argv: list[str]) -> None:
+  args = generate_parser().parse_args(argv)
+  from research.serve.generate import Generator, check_request
+
+  check_request(args.prompt, args.max_tokens, args.temperature, args.top_k, args.seed)  # before loading
+  model = Generator.load(args.export)
+  sys.stdout.write(args.prompt)
+  model.generate(args.prompt, args.max_tokens, temperature=args.temperature, top_k=args.top_k, seed=args.seed,
+                 on_text=lambda text: (sys.stdout.write(text), sys.stdout.flush()))
+  sys.stdout.write("\n")
+
+
+def main(argv: list[str], command: str = "predict") -> int:
   from research.export.manifest import VerifyError
 
   try:
     with entry_point(argv, None):
-      predict(argv)
+      (generate if command == "generate" else predict)(argv)
     return 0
   except (ConfigError, InputError) as e:
     print(f"error: {e}", file=sys.stderr)

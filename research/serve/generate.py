@@ -1,0 +1,83 @@
+"""Text generation from an export directory alone: the exported prefill and decode steps, the library's loop.
+
+    gen = Generator.load("runs/shakespeare_gpt/export")
+    text = gen.generate("ROMEO:", max_tokens=200, temperature=0.8, top_k=40, seed=0)
+
+The export's files are verified against its manifest first. Sampling, seeding and the sliding window past
+block_size are research.models.gpt.sliding_generate, so a seed gives the same text as the trained model
+(`generate` in research/models/gpt.py) and as every other run of this command. `on_text` receives the text
+as it is generated (for streaming); bytes of a character split across tokens are held until it is whole.
+"""
+
+from __future__ import annotations
+
+import codecs
+import dataclasses
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from research.errors import ConfigError, InputError
+from research.serve.inputs import MAX_TEXT_CHARS
+
+MAX_TOKENS = 100_000
+
+
+@dataclasses.dataclass
+class Generator:
+  directory: Path
+  manifest: dict
+  prefill: Callable
+  decode: Callable
+
+  @classmethod
+  def load(cls, directory: str | Path) -> "Generator":
+    from research.export import generation
+    from research.export import manifest as manifest_lib
+
+    directory = Path(directory)
+    manifest = manifest_lib.verify(directory)
+    section = manifest.get("generation")
+    if section is None:
+      raise ConfigError(f"{directory} holds a {manifest['model']['name']} export, which does not generate text; "
+                        f"export a language model (e.g. configs/shakespeare_gpt.py).")
+    prefill, decode = generation.load(directory, section)
+    return cls(directory, manifest, prefill, decode)
+
+  @property
+  def block_size(self) -> int:
+    return int(self.manifest["generation"]["block_size"])
+
+  def generate(self, prompt: str, max_tokens: int, *, temperature: float = 1.0, top_k: int = 0, seed: int = 0,
+               on_text: Callable[[str], None] | None = None) -> str:
+    """The continuation of `prompt` (not including it): `max_tokens` tokens (bytes), decoded as UTF-8."""
+    import jax
+
+    from research.models.gpt import sliding_generate
+
+    check_request(prompt, max_tokens, temperature, top_k, seed)
+    ids = np.frombuffer(prompt.encode("utf-8"), np.uint8).astype(np.int32)[None]
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    stream = (lambda token: on_text(decoder.decode(bytes([int(token[0])])))) if on_text else None
+    tokens = sliding_generate(self.prefill, self.decode, ids, max_tokens, block_size=self.block_size,
+                              rng=jax.random.key(seed), temperature=temperature, top_k=top_k, on_tokens=stream)
+    if on_text:
+      on_text(decoder.decode(b"", final=True))
+    return bytes(tokens[0, ids.shape[1]:].astype(np.uint8).tolist()).decode("utf-8", errors="replace")
+
+
+def check_request(prompt: str, max_tokens: int, temperature: float, top_k: int, seed: int) -> None:
+  """One InputError naming the first value that cannot be generated with."""
+  if not isinstance(prompt, str) or not prompt:
+    raise InputError("prompt must be a non-empty string.")
+  if len(prompt) > MAX_TEXT_CHARS:
+    raise InputError(f"prompt has {len(prompt)} characters; at most {MAX_TEXT_CHARS} are accepted.")
+  if not isinstance(max_tokens, int) or not 1 <= max_tokens <= MAX_TOKENS:
+    raise InputError(f"max_tokens must be a whole number from 1 to {MAX_TOKENS}, got {max_tokens!r}.")
+  if not isinstance(temperature, (int, float)) or not 0 <= temperature <= 100 or temperature != temperature:
+    raise InputError(f"temperature must be a number from 0 (greedy) to 100, got {temperature!r}.")
+  if not isinstance(top_k, int) or top_k < 0:
+    raise InputError(f"top_k must be a whole number >= 0 (0: no cut), got {top_k!r}.")
+  if not isinstance(seed, int) or not 0 <= seed < 2**32:
+    raise InputError(f"seed must be a whole number from 0 to 2**32 - 1, got {seed!r}.")
