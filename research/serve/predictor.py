@@ -62,9 +62,13 @@ class Predictor:
   def label_names(self) -> list[str] | None:
     return self.manifest.get("labels")
 
+  def check(self, raw: dict[str, Any]) -> dict[str, np.ndarray]:
+    """Raw inputs as the signature's arrays; InputError names a mismatch (shape, dtype, range, text length)."""
+    return inputs_lib.check(self.signature, raw)
+
   def outputs(self, raw: dict[str, Any]) -> list[np.ndarray]:
     """The model's outputs for raw inputs (checked against the signature; InputError names a mismatch)."""
-    batch = self.preprocess(inputs_lib.check(self.signature, raw))
+    batch = self.preprocess(self.check(raw))
     model_inputs = [np.asarray(batch[i["name"]], dtype=i["dtype"]) for i in self.manifest["inputs"]]
     return self.run(*model_inputs)
 

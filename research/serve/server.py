@@ -1,0 +1,142 @@
+"""`scripts/serve.py`: flags -> a model repository, keys and the app, run by uvicorn.
+
+Exit codes: 0 after a clean stop (SIGTERM or Ctrl-C: uvicorn stops accepting, finishes the requests in
+flight within `--drain_s`, and exits); 2 bad flags or no model loadable, in one line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import socket
+import sys
+
+from research import console
+from research.cli import Parser, entry_point
+from research.errors import ConfigError
+
+LOOPBACK = {"localhost"}
+
+
+def is_loopback(host: str) -> bool:
+  if host in LOOPBACK:
+    return True
+  try:
+    return ipaddress.ip_address(host).is_loopback
+  except ValueError:
+    return False
+
+
+def _server_class():
+  import uvicorn
+
+  class Server(uvicorn.Server):
+    """uvicorn raises the stop signal again after draining, so the process dies by it (exit -15); here a drained
+    stop is a clean exit 0."""
+
+    def handle_exit(self, sig, frame) -> None:
+      super().handle_exit(sig, frame)
+      self._captured_signals.clear()
+
+  return Server
+
+
+def parser() -> argparse.ArgumentParser:
+  p = Parser(prog="serve.py", formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False,
+             description="Serve exported models over HTTP: a JSON API and the Open Inference Protocol, with "
+             "dynamic batching,\nAPI keys and Prometheus metrics (docs/serving.md).",
+             epilog="  python scripts/serve.py --keys keys.json --add_key team-a --key_models mnist\n"
+             "  python scripts/serve.py --model mnist=runs/mnist_mlp/export --keys keys.json --port 8000")
+  p.add_argument("--models", metavar="DIR", help="a model repository: DIR/<name>/<version>/ export directories")
+  p.add_argument("--model", action="append", default=[], metavar="NAME=EXPORT_DIR",
+                 help="serve one export as NAME (version 1); repeatable")
+  p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1, loopback only)")
+  p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
+  p.add_argument("--keys", metavar="FILE", help="the API key file (salted hashes; see --add_key)")
+  p.add_argument("--no_auth", action="store_true", help="serve without keys: only allowed on a loopback --host")
+  p.add_argument("--add_key", metavar="ID", help="add a key with this id to --keys FILE, print it once, and exit")
+  p.add_argument("--key_models", default="*", metavar="A,B", help="with --add_key: the models it may call (* = all)")
+  p.add_argument("--key_admin", action="store_true", help="with --add_key: the key may administer the server")
+  p.add_argument("--key_rate", type=float, default=0.0, metavar="R", help="with --add_key: requests/s (0 = no limit)")
+  p.add_argument("--max_batch_size", type=int, default=64, metavar="ROWS", help="rows per model call (default 64)")
+  p.add_argument("--max_wait_ms", type=float, default=2.0, metavar="MS",
+                 help="how long a batch waits to fill (default 2; 0 turns batching off)")
+  p.add_argument("--max_queue_rows", type=int, default=4096, metavar="ROWS",
+                 help="rows waiting per model before requests get 503 (default 4096)")
+  p.add_argument("--max_body_mb", type=float, default=16, metavar="MB", help="largest request body (default 16)")
+  p.add_argument("--timeout_s", type=float, default=30, metavar="S", help="a request's time limit (default 30)")
+  p.add_argument("--drain_s", type=float, default=10, metavar="S", help="on SIGTERM, time to finish requests")
+  p.add_argument("--ssl_certfile", metavar="PEM", help="serve HTTPS with this certificate (with --ssl_keyfile)")
+  p.add_argument("--ssl_keyfile", metavar="PEM", help="the certificate's private key")
+  p.add_argument("--verbose", action="store_true", help=console.VERBOSE_HELP)
+  return p
+
+
+def _check(args) -> None:
+  for flag in ("max_batch_size", "max_queue_rows"):
+    if getattr(args, flag) < 1:
+      raise ConfigError(f"--{flag} must be >= 1, got {getattr(args, flag)}.")
+  for flag in ("max_wait_ms", "max_body_mb", "timeout_s", "drain_s"):
+    if not getattr(args, flag) >= 0:
+      raise ConfigError(f"--{flag} must be >= 0, got {getattr(args, flag)}.")
+  if not 0 <= args.port < 65536:
+    raise ConfigError(f"--port must be from 0 to 65535, got {args.port}.")
+  if bool(args.ssl_certfile) != bool(args.ssl_keyfile):
+    raise ConfigError("--ssl_certfile and --ssl_keyfile go together.")
+  if args.no_auth and not is_loopback(args.host):
+    raise ConfigError(f"--no_auth is only allowed on a loopback --host (127.0.0.1), not {args.host}: give --keys.")
+  if not args.no_auth and not args.keys:
+    raise ConfigError("API keys are required: --keys FILE (create one with --keys FILE --add_key ID), or "
+                      "--no_auth on a loopback --host.")
+
+
+def serve(argv: list[str]) -> None:
+  args = parser().parse_args(argv)
+  if args.add_key:
+    from research.serve.auth import add_key
+
+    if not args.keys:
+      raise ConfigError("--add_key needs --keys FILE: the key file to add it to.")
+    models = [m.strip() for m in args.key_models.split(",") if m.strip()]
+    print(add_key(args.keys, args.add_key, models or ["*"], args.key_admin, args.key_rate))
+    return
+  _check(args)
+  import uvicorn
+
+  from research.serve import repository
+  from research.serve.app import create_app
+  from research.serve.auth import KeyRing
+
+  keys = None if args.no_auth else KeyRing.load(args.keys)
+  batching = dict(max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms,
+                  max_queue_rows=args.max_queue_rows)
+  repo = repository.load(args.models, args.model, batching)
+  for failure, reason in repo.failures.items():
+    print(f"warning: {failure} is not served: {reason}", file=sys.stderr)
+  sock = socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET)
+  sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+  try:
+    sock.bind((args.host, args.port))
+    sock.listen(2048)  # connections wait here until uvicorn accepts them
+  except OSError as e:
+    raise ConfigError(f"cannot bind {args.host}:{args.port}: {e.strerror}; choose another --port.") from None
+  scheme, port = "https" if args.ssl_certfile else "http", sock.getsockname()[1]
+  served = ", ".join(f"{n} (versions {', '.join(map(str, sorted(v)))})" for n, v in sorted(repo.models.items()))
+  ready = lambda: print(f"serving {served} on {scheme}://{args.host}:{port}", file=sys.stderr, flush=True)
+  app = create_app(repo, keys=keys, open_metrics=is_loopback(args.host), max_body_bytes=int(args.max_body_mb * 2**20),
+                   timeout_s=args.timeout_s, on_ready=ready)
+  config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=args.drain_s,
+                          ssl_certfile=args.ssl_certfile, ssl_keyfile=args.ssl_keyfile)
+  _server_class()(config).run(sockets=[sock])
+
+
+def main(argv: list[str]) -> int:
+  try:
+    with entry_point(argv, None):
+      serve(argv)
+    return 0
+  except ConfigError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  except KeyboardInterrupt:
+    return 0

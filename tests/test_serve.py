@@ -1,0 +1,206 @@
+"""The HTTP server, for real: scripts/serve.py on a free loopback port, answered over HTTP by many clients.
+
+A smoke MLP is trained and exported once (in this process); each server is a real subprocess.
+"""
+
+import concurrent.futures
+import json
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+import numpy as np
+import pytest
+
+from research import config as config_lib
+from tests import helpers
+
+pytest.importorskip("starlette", reason="the `serve` extra is not installed: pip install -e '.[serve]'")
+pytest.importorskip("onnxruntime", reason="the `onnx` extra is not installed: pip install -e '.[onnx]'")
+
+
+@pytest.fixture(scope="module")
+def export_dir(tmp_path_factory):
+  from research.export import export
+  from research.train.loop import train
+
+  config = config_lib.load("configs/mnist_mlp.py:smoke")
+  config.train.update(dict(eval_every=0))
+  workdir = tmp_path_factory.mktemp("served")
+  train(config, workdir)
+  return export(workdir, formats=("onnx",), out=workdir / "export", batch_sizes=(1,), accuracy_examples=64,
+                log=lambda _: None)
+
+
+@pytest.fixture(scope="module")
+def digits():
+  from research.data import sources
+
+  return sources.get_split("mnist", "test")["image"][:256]
+
+
+class Server:
+  def __init__(self, *args: str):
+    self.proc = subprocess.Popen([sys.executable, str(helpers.ROOT / "scripts/serve.py"), "--port", "0", *args],
+                                 cwd=helpers.ROOT, env=helpers.env_with_devices(1), stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True)
+    line = self.proc.stderr.readline()
+    found = re.search(r"on (https?://[\d.]+:\d+)", line)
+    if not found:
+      self.proc.kill()
+      raise AssertionError(f"the server did not start: {line}{self.proc.stderr.read()[-3000:]}")
+    self.url = found.group(1)
+
+  def call(self, path: str, body=None, key: str | None = None, raw: bytes | None = None) -> tuple[int, dict, dict]:
+    headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {key}"} if key else {})}
+    data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+    request = urllib.request.Request(self.url + path, data, headers)
+    try:
+      with urllib.request.urlopen(request, timeout=60) as r:
+        return r.status, dict(r.headers), json.loads(r.read() or b"null") if "json" in r.headers.get(
+            "content-type", "") else r.read().decode()
+    except urllib.error.HTTPError as e:
+      return e.code, dict(e.headers), json.loads(e.read())
+
+  def stop(self) -> tuple[int, str]:
+    self.proc.send_signal(signal.SIGTERM)
+    _, err = self.proc.communicate(timeout=60)
+    return self.proc.returncode, err
+
+
+def _offline(export_dir, pixels) -> np.ndarray:
+  from research.serve import Predictor
+
+  return Predictor.load(export_dir).predict({"image": pixels})["probabilities"]
+
+
+def test_64_concurrent_clients_get_exactly_their_own_predictions_over_both_protocols(export_dir, digits):
+  server = Server("--model", f"mnist={export_dir}", "--no_auth", "--max_wait_ms", "5")
+  try:
+    want = _offline(export_dir, digits)
+
+    def client(i: int):
+      rows = slice(i * 4, i * 4 + 1 + i % 4)  # 1 to 4 rows each
+      if i % 2:
+        status, _, body = server.call("/v1/models/mnist:predict", {"instances": digits[rows].tolist()})
+        return rows, status, np.array([p["probabilities"] for p in body["predictions"]])
+      pixels = digits[rows]
+      status, _, body = server.call("/v2/models/mnist/infer", {"id": f"c{i}", "inputs": [
+          {"name": "image", "shape": list(pixels.shape), "datatype": "UINT8", "data": pixels.reshape(-1).tolist()}]})
+      assert body["id"] == f"c{i}" and body["model_name"] == "mnist"
+      probs = next(o for o in body["outputs"] if o["name"] == "probabilities")
+      return rows, status, np.array(probs["data"]).reshape(probs["shape"])
+
+    with concurrent.futures.ThreadPoolExecutor(64) as pool:
+      results = list(pool.map(client, range(64)))
+    for rows, status, got in results:
+      assert status == 200
+      np.testing.assert_allclose(got, want[rows], atol=1e-6)
+    _, _, metrics = server.call("/metrics")
+    count = float(re.search(r'research_batch_rows_count\{model="mnist"\} (\S+)', metrics).group(1))
+    total = float(re.search(r'research_batch_rows_sum\{model="mnist"\} (\S+)', metrics).group(1))
+    served = float(re.search(r'research_requests_total\{model="mnist",status="200",version="1"\} (\S+)',
+                             metrics).group(1))
+    assert served == 64 and total == sum(1 + i % 4 for i in range(64)) + 0  # every row once (warm-up not counted)
+    assert count < 64  # requests were merged into fewer model calls
+  finally:
+    code, err = server.stop()
+  assert code == 0 and "Traceback" not in err, err[-3000:]
+
+
+def test_the_open_inference_protocols_metadata_health_and_errors(export_dir, digits):
+  server = Server("--model", f"mnist={export_dir}", "--no_auth")
+  try:
+    assert server.call("/v2")[2]["name"] == "research"
+    assert server.call("/v2/health/live")[2] == {"live": True} and server.call("/v2/health/ready")[0] == 200
+    status, _, meta = server.call("/v2/models/mnist")
+    assert status == 200 and meta["inputs"] == [{"name": "image", "datatype": "UINT8", "shape": [-1, 28, 28, 1]}]
+    assert [o["name"] for o in meta["outputs"]] == ["probabilities", "predictions", "labels"]
+    assert server.call("/v2/models/mnist/versions/1/ready")[2] == {"name": "mnist", "ready": True}
+    pixels = digits[:3]
+    tensor = {"name": "image", "shape": [3, 28, 28, 1], "datatype": "UINT8", "data": pixels.tolist()}  # nested
+    status, _, body = server.call("/v2/models/mnist/infer", {"inputs": [tensor], "outputs": [{"name": "labels"}]})
+    assert status == 200 and [o["name"] for o in body["outputs"]] == ["labels"] and "id" not in body
+    assert body["outputs"][0]["datatype"] == "BYTES"
+    assert body["outputs"][0]["data"] == [str(c) for c in _offline(export_dir, pixels).argmax(-1)]
+    bad = {
+        "/v2/models/nope/infer": ({"inputs": [tensor]}, 404, "no model 'nope'"),
+        "/v2/models/mnist/versions/7/infer": ({"inputs": [tensor]}, 404, "no version 7"),
+        "/v2/models/mnist/infer": ({"inputs": [{**tensor, "shape": [2, 28, 28, 1]}]}, 400, "holds 1568 values"),
+    }
+    for path, (body, code, words) in bad.items():
+      status, _, answer = server.call(path, body)
+      assert status == code and words in answer["error"], (path, answer)
+    for body, words in [
+        ({"inputs": [{**tensor, "datatype": "BYTES"}]}, "takes UINT8, not BYTES"),
+        ({"inputs": [{**tensor, "datatype": "FP99"}]}, "unknown datatype"),
+        ({"inputs": [{**tensor, "name": "pixels"}]}, "unknown input 'pixels'"),
+        ({"inputs": [{**tensor, "data": [[300] * 784] * 3}]}, "0 to 255"),
+        ({"inputs": [tensor], "outputs": [{"name": "logits"}]}, "unknown output 'logits'"),
+        ({"inputs": "x"}, '{"inputs"'),
+        ([1, 2], "JSON object"),
+    ]:
+      status, _, answer = server.call("/v2/models/mnist/infer", body)
+      assert status == 400 and words in answer["error"], (body if len(str(body)) < 200 else words, answer)
+    status, _, answer = server.call("/v1/models/mnist:predict", raw=b"{not json")
+    assert status == 400 and "not valid JSON" in answer["error"]
+    assert server.call("/healthz")[0] == 200  # still up
+  finally:
+    assert server.stop()[0] == 0
+
+
+def test_keys_scopes_rate_limits_and_the_body_limit(export_dir, digits, tmp_path):
+  keys = tmp_path / "keys.json"
+
+  def add(*args):
+    done = helpers.run_script("serve.py", "--keys", str(keys), *args)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+  full, other, slow = add("--add_key", "full"), add("--add_key", "other", "--key_models", "cifar"), add(
+      "--add_key", "slow", "--key_rate", "1")
+  assert full not in keys.read_text() and "full" in keys.read_text()  # stored as a salted hash
+  server = Server("--model", f"mnist={export_dir}", "--keys", str(keys), "--max_body_mb", "0.01")
+  body = {"instances": digits[:1].tolist()}
+  try:
+    status, headers, answer = server.call("/v1/models/mnist:predict", body)
+    assert status == 401 and "API key" in answer["error"] and headers.get("www-authenticate") == "Bearer"
+    assert server.call("/v1/models/mnist:predict", body, key=full + "x")[0] == 401
+    assert server.call("/v1/models/mnist:predict", body, key=full)[0] == 200
+    status, _, answer = server.call("/v1/models/mnist:predict", body, key=other)
+    assert status == 403 and "may not call model 'mnist'" in answer["error"]
+    codes = [server.call("/v1/models/mnist:predict", body, key=slow)[0] for _ in range(3)]
+    assert codes[0] == 200 and 429 in codes
+    status, headers, _ = server.call("/v1/models/mnist:predict", body, key=slow)
+    assert status == 429 and int(headers["retry-after"]) >= 1
+    status, _, answer = server.call("/v1/models/mnist:predict", {"instances": digits[:8].tolist()}, key=full)
+    assert status == 413 and "larger than" in answer["error"]
+    assert server.call("/healthz")[0] == 200  # health needs no key
+  finally:
+    code, err = server.stop()
+  assert code == 0 and full not in err and other not in err
+
+
+def test_bad_flags_are_one_line(export_dir):
+  for args, words in [((f"--model=mnist={export_dir}",), "API keys are required"),
+                      ((f"--model=mnist={export_dir}", "--no_auth", "--host", "0.0.0.0"), "loopback"),
+                      (("--model", "mnist", "--no_auth"), "NAME=EXPORT_DIR"),
+                      (("--models", "/nonexistent", "--no_auth"), "is not a directory")]:
+    done = helpers.run_script("serve.py", *args)
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1 and words in done.stderr, done.stderr
+
+
+def test_sigterm_finishes_the_requests_in_flight_then_exits_zero(export_dir, digits):
+  server = Server("--model", f"mnist={export_dir}", "--no_auth", "--max_wait_ms", "50")
+  with concurrent.futures.ThreadPoolExecutor(8) as pool:
+    calls = [pool.submit(server.call, "/v1/models/mnist:predict", {"instances": digits[i:i + 1].tolist()})
+             for i in range(8)]
+    time.sleep(0.02)  # the requests are in the batcher's 50 ms window
+    server.proc.send_signal(signal.SIGTERM)
+    statuses = [c.result()[0] for c in calls]
+  assert statuses == [200] * 8
+  assert server.proc.wait(timeout=60) == 0
