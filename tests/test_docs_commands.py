@@ -9,8 +9,8 @@ command is classified; one that fits no class fails its test, so none is silentl
   `.ci/run` runs). The other parts of a `&&` chain still run.
 - training (`scripts/train.py --config configs/X.py ...`): at smoke scale, `configs/X.py:smoke`, with
   every documented override kept as written.
-- a server (`.venv/bin/tensorboard --logdir DIR`): started on a free port, asked for its logdir over
-  HTTP, stopped.
+- a server (`.venv/bin/tensorboard --logdir DIR`, `.venv/bin/python scripts/serve.py ...`): started on a
+  free port, asked over HTTP for its logdir or its readiness, stopped.
 - anything else that runs `.venv/bin/python scripts/*.py` (evaluate, export, --verify, --help, benchmark
   --quick) or `.venv/bin/python -m module` (the Sphinx build): as written; a command identical to one that
   already ran here (e.g. the quick start's export, repeated in docs/export.md) is not run twice.
@@ -148,7 +148,8 @@ def classify(command: str) -> str:
   words = shlex.split(command.replace("&", " & ").replace(";", " ; "))
   programs = [words[0]] + [w for prev, w in zip(words, words[1:]) if prev in ("&", ";")]
   programs = [p for p in programs if p not in ("&", ";", "wait")]
-  if words[0] == ".venv/bin/tensorboard" and len(programs) == 1:
+  if len(programs) == 1 and (words[0] == ".venv/bin/tensorboard" or (
+      words[:2] == [".venv/bin/python", "scripts/serve.py"] and "--add_key" not in words)):
     return "server"
   scripts = re.findall(r"\.venv/bin/python (?:scripts/\w+\.py|-m [\w.]+)", command)
   assert len(scripts) == len(programs), (
@@ -175,20 +176,20 @@ def free_port() -> int:
 
 
 def serve(command: str, cwd: Path, timeout: float = 90) -> None:
-  """Starts the server, waits until it answers with its --logdir, stops it."""
+  """Starts the server on a free port, waits until it answers (TensorBoard with its --logdir, scripts/serve.py
+  ready), stops it with SIGTERM (scripts/serve.py must then exit 0)."""
   words = shlex.split(command)
-  logdir = words[words.index("--logdir") + 1]
-  port = re.search(r"--port[ =](\d+)", command)
-  port = int(port.group(1)) if port else free_port()
-  if "--port" not in command:
-    command += f" --port {port}"
+  tensorboard = words[0].endswith("tensorboard")
+  port = free_port()
+  command = re.sub(r"--port[ =]\d+", "", command) + f" --port {port}"
+  url = f"http://localhost:{port}/data/logdir" if tensorboard else f"http://127.0.0.1:{port}/v2/health/ready"
   proc = subprocess.Popen(["bash", "-c", "exec " + local_tools(command)], cwd=cwd, env=helpers.env_with_devices(1),
                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
   try:
     deadline, answer = time.time() + timeout, None
     while answer is None and time.time() < deadline and proc.poll() is None:
       try:
-        with urllib.request.urlopen(f"http://localhost:{port}/data/logdir", timeout=5) as response:
+        with urllib.request.urlopen(url, timeout=5) as response:
           answer = json.loads(response.read())
       except OSError:
         time.sleep(1)
@@ -200,7 +201,11 @@ def serve(command: str, cwd: Path, timeout: float = 90) -> None:
       os.killpg(proc.pid, signal.SIGKILL)
       _, err = proc.communicate()
   assert answer is not None, f"{command} never answered on port {port}:\n{err[-3000:]}"
-  assert answer["logdir"].rstrip("/").endswith(logdir.rstrip("/")), answer
+  if tensorboard:
+    logdir = words[words.index("--logdir") + 1]
+    assert answer["logdir"].rstrip("/").endswith(logdir.rstrip("/")), answer
+  else:
+    assert answer == {"ready": True} and proc.returncode == 0, (answer, proc.returncode, err[-3000:])
 
 
 # ---- the test
