@@ -1,9 +1,14 @@
-"""Helpers for tests that run the real scripts in subprocesses."""
+"""Helpers for tests that run the real scripts in subprocesses, and trained runs shared by the whole test run."""
 
 from __future__ import annotations
 
+import dataclasses
+import fcntl
+import hashlib
+import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -59,6 +64,56 @@ def train(workdir, *overrides: str, config: str = "configs/mnist_mlp.py:smoke", 
                     unset=unset)
   assert done.returncode == 0, done.stderr[-3000:]
   return done.stderr
+
+
+def train_here(workdir, *overrides: str, config: str = "configs/mnist_mlp.py:smoke") -> dict[str, float]:
+  """`train` in this process (no interpreter start-up or JAX import to pay; the same parameters, bit for bit, as
+  scripts/train.py on the 8 devices conftest sets up): returns research.train.loop.train's final eval metrics."""
+  from research import config as config_lib
+  from research.train.loop import train as train_loop
+
+  return train_loop(config_lib.apply_overrides(config_lib.load(config), overrides), workdir)
+
+
+@dataclasses.dataclass(frozen=True)
+class SharedRun:
+  workdir: Path  # read-only: copy it (shutil.copytree) before resuming, damaging or evaluating into it
+  final: dict  # research.train.loop.train's return value (in-process runs; {} for script runs)
+  log: str  # scripts/train.py's stderr (script runs; "" for in-process runs)
+
+
+def shared_run(tmp_path_factory, config: str, *overrides: str, script: bool = False) -> SharedRun:
+  """A finished run of `config` with `overrides`, trained once per pytest run however many test modules and xdist
+  workers ask for it: the same smoke configs used to be trained again and again, module by module.
+
+  The run lives under the pytest run's temporary directory, which xdist's workers share (the parent of each
+  worker's own), guarded by a file lock and marked done once it finished. `script=True` trains with
+  scripts/train.py and keeps its stderr; otherwise the run is trained in this process (`train_here`). Never write
+  into `workdir`: other modules read it, maybe at the same time.
+  """
+  base = tmp_path_factory.getbasetemp()
+  if os.environ.get("PYTEST_XDIST_WORKER"):
+    base = base.parent
+  key = hashlib.sha256(json.dumps([config, overrides, script]).encode()).hexdigest()[:12]
+  root = base / "shared_runs" / f"{Path(config.partition(':')[0]).stem}-{key}"
+  root.mkdir(parents=True, exist_ok=True)
+  with open(root / "lock", "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes: the other worker waits for the training
+    if not (root / "done").exists():
+      shutil.rmtree(root / "run", ignore_errors=True)  # what an earlier, failed try left
+      if script:
+        (root / "train.log").write_text(train(root / "run", *overrides, config=config))
+      else:
+        (root / "final.json").write_text(json.dumps(train_here(root / "run", *overrides, config=config)))
+      (root / "done").touch()
+  read = lambda name, empty: (root / name).read_text() if (root / name).exists() else empty
+  return SharedRun(root / "run", json.loads(read("final.json", "{}")), read("train.log", ""))
+
+
+def smoke_run(tmp_path_factory, name: str) -> SharedRun:
+  """The shared run of configs/<name>.py:smoke. mnist_mlp's is trained by scripts/train.py (test_scripts checks its
+  log; test_resilience and test_train compare subprocess runs with it, bit for bit); the others in this process."""
+  return shared_run(tmp_path_factory, f"configs/{name}.py:smoke", script=name == "mnist_mlp")
 
 
 def checkpoint_params(workdir, step: int) -> dict[str, np.ndarray]:

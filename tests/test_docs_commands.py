@@ -13,7 +13,8 @@ command is classified; one that fits no class fails its test, so none is silentl
   free port, asked over HTTP for its logdir or its readiness, stopped.
 - anything else that runs `.venv/bin/python scripts/*.py` (evaluate, export, --verify, --help, benchmark
   --quick) or `.venv/bin/python -m module` (the Sphinx build): as written; a command identical to one that
-  already ran here (e.g. the quick start's export, repeated in docs/export.md) is not run twice.
+  already ran here, alone or in a `&&` chain (e.g. the quick start's export, repeated in docs/export.md), is
+  not run twice.
 
 `.venv/bin/<tool>` becomes the tool beside sys.executable. Every command runs through bash (so `&`,
 `;` and `wait` work as written) with 1 simulated CPU device per process.
@@ -246,8 +247,8 @@ def test_documented_command(command: Command, scratch: Path):
     trainings = re.findall(r"scripts/train\.py (?!--help)", smoke)
     assert len(re.findall(r"--config[ =]configs/\w+\.py:\w+", smoke)) == len(trainings), (
         f"a training command this test cannot bring to smoke scale (--config configs/X.py[:variant]): {rest}")
-    command_line = local_tools(smoke)
-    if not trainings and command_line in ALREADY_RUN:
-      return  # the same command ran at ALREADY_RUN[...] in this directory (a training runs again: it resumes)
-    run(command_line, scratch, timeout=900 if "benchmark.py" in rest else TIMEOUT_S)
-    ALREADY_RUN[command_line] = command.id
+    for part in local_tools(smoke).split(" && "):  # in order, each to exit 0: the chain as bash runs it
+      if part in ALREADY_RUN and not re.search(r"scripts/train\.py (?!--help)", part):
+        continue  # the same command ran at ALREADY_RUN[...] in this directory (a training runs again: it resumes)
+      run(part, scratch, timeout=900 if "benchmark.py" in part else TIMEOUT_S)
+      ALREADY_RUN[part] = command.id

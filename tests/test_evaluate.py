@@ -17,7 +17,7 @@ from tests import helpers
 def run(tmp_path_factory):
   """A smoke run with checkpoints at steps 10 and 20 and no best marked (best_metric unset)."""
   workdir = tmp_path_factory.mktemp("evaluate")
-  helpers.train(workdir, "--config.checkpoint.best_metric=")
+  helpers.train_here(workdir, "--config.checkpoint.best_metric=")
   return workdir
 
 

@@ -1,7 +1,7 @@
 """Export: ONNX (float and int8) and StableHLO checked against JAX on real MNIST, manifest.json, --verify, errors.
 
-One smoke MLP is trained per module (a real subprocess) and exported once
-through the command-line entry point, in this process.
+The smoke MLP (a real subprocess, shared with other modules: helpers.smoke_run) is exported once
+through the command-line entry point, in this process, to a directory of this module's.
 """
 
 import hashlib
@@ -19,17 +19,17 @@ pytest.importorskip("onnxruntime", reason="the `onnx` extra is not installed: pi
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-  workdir = tmp_path_factory.mktemp("export_run")
-  helpers.train(workdir)
-  return workdir
+  return helpers.smoke_run(tmp_path_factory, "mnist_mlp").workdir
 
 
 @pytest.fixture(scope="module")
-def exported(run):
+def exported(run, tmp_path_factory):
   from research.export import cli
 
-  assert cli.main(["--workdir", str(run), "--format", "onnx,stablehlo,onnx_int8_dynamic,onnx_int8_static"]) == 0
-  return run / "export"
+  out = tmp_path_factory.mktemp("exported") / "export"
+  assert cli.main(["--workdir", str(run), "--out", str(out),
+                   "--format", "onnx,stablehlo,onnx_int8_dynamic,onnx_int8_static"]) == 0
+  return out
 
 
 def test_onnx_runs_in_onnxruntime_like_jax_at_any_batch_size(run, exported):

@@ -1,6 +1,7 @@
 """The export matrix: every zoo family's `:smoke` config, trained briefly, exported to every format, checked.
 
-For each family whose config exists: train 2 steps through the real loop, then
+For each family whose config exists: its smoke run (trained once per test run
+and shared with the family's own tests: helpers.smoke_run), then
 `research.export.export` to ONNX and StableHLO (and SavedModel and TFLite when
 the `tf` extra is importable), which loads every artifact back in its own
 runtime and holds it to 1e-4 of JAX on real test inputs at two batch sizes. A
@@ -24,7 +25,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from research import config as config_lib
 from research.errors import ConfigError
 from tests import helpers
 
@@ -64,22 +64,12 @@ FAMILIES = [
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-  """trained(name) -> the workdir of configs/<name>.py:smoke trained for 2 steps (once per module)."""
-  from research.train.loop import train
-
-  runs = {}
+  """trained(name) -> the workdir of configs/<name>.py:smoke, the run the family's own tests train (shared)."""
 
   def get(name: str) -> Path:
-    if name not in runs:
-      if not (helpers.ROOT / "configs" / f"{name}.py").exists():
-        pytest.skip(f"configs/{name}.py does not exist yet")
-      config = config_lib.load(f"configs/{name}.py:smoke")
-      config.train.update(dict(steps=2, epochs=0, log_every=1, eval_every=2))
-      config.checkpoint.every = 0
-      workdir = tmp_path_factory.mktemp(name)
-      train(config, workdir)
-      runs[name] = workdir
-    return runs[name]
+    if not (helpers.ROOT / "configs" / f"{name}.py").exists():
+      pytest.skip(f"configs/{name}.py does not exist yet")
+    return helpers.smoke_run(tmp_path_factory, name).workdir
 
   return get
 

@@ -16,17 +16,17 @@ pytest.importorskip("ai_edge_litert", reason="the `tf` extra is not installed: p
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-  workdir = tmp_path_factory.mktemp("export_tf_run")
-  helpers.train(workdir)
-  return workdir
+  return helpers.smoke_run(tmp_path_factory, "mnist_mlp").workdir
 
 
 @pytest.fixture(scope="module")
-def tf_export(run):
+def tf_export(run, tmp_path_factory):
   from research.export import cli
 
-  assert cli.main(["--workdir", str(run), "--format", "tflite_int8,saved_model"]) == 0  # tflite comes with int8
-  return run / "export"
+  out = tmp_path_factory.mktemp("tf_export") / "export"
+  # tflite comes with int8
+  assert cli.main(["--workdir", str(run), "--out", str(out), "--format", "tflite_int8,saved_model"]) == 0
+  return out
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,6 @@
 """Text generation from an export directory alone equals the trained model's own, seed for seed, past its context.
 
-The smoke GPT (block_size 32) is trained for a few steps in this process and exported; `Generator` and
+The test run's shared smoke GPT (block_size 32; tests/helpers.py) is exported; `Generator` and
 scripts/generate.py then see only the export directory.
 """
 
@@ -10,7 +10,6 @@ import jax
 import numpy as np
 import pytest
 
-from research import config as config_lib
 from research.data.shakespeare import decode, encode
 from research.errors import InputError
 from tests import helpers
@@ -21,13 +20,10 @@ PROMPT = "ROMEO: But soft, what"  # 21 bytes; with 40 more the context (32) slid
 @pytest.fixture(scope="module")
 def gpt(tmp_path_factory):
   from research.export import export
-  from research.train.loop import train
 
-  config = config_lib.load("configs/shakespeare_gpt.py:smoke")
-  workdir = tmp_path_factory.mktemp("gpt")
-  train(config, workdir)
-  return workdir, export(workdir, formats=("stablehlo",), out=workdir / "export", batch_sizes=(1,),
-                         log=lambda _: None)
+  workdir = helpers.smoke_run(tmp_path_factory, "shakespeare_gpt").workdir
+  return workdir, export(workdir, formats=("stablehlo",), out=tmp_path_factory.mktemp("gpt") / "export",
+                         batch_sizes=(1,), log=lambda _: None)
 
 
 def _trained_text(workdir, prompt: str, max_tokens: int, **sampling) -> str:

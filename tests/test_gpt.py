@@ -10,10 +10,9 @@ import optax
 import pytest
 from flax import nnx
 
-from research import config as config_lib
 from research.data import get_split, shakespeare
 from research.models.gpt import GPT, generate, sample_logits
-from research.train.loop import train
+from tests import helpers
 
 TEXT = ("Kent.\nI thought the King had more affected the Duke of Albany than\nCornwall.\n\nGlou.\n"
         "It did always seem so to us; but now, in the division of the\nkingdom, it appears not which of "
@@ -168,17 +167,17 @@ def test_shakespeare_is_the_gutenberg_text(shakespeare_splits):
   assert len(np.unique(train_split)) == 84  # printable ASCII and newlines only
 
 
-def test_smoke_config_trains_on_8_devices_and_logs_a_text_sample(tmp_path, shakespeare_splits):
-  config = config_lib.load("configs/shakespeare_gpt.py:smoke")
-  final = train(config, tmp_path)
+def test_smoke_config_trains_on_8_devices_and_logs_a_text_sample(tmp_path_factory, shakespeare_splits):
+  run = helpers.smoke_run(tmp_path_factory, "shakespeare_gpt")  # trained in a test process: 8 devices
+  final, workdir = run.final, run.workdir
   assert jax.device_count() == 8
   assert set(final) == {"loss", "perplexity", "bits_per_token"} and final["loss"] < np.log(256)
-  rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
   assert [r["step"] for r in rows if "summaries" in r] == [3, 6]
   assert all(r["summaries"] == ["samples/text"] for r in rows if "summaries" in r)
   from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-  events = EventAccumulator(str(tmp_path / "tensorboard"), size_guidance={"tensors": 0}).Reload()
+  events = EventAccumulator(str(workdir / "tensorboard"), size_guidance={"tensors": 0}).Reload()
   tag = next(t for t in events.Tags()["tensors"] if t.startswith("samples/text"))
   texts = [e.tensor_proto.string_val[0].decode() for e in events.Tensors(tag)]
   assert len(texts) == 2 and all(len(t) > 32 for t in texts)

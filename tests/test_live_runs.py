@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -39,15 +40,17 @@ def test_one_writer_per_workdir_and_readers_of_a_live_run_never_break_it(tmp_pat
                   "--config.train.eval_every=0", "--config.train.log_every=1", "--config.checkpoint.best_metric=")
   try:
     _wait_for_steps(writer, workdir, 4)
-    second = helpers.run_script("train.py", "--config", SMOKE, "--workdir", str(workdir))
+    with ThreadPoolExecutor() as pool:  # a second writer and two readers, all at once while the run goes on
+      second, read, exported = pool.map(lambda args: helpers.run_script(*args), [
+          ("train.py", "--config", SMOKE, "--workdir", str(workdir)),
+          ("evaluate.py", "--workdir", str(workdir), "--json"),
+          ("export.py", "--workdir", str(workdir), "--out", str(tmp_path / "export"), "--parity-batch-sizes", "1",
+           "--accuracy-examples", "200")])
     assert second.returncode == 2, second.stderr[-2000:]
     assert len(second.stderr.strip().splitlines()) == 1
     assert f"in use by another run (pid {writer.pid} on " in second.stderr and "started" in second.stderr
-    read = helpers.run_script("evaluate.py", "--workdir", str(workdir), "--json")
     assert read.returncode == 0, read.stderr[-2000:]
     assert "unreadable" not in read.stderr and json.loads(read.stdout)["metrics"]["accuracy"] > 0.1
-    exported = helpers.run_script("export.py", "--workdir", str(workdir), "--out", str(tmp_path / "export"),
-                                  "--parity-batch-sizes", "1", "--accuracy-examples", "200")
     assert exported.returncode == 0, exported.stderr[-2000:]
     assert writer.poll() is None, "the run ended before its readers did: nothing was tested live"
   finally:

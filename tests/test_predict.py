@@ -1,6 +1,6 @@
 """Predictions from an export directory alone equal the trained model's own, on raw pixels and raw text.
 
-Each model is trained briefly in this process and exported to ONNX and StableHLO;
+Each model is the test run's shared smoke run (tests/helpers.py), exported to ONNX and StableHLO;
 `Predictor` then sees only the export directory: the reference is the workdir's
 model (research.train.experiment.trained_model) on the training pipeline's inputs.
 """
@@ -11,34 +11,30 @@ import shutil
 import numpy as np
 import pytest
 
-from research import config as config_lib
 from research.errors import InputError
 from tests import helpers
 
 pytest.importorskip("onnxruntime", reason="the `onnx` extra is not installed: pip install -e '.[onnx]'")
 
 
-def _train_and_export(tmp_path_factory, name: str, steps: int) -> tuple:
+def _export(tmp_path_factory, name: str) -> tuple:
+  """The shared smoke run of configs/<name>.py (tests/helpers.py) and its ONNX + StableHLO export."""
   from research.export import export
-  from research.train.loop import train
 
-  config = config_lib.load(f"configs/{name}.py:smoke")
-  config.train.update(dict(steps=steps, epochs=0, log_every=steps, eval_every=0))
-  workdir = tmp_path_factory.mktemp(name)
-  train(config, workdir)
-  out = export(workdir, formats=("onnx", "stablehlo"), out=workdir / "export", batch_sizes=(1,),
-               accuracy_examples=64, log=lambda _: None)
+  workdir = helpers.smoke_run(tmp_path_factory, name).workdir
+  out = export(workdir, formats=("onnx", "stablehlo"), out=tmp_path_factory.mktemp(name) / "export",
+               batch_sizes=(1,), accuracy_examples=64, log=lambda _: None)
   return workdir, out
 
 
 @pytest.fixture(scope="module")
 def mlp(tmp_path_factory):
-  return _train_and_export(tmp_path_factory, "mnist_mlp", 20)
+  return _export(tmp_path_factory, "mnist_mlp")
 
 
 @pytest.fixture(scope="module")
 def transformer(tmp_path_factory):
-  return _train_and_export(tmp_path_factory, "rotten_tomatoes_transformer", 4)
+  return _export(tmp_path_factory, "rotten_tomatoes_transformer")
 
 
 def _reference(workdir, raw: dict) -> np.ndarray:

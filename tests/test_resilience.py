@@ -56,10 +56,10 @@ def _assert_same_params(a, b, step):
 
 def test_sigkill_at_random_points_then_resume_is_bitwise_identical(tmp_path):
   overrides = (*FAST, "--config.train.steps=60")
-  helpers.train(tmp_path / "straight", *overrides)
+  helpers.train_here(tmp_path / "straight", *overrides)
   workdir = tmp_path / "killed"
   rng = random.Random(1234)
-  kill_points = sorted(rng.sample(range(2, 58), 5))
+  kill_points = sorted(rng.sample(range(2, 58), 3))  # [9, 30, 51]: 30 (+27 ms) lands in the save of step 30
   for point in kill_points:
     proc = _start(workdir, *overrides)
     _wait_for_step(proc, workdir, point)
@@ -67,7 +67,7 @@ def test_sigkill_at_random_points_then_resume_is_bitwise_identical(tmp_path):
     proc.send_signal(signal.SIGKILL)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == -signal.SIGKILL, f"run ended before the kill at step {point}: {err[-2000:]}"
-  helpers.train(workdir, *overrides)
+  helpers.train_here(workdir, *overrides)
   _assert_same_params(tmp_path / "straight", workdir, 60)
   rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
   assert [r["step"] for r in rows if "train/loss" in r] == list(range(1, 61))  # Nothing lost or logged twice.
@@ -87,16 +87,14 @@ def test_sigterm_saves_exits_zero_and_resumes_exactly(tmp_path):
   # Resuming (to a few steps further) matches a straight run to the same step, bit for bit.
   target = f"--config.train.steps={reached + 7}"
   assert f"Resuming from step {reached}" in helpers.train(tmp_path / "run", *constant, target)
-  helpers.train(tmp_path / "straight", *constant, target)
+  helpers.train_here(tmp_path / "straight", *constant, target)
   _assert_same_params(tmp_path / "straight", tmp_path / "run", reached + 7)
 
 
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
-  """A 20-step smoke run with checkpoints at 10 and 20."""
-  workdir = tmp_path_factory.mktemp("finished")
-  helpers.train(workdir)
-  return workdir
+  """A 20-step smoke run with checkpoints at 10 and 20 (shared: tests copy it before changing it)."""
+  return helpers.smoke_run(tmp_path_factory, "mnist_mlp").workdir
 
 
 def _data_file(checkpoint_dir):
@@ -196,35 +194,35 @@ def test_checkpoint_saved_on_8_devices_restores_on_fewer(finished_run, tmp_path,
     assert np.array_equal(restored[key], value), key
 
 
-def test_evaluate_script_reproduces_the_logged_accuracy(finished_run):
-  done = helpers.run_script("evaluate.py", "--workdir", str(finished_run), "--step", "10")
+def test_evaluate_script_reproduces_the_logged_accuracy(finished_run, tmp_path):
+  workdir = tmp_path / "run"
+  shutil.copytree(finished_run, workdir)  # evaluate.py writes WORKDIR/eval
+  done = helpers.run_script("evaluate.py", "--workdir", str(workdir), "--step", "10")
   assert done.returncode == 0, done.stderr[-2000:]
-  written = json.loads((finished_run / "eval" / "test_10.json").read_text())
-  logged = [json.loads(line) for line in (finished_run / "metrics.jsonl").read_text().splitlines()]
+  written = json.loads((workdir / "eval" / "test_10.json").read_text())
+  logged = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
   at_10 = next(r for r in logged if r["step"] == 10 and "eval/accuracy" in r)
   assert written["step"] == 10 and written["split"] == "test"
   assert written["metrics"]["accuracy"] == at_10["eval/accuracy"]
   assert written["metrics"]["loss"] == pytest.approx(at_10["eval/loss"], rel=1e-6)
-  bad = helpers.run_script("evaluate.py", "--workdir", str(finished_run), "--step", "7")
+  bad = helpers.run_script("evaluate.py", "--workdir", str(workdir), "--step", "7")
   assert bad.returncode == 2 and "No checkpoint at step 7" in bad.stderr and "[10, 20]" in bad.stderr
 
 
-def test_early_stopping_keeps_and_marks_the_best_step(tmp_path):
+def test_early_stopping_keeps_and_marks_the_best_step(tmp_path, capsys):
   # Ranking by *maximum* loss: the first evaluation is best and never beaten, so patience runs out.
   workdir = tmp_path / "run"
-  log = helpers.train(workdir, "--config.train.steps=100", "--config.train.eval_every=2",
-                      "--config.train.early_stopping_patience=3", "--config.checkpoint.best_metric=loss",
-                      "--config.checkpoint.best_mode=max", "--config.checkpoint.keep=1",
-                      "--config.checkpoint.every=0")
+  overrides = ("--config.train.steps=100", "--config.train.eval_every=2", "--config.train.early_stopping_patience=3",
+               "--config.checkpoint.best_metric=loss", "--config.checkpoint.best_mode=max",
+               "--config.checkpoint.keep=1", "--config.checkpoint.every=0")
+  helpers.train_here(workdir, *overrides)  # in this process: its progress lines are captured from sys.stderr
+  log = capsys.readouterr().err
   assert "Early stopping at step 8" in log and "best is step 2" in log
   best = json.loads((workdir / "checkpoints/best.json").read_text())
   assert best["step"] == 2 and best["metric"] == "loss"
   assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()) == [2, 8]
-  again = helpers.train(workdir, "--config.train.steps=100", "--config.train.eval_every=2",
-                        "--config.train.early_stopping_patience=3", "--config.checkpoint.best_metric=loss",
-                        "--config.checkpoint.best_mode=max", "--config.checkpoint.keep=1",
-                        "--config.checkpoint.every=0")
-  assert "Already trained to step 8" in again  # an early-stopped run stays stopped
+  helpers.train_here(workdir, *overrides)
+  assert "Already trained to step 8" in capsys.readouterr().err  # an early-stopped run stays stopped
   done = helpers.run_script("evaluate.py", "--workdir", str(workdir), "--step", "best", "--json")
   assert json.loads(done.stdout)["step"] == 2
 
@@ -251,7 +249,7 @@ def test_unwritable_workdir_and_a_full_disk_fail_clearly_and_keep_old_checkpoint
   assert done.returncode == 1 and f"Cannot write to workdir {blocker / 'run'}" in done.stderr
 
   workdir = tmp_path / "run"
-  helpers.train(workdir, "--config.train.stop_after_steps=10")
+  helpers.train_here(workdir, "--config.train.stop_after_steps=10")
 
   def small_disk():  # Files may not grow past 200 kB: the next checkpoint (~5 MB) cannot be written.
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)

@@ -17,9 +17,8 @@ from tests import helpers
 
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory):
-  workdir = tmp_path_factory.mktemp("smoke")
-  log = helpers.train(workdir)
-  return workdir, log
+  run = helpers.smoke_run(tmp_path_factory, "mnist_mlp")
+  return run.workdir, run.log
 
 
 def test_train_script_runs_and_reports_progress(smoke_run):

@@ -1,6 +1,6 @@
 """The HTTP server, for real: scripts/serve.py on a free loopback port, answered over HTTP by many clients.
 
-A smoke MLP is trained and exported once (in this process); each server is a real subprocess.
+The test run's shared smoke MLP (tests/helpers.py) is exported once; each server is a real subprocess.
 """
 
 import concurrent.futures
@@ -16,7 +16,6 @@ import urllib.request
 import numpy as np
 import pytest
 
-from research import config as config_lib
 from tests import helpers
 
 pytest.importorskip("starlette", reason="the `serve` extra is not installed: pip install -e '.[serve]'")
@@ -26,14 +25,9 @@ pytest.importorskip("onnxruntime", reason="the `onnx` extra is not installed: pi
 @pytest.fixture(scope="module")
 def export_dir(tmp_path_factory):
   from research.export import export
-  from research.train.loop import train
 
-  config = config_lib.load("configs/mnist_mlp.py:smoke")
-  config.train.update(dict(eval_every=0))
-  workdir = tmp_path_factory.mktemp("served")
-  train(config, workdir)
-  return export(workdir, formats=("onnx",), out=workdir / "export", batch_sizes=(1,), accuracy_examples=64,
-                log=lambda _: None)
+  return export(helpers.smoke_run(tmp_path_factory, "mnist_mlp").workdir, formats=("onnx",),
+                out=tmp_path_factory.mktemp("served") / "export", batch_sizes=(1,), accuracy_examples=64, log=lambda _: None)
 
 
 @pytest.fixture(scope="module")

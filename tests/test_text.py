@@ -18,6 +18,7 @@ from research.models.rnn import MaskedRNN, RNNClassifier
 from research.models.transformer import TransformerClassifier
 from research.train.evaluate import evaluate_checkpoint
 from research.train.loop import train
+from tests import helpers
 
 TEXTS = np.array([
     "A <b>great</b> film &amp; a fine cast.", "Terrible.  Just   terrible!", None, "   ",
@@ -266,19 +267,20 @@ def test_model_overfits_one_small_batch(name):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["rotten_tomatoes_lstm", "rotten_tomatoes_transformer"])
-def test_smoke_config_trains_on_8_devices_and_evaluate_reloads_the_tokenizer(tmp_path, name):
-  config = config_lib.load(f"configs/{name}.py:smoke")
+def test_smoke_config_trains_on_8_devices_and_evaluate_reloads_the_tokenizer(tmp_path_factory, tmp_path, name):
   assert jax.device_count() == 8
-  final = train(config, tmp_path)
+  run = helpers.smoke_run(tmp_path_factory, name)  # trained in a test process: 8 devices
+  final, workdir = run.final, run.workdir
   assert 0.0 <= final["accuracy"] <= 1.0 and np.isfinite(final["loss"])
-  assert (tmp_path / "tokenizer.json").exists()
-  again = evaluate_checkpoint(tmp_path)["metrics"]  # a fresh preprocessor: reads the saved tokenizer
+  assert (workdir / "tokenizer.json").exists()
+  again = evaluate_checkpoint(workdir)["metrics"]  # a fresh preprocessor: reads the saved tokenizer
   assert again["accuracy"] == pytest.approx(final["accuracy"], abs=1e-6)
   assert again["loss"] == pytest.approx(final["loss"], rel=1e-5)
   pytest.importorskip("jax2onnx")
   from research.export import export
 
-  out = export(tmp_path, formats="onnx", accuracy_examples=64, log=lambda message: None)  # parity-checked
+  out = export(workdir, formats="onnx", out=tmp_path / "export", accuracy_examples=64,
+               log=lambda message: None)  # parity-checked
   manifest = json.loads((out / "manifest.json").read_text())
   assert manifest["inputs"][0]["name"] == "tokens" and (out / "assets/tokenizer.json").exists()
 

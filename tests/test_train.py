@@ -43,19 +43,19 @@ def test_one_device_eight_devices_and_both_strategies_agree(tmp_path):
 
 
 @pytest.mark.slow
-def test_restart_in_a_second_process_matches_a_straight_run_bitwise(tmp_path):
-  helpers.train(tmp_path / "straight")
+def test_restart_in_a_second_process_matches_a_straight_run_bitwise(tmp_path, tmp_path_factory):
+  straight_run = helpers.smoke_run(tmp_path_factory, "mnist_mlp").workdir
   first = helpers.train(tmp_path / "split", "--config.train.stop_after_steps=10")
   assert "Stopped after step 10 of 20" in first
   assert not (tmp_path / "split/checkpoints/20").exists()
   second = helpers.train(tmp_path / "split", "--config.train.stop_after_steps=10")
   assert "Resuming from step 10" in second
-  straight = helpers.checkpoint_params(tmp_path / "straight", 20)
+  straight = helpers.checkpoint_params(straight_run, 20)
   split = helpers.checkpoint_params(tmp_path / "split", 20)
   assert straight.keys() == split.keys() and len(straight) == 6
   for key in straight:
     assert np.array_equal(straight[key], split[key]), key
-  straight_losses, split_losses = _losses(tmp_path / "straight"), _losses(tmp_path / "split")
+  straight_losses, split_losses = _losses(straight_run), _losses(tmp_path / "split")
   assert straight_losses == split_losses  # the resumed run saw exactly the same batches
 
 
@@ -156,7 +156,7 @@ def test_two_processes_train_like_one(tmp_path):
   # Both logs: when one process dies, the other's error (a collective timing out) hides the cause.
   assert [p.returncode for p in procs] == [0, 0], "\n".join(
       f"--- process {i} ---\n{err[-2500:]}" for i, (_, err) in enumerate(outputs))
-  helpers.train(tmp_path / "single", *common[2:])
+  helpers.train_here(tmp_path / "single", *common[2:])
   multi, single = _losses(tmp_path / "multi"), _losses(tmp_path / "single")
   assert sorted(multi) == list(range(1, 21))
   np.testing.assert_allclose([multi[s] for s in range(1, 21)], [single[s] for s in range(1, 21)], atol=1e-5)

@@ -14,7 +14,7 @@ from research import config as config_lib
 from research import losses
 from research.errors import ConfigError
 from research.models.vae import EVAL_SEED, VAE, build_vae, image_grid
-from research.train.loop import train
+from tests import helpers
 
 
 def tiny(architecture="mlp", latent_dim=8):
@@ -137,17 +137,17 @@ def test_build_rejects_inputs_outside_the_unit_range():
     build_vae(config, np.zeros((2, 784), np.float32), nnx.Rngs(0))
 
 
-def test_smoke_config_trains_on_8_devices_and_logs_image_grids(tmp_path):
-  config = config_lib.load("configs/mnist_vae.py:smoke")
-  final = train(config, tmp_path)
+def test_smoke_config_trains_on_8_devices_and_logs_image_grids(tmp_path_factory):
+  run = helpers.smoke_run(tmp_path_factory, "mnist_vae")  # trained in a test process: 8 devices
+  final, workdir = run.final, run.workdir
   assert jax.device_count() == 8
   assert set(final) == {"nelbo", "recon", "kl"} and final["nelbo"] == pytest.approx(final["recon"] + final["kl"])
   assert 100 < final["nelbo"] < 600
-  rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
   assert [r["summaries"] for r in rows if "summaries" in r] == [["vae/prior_samples", "vae/reconstructions"]] * 2
   from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-  events = EventAccumulator(str(tmp_path / "tensorboard"), size_guidance={"images": 0}).Reload()
+  events = EventAccumulator(str(workdir / "tensorboard"), size_guidance={"images": 0}).Reload()
   assert {"vae/reconstructions", "vae/prior_samples"} <= set(events.Tags()["images"])
   image = events.Images("vae/reconstructions")[-1]
   assert (image.step, image.height, image.width) == (6, 122, 242)

@@ -16,8 +16,8 @@ from research.models.layers import max_pool
 from research.models.resnet import stage_sizes
 from research.registry import MODELS
 from research.train import state as state_lib
-from research.train.loop import train
 from research.train.step import make_steps
+from tests import helpers
 
 
 def _build(name, sample, **fields):
@@ -251,12 +251,12 @@ def test_cifar10_offline_has_only_the_20_real_samples():
 # --- Configs. ---------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("name", ["mnist_cnn", "fashion_mnist_resnet", "cifar10_resnet"])
-def test_smoke_config_trains_on_eight_devices(name, tmp_path):
+def test_smoke_config_trains_on_eight_devices(name, tmp_path_factory):
   config = config_lib.load(f"configs/{name}.py:smoke")
   full = config_lib.load(f"configs/{name}.py")
   mlp = config_lib.load("configs/mnist_mlp.py")
   assert set(mlp.to_dict()) <= set(full.to_dict()) and set(mlp.data.to_dict()) <= set(full.data.to_dict())
-  assert config.train.steps <= 10
-  final = train(config, tmp_path)
-  assert np.isfinite(final["loss"]) and 0.0 <= final["accuracy"] <= 1.0
-  assert (tmp_path / "checkpoints" / str(config.train.steps)).exists()
+  assert config.train.steps <= 10 and jax.device_count() == 8
+  run = helpers.smoke_run(tmp_path_factory, name)  # trained in a test process: 8 devices
+  assert np.isfinite(run.final["loss"]) and 0.0 <= run.final["accuracy"] <= 1.0
+  assert (run.workdir / "checkpoints" / str(config.train.steps)).exists()

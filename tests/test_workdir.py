@@ -19,13 +19,12 @@ import pytest
 from research.data import spec as data_spec
 from tests import helpers
 
-CONFIG = "configs/rotten_tomatoes_transformer.py:smoke"
-
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
+  """The shared smoke run, copied: the tests export and evaluate into it."""
   workdir = tmp_path_factory.mktemp("rt") / "run"
-  helpers.train(workdir, config=CONFIG, devices=1)
+  shutil.copytree(helpers.smoke_run(tmp_path_factory, "rotten_tomatoes_transformer").workdir, workdir)
   return workdir
 
 
