@@ -64,6 +64,10 @@ def test_one_writer_per_workdir_and_readers_of_a_live_run_never_break_it(tmp_pat
 def test_a_signal_at_any_moment_of_start_up_is_one_clean_stop(tmp_path, signals, delay):
   """Imports, data loading and compilation take a smoke run's first ~5 s; at 6 s it may have trained a step
   (then it saves it): either way one clean stop."""
+  from research.data import sources
+
+  for split in ("train", "test"):  # cached first: a signal during a first download is another matter
+    sources.get_split("mnist", split)
   workdir = tmp_path / "run"
   proc = _start(workdir, "--config.train.steps=2000")  # still running at `delay`
   time.sleep(delay)
@@ -75,7 +79,7 @@ def test_a_signal_at_any_moment_of_start_up_is_one_clean_stop(tmp_path, signals,
   assert "Traceback" not in err and err.strip().splitlines()[-1].startswith(f"Stopped by {signals[0].name} "), err
 
 
-def test_a_second_ctrl_c_during_saves_leaves_the_last_checkpoint_intact(tmp_path):
+def test_a_second_ctrl_c_during_saves_leaves_the_last_checkpoint_intact(tmp_path, capsys):
   workdir = tmp_path / "run"
   proc = _start(workdir, "--config.train.steps=100000", "--config.checkpoint.every=1", "--config.train.log_every=1",
                 "--config.train.eval_every=0", "--config.checkpoint.best_metric=")
@@ -86,7 +90,8 @@ def test_a_second_ctrl_c_during_saves_leaves_the_last_checkpoint_intact(tmp_path
   assert proc.returncode in (0, 130) and "Traceback" not in err, err[-2000:]
   if proc.returncode == 130:
     assert err.strip().splitlines()[-1] == "error: interrupted; checkpoints already written are intact."
-  resumed = helpers.train(workdir, "--config.train.steps=12", "--config.checkpoint.best_metric=")
+  helpers.train_here(workdir, "--config.train.steps=12", "--config.checkpoint.best_metric=")  # (in this process)
+  resumed = capsys.readouterr().err
   assert "Resuming from step" in resumed and "unreadable" not in resumed
 
 

@@ -1,5 +1,7 @@
 """Global magnitude pruning (research/prune.py): selection, schedules, exact zeros through training and export."""
 
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -162,15 +164,12 @@ def _config(steps, **prune_cfg):
 
 @pytest.fixture(scope="module")
 def pruned_run(tmp_path_factory):
-  """A trained smoke MLP, pruned one-shot to 80% on the first update of a fine-tuning run (init_from)."""
-  root = tmp_path_factory.mktemp("prune")
-  dense = _config(20)
-  dense.prune.sparsity = 0.0
-  train(dense, root / "dense")
+  """The trained smoke MLP (shared), pruned one-shot to 80% on the first update of a fine-tuning run (init_from)."""
   config = _config(1, sparsity=0.8)
-  config.init_from = str(root / "dense")
-  train(config, root / "pruned")
-  return root / "pruned"
+  config.init_from = str(helpers.smoke_run(tmp_path_factory, "mnist_mlp").workdir)
+  workdir = tmp_path_factory.mktemp("prune") / "pruned"
+  train(config, workdir)
+  return workdir
 
 
 def test_pruned_weights_stay_exactly_zero_after_100_more_training_steps(pruned_run):
@@ -180,7 +179,7 @@ def test_pruned_weights_stay_exactly_zero_after_100_more_training_steps(pruned_r
   zeros = {k: at_prune[k] == 0 for k in kernels}
   assert sum(int(z.sum()) for z in zeros.values()) == round(0.8 * n)
   config = _config(101, sparsity=0.8)  # rerun in the same workdir: resumes (mask from the checkpoint), 100 more
-  config.init_from = str(pruned_run.parent / "dense")
+  config.init_from = json.loads((pruned_run / "config.json").read_text())["init_from"]
   train(config, pruned_run)
   after = helpers.checkpoint_params(pruned_run, 101)
   for k in kernels:

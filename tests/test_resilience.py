@@ -73,7 +73,7 @@ def test_sigkill_at_random_points_then_resume_is_bitwise_identical(tmp_path):
   assert [r["step"] for r in rows if "train/loss" in r] == list(range(1, 61))  # Nothing lost or logged twice.
 
 
-def test_sigterm_saves_exits_zero_and_resumes_exactly(tmp_path):
+def test_sigterm_saves_exits_zero_and_resumes_exactly(tmp_path, capsys):
   constant = ("--config.schedule.name=constant", *FAST)
   proc = _start(tmp_path / "run", *constant, "--config.train.steps=100000")
   _wait_for_step(proc, tmp_path / "run", 25)
@@ -86,7 +86,8 @@ def test_sigterm_saves_exits_zero_and_resumes_exactly(tmp_path):
   assert reached >= 25 and (tmp_path / "run/checkpoints" / str(reached)).is_dir()
   # Resuming (to a few steps further) matches a straight run to the same step, bit for bit.
   target = f"--config.train.steps={reached + 7}"
-  assert f"Resuming from step {reached}" in helpers.train(tmp_path / "run", *constant, target)
+  helpers.train_here(tmp_path / "run", *constant, target)  # (in this process: its messages go to capsys)
+  assert f"Resuming from step {reached}" in capsys.readouterr().err
   helpers.train_here(tmp_path / "straight", *constant, target)
   _assert_same_params(tmp_path / "straight", tmp_path / "run", reached + 7)
 
@@ -242,7 +243,7 @@ def test_init_from_restores_only_the_parameters(finished_run, tmp_path):
     assert np.array_equal(np.asarray(leaf), saved[key]), key
 
 
-def test_unwritable_workdir_and_a_full_disk_fail_clearly_and_keep_old_checkpoints(tmp_path):
+def test_unwritable_workdir_and_a_full_disk_fail_clearly_and_keep_old_checkpoints(tmp_path, capsys):
   blocker = tmp_path / "file"
   blocker.write_text("not a directory")
   done = helpers.run_script("train.py", "--config", "configs/mnist_mlp.py:smoke", "--workdir", str(blocker / "run"))
@@ -260,7 +261,8 @@ def test_unwritable_workdir_and_a_full_disk_fail_clearly_and_keep_old_checkpoint
   assert proc.returncode == 1
   message = err.strip().splitlines()[-1]
   assert str(workdir / "checkpoints") in message and "File too large" in message and "intact" in message
-  assert "Resuming from step 10" in helpers.train(workdir)  # the old checkpoint still restores
+  helpers.train_here(workdir)
+  assert "Resuming from step 10" in capsys.readouterr().err  # the old checkpoint still restores
 
 
 @pytest.mark.parametrize("policy", ["stop", "skip"])
@@ -298,7 +300,7 @@ def test_bit_rot_in_array_data_is_caught_and_the_run_falls_back_to_an_identical_
   _assert_same_params(finished_run, workdir, 20)
 
 
-def test_a_changed_config_on_resume_is_named_and_overwrites_nothing(finished_run, tmp_path):
+def test_a_changed_config_on_resume_is_named_and_overwrites_nothing(finished_run, tmp_path, capsys):
   workdir = tmp_path / "run"
   shutil.copytree(finished_run, workdir)
   saved_config = (workdir / "config.json").read_bytes()
@@ -308,13 +310,15 @@ def test_a_changed_config_on_resume_is_named_and_overwrites_nothing(finished_run
   assert "model.hidden_sizes" in wider.stderr and "init_from" in wider.stderr and "new --workdir" in wider.stderr
   assert (workdir / "config.json").read_bytes() == saved_config  # evaluation and export of the run still work
 
-  log = helpers.train(workdir, "--config.optimizer.learning_rate=0.002", "--config.train.steps=25")
+  helpers.train_here(workdir, "--config.optimizer.learning_rate=0.002", "--config.train.steps=25")
+  log = capsys.readouterr().err
   assert "optimizer.learning_rate 0.001 -> 0.002" in log and "Resuming from step 20" in log
   assert json.loads((workdir / "config.json").read_text())["optimizer"]["learning_rate"] == 0.002
   history = [json.loads(line) for line in (workdir / "config_history.jsonl").read_text().splitlines()]
   assert history == [{"step": 20, "time": history[0]["time"],
                       "changes": {"optimizer.learning_rate": [0.001, 0.002], "train.steps": [20, 25]}}]
-  again = helpers.train(workdir, "--config.optimizer.learning_rate=0.002", "--config.train.steps=25")
+  helpers.train_here(workdir, "--config.optimizer.learning_rate=0.002", "--config.train.steps=25")
+  again = capsys.readouterr().err
   assert "the config was changed on resuming at step 20: optimizer.learning_rate, train.steps" in again
 
 
