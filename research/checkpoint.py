@@ -231,8 +231,7 @@ class Checkpointer:
       state_args = ocp.args.StandardRestore(target)
     failures, tried = [], set()
     while True:
-      candidates = [step] if step is not None else [s for s in sorted(self.steps(), reverse=True) if s not in tried]
-      candidates = [s for s in candidates if s not in tried]
+      candidates = [s for s in ([step] if step is not None else sorted(self.steps(), reverse=True)) if s not in tried]
       if not candidates:
         break
       s = candidates[0]

@@ -30,6 +30,20 @@ class Parser(argparse.ArgumentParser):
     raise ConfigError(f"{message} (see --help)")
 
 
+def script_parser(prog: str, description: str, epilog: str, **kwargs) -> Parser:
+  """A script's parser: descriptions and examples printed as written, no abbreviated flags, and --verbose."""
+  p = Parser(prog=prog, description=description, epilog=epilog, allow_abbrev=False,
+             formatter_class=argparse.RawDescriptionHelpFormatter, **kwargs)
+  p.add_argument("--verbose", action="store_true", help=console.VERBOSE_HELP)
+  return p
+
+
+def stdout_closed() -> int:
+  """`script ... | head`: the reader left. Say nothing more (a later flush of stdout would complain) and exit 1."""
+  os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+  return 1
+
+
 def parse_step(text: str) -> str | int:
   """--step: 'latest', 'best' or a step number."""
   if text in ("latest", "best"):
@@ -86,9 +100,9 @@ config overrides:
 
 The resolved config is written to WORKDIR/config.json. Rerunning the same command resumes from the latest
 checkpoint in WORKDIR."""
-  p = Parser(prog="train.py", description="Train an experiment; rerun the same command to resume.",
-             usage="%(prog)s --config configs/<name>.py[:variant] --workdir DIR [--config.KEY=VALUE ...] [options]",
-             epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
+  p = script_parser("train.py", "Train an experiment; rerun the same command to resume.", epilog,
+                    usage="%(prog)s --config configs/<name>.py[:variant] --workdir DIR [--config.KEY=VALUE ...] "
+                    "[options]")
   p.add_argument("--config", required=True, metavar="FILE[:VARIANT]",
                  help="the experiment: configs/<name>.py, optionally with a variant, e.g. configs/mnist_mlp.py:smoke")
   p.add_argument("--workdir", required=True, metavar="DIR",
@@ -101,7 +115,6 @@ checkpoint in WORKDIR."""
                  help="multi-process runs: how many processes take part")
   p.add_argument("--process_id", type=int, default=None, metavar="I",
                  help="multi-process runs: this process's index, 0 to N-1")
-  p.add_argument("--verbose", action="store_true", help=console.VERBOSE_HELP)
   return p
 
 
@@ -137,12 +150,12 @@ def train(argv: list[str]) -> None:
 
 
 def evaluate_parser() -> Parser:
-  p = Parser(prog="evaluate.py", allow_abbrev=False, formatter_class=argparse.RawDescriptionHelpFormatter,
-             description="Evaluate a checkpoint of a training run on a whole split, exactly as training evaluates.",
-             epilog="Writes WORKDIR/eval/<split>_<step>.json. For a classifier it also reports per-class precision, "
-             "recall, F1\nand the confusion matrix: printed, in the JSON, and drawn in "
-             "WORKDIR/eval/<split>_<step>_confusion.png.\n\n"
-             "  python scripts/evaluate.py --workdir runs/mnist_mlp --step best --split test")
+  p = script_parser("evaluate.py", "Evaluate a checkpoint of a training run on a whole split, exactly as training "
+                    "evaluates.",
+                    "Writes WORKDIR/eval/<split>_<step>.json. For a classifier it also reports per-class precision, "
+                    "recall, F1\nand the confusion matrix: printed, in the JSON, and drawn in "
+                    "WORKDIR/eval/<split>_<step>_confusion.png.\n\n"
+                    "  python scripts/evaluate.py --workdir runs/mnist_mlp --step best --split test")
   p.add_argument("--workdir", required=True, metavar="DIR",
                  help="the training run's workdir (config.json, checkpoints/)")
   p.add_argument("--step", default="latest", metavar="STEP",
@@ -151,7 +164,6 @@ def evaluate_parser() -> Parser:
   p.add_argument("--split", default="test", metavar="SPLIT",
                  help="the dataset split to evaluate on: test (default) or train")
   p.add_argument("--json", action="store_true", help="print the full result as one JSON document instead of tables")
-  p.add_argument("--verbose", action="store_true", help=console.VERBOSE_HELP)
   return p
 
 
@@ -203,6 +215,8 @@ def main(command: str, argv: list[str]) -> int:
   except (CheckpointError, TrainingError, WorkdirWriteError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
+  except BrokenPipeError:  # e.g. `evaluate.py ... | head` (an OSError: caught before the one below)
+    return stdout_closed()
   except OSError as e:  # a full disk or lost permissions where no step is involved (config.json, dataset.json)
     where = f"Writing {e.filename}" if e.filename else "Reading or writing a file"
     print(f"error: {where} failed: {e.strerror or e}. Free space or fix permissions, then rerun.", file=sys.stderr)
@@ -210,6 +224,3 @@ def main(command: str, argv: list[str]) -> int:
   except KeyboardInterrupt:  # Ctrl-C twice in training, or once in evaluate/export
     print("error: interrupted; checkpoints already written are intact.", file=sys.stderr)
     return 130
-  except BrokenPipeError:  # e.g. `evaluate.py ... | head`: the reader left; say nothing more
-    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-    return 1

@@ -12,19 +12,17 @@ import sys
 
 import numpy as np
 
-from research import console
-from research.cli import Parser, entry_point
+from research.cli import entry_point, script_parser, stdout_closed
 from research.errors import ConfigError, InputError
 
 
 def parser() -> argparse.ArgumentParser:
   from research.serve.predictor import BACKENDS
 
-  p = Parser(prog="predict.py", formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False,
-             description="Predict with an exported model: image files, .npy arrays or texts in, classes out.\n"
-             "Reads nothing but the export directory (every file's sha256 is checked first).",
-             epilog="  python scripts/predict.py --export runs/mnist_mlp/export digit.png more.npy\n"
-             "  python scripts/predict.py --export runs/rt/export 'a gripping, funny film' reviews.txt")
+  p = script_parser("predict.py", "Predict with an exported model: image files, .npy arrays or texts in, classes "
+                    "out.\nReads nothing but the export directory (every file's sha256 is checked first).",
+                    "  python scripts/predict.py --export runs/mnist_mlp/export digit.png more.npy\n"
+                    "  python scripts/predict.py --export runs/rt/export 'a gripping, funny film' reviews.txt")
   p.add_argument("--export", required=True, metavar="DIR", help="an export directory (scripts/export.py --out)")
   p.add_argument("inputs", nargs="+", metavar="INPUT",
                  help="image files or .npy arrays (image models); texts, or .txt files of one text per line "
@@ -33,7 +31,6 @@ def parser() -> argparse.ArgumentParser:
                  help="onnx: onnxruntime (default); jax: the StableHLO export, compiled by XLA")
   p.add_argument("--top", type=int, default=1, metavar="K", help="show the K most likely classes (default 1)")
   p.add_argument("--json", action="store_true", help="print one JSON document with every probability")
-  p.add_argument("--verbose", action="store_true", help=console.VERBOSE_HELP)
   return p
 
 
@@ -63,18 +60,17 @@ def predict(argv: list[str]) -> None:
 
 
 def generate_parser() -> argparse.ArgumentParser:
-  p = Parser(prog="generate.py", formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False,
-             description="Generate text with an exported language model (a KV cache; past the model's context the "
-             "window slides).\nReads nothing but the export directory; a seed gives the same text every time.",
-             epilog="  python scripts/generate.py --export runs/shakespeare_gpt/export --prompt 'ROMEO:' "
-             "--max_tokens 200 --temperature 0.8 --top_k 40 --seed 0")
+  p = script_parser("generate.py", "Generate text with an exported language model (a KV cache; past the model's "
+                    "context the window slides).\nReads nothing but the export directory; a seed gives the same "
+                    "text every time.",
+                    "  python scripts/generate.py --export runs/shakespeare_gpt/export --prompt 'ROMEO:' "
+                    "--max_tokens 200 --temperature 0.8 --top_k 40 --seed 0")
   p.add_argument("--export", required=True, metavar="DIR", help="the export directory of a language model")
   p.add_argument("--prompt", required=True, help="the text to continue")
   p.add_argument("--max_tokens", type=int, default=200, metavar="N", help="tokens (bytes) to generate (default 200)")
   p.add_argument("--temperature", type=float, default=1.0, metavar="T", help="0 is greedy (default 1.0)")
   p.add_argument("--top_k", type=int, default=0, metavar="K", help="sample from the K most likely (0: all; default)")
   p.add_argument("--seed", type=int, default=0, metavar="S", help="the sampling seed (default 0)")
-  p.add_argument("--verbose", action="store_true", help=console.VERBOSE_HELP)
   return p
 
 
@@ -105,5 +101,5 @@ def main(argv: list[str], command: str = "predict") -> int:
     return 1
   except KeyboardInterrupt:
     return 130
-  except BrokenPipeError:
-    return 1
+  except BrokenPipeError:  # e.g. `predict.py ... | head`
+    return stdout_closed()

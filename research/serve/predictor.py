@@ -66,16 +66,17 @@ class Predictor:
     """Raw inputs as the signature's arrays; InputError names a mismatch (shape, dtype, range, text length)."""
     return inputs_lib.check(self.signature, raw)
 
-  def outputs(self, raw: dict[str, Any]) -> list[np.ndarray]:
-    """The model's outputs for raw inputs (checked against the signature; InputError names a mismatch)."""
-    batch = self.preprocess(self.check(raw))
+  def outputs(self, arrays: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """The model's outputs for inputs that went through `check`."""
+    batch = self.preprocess(arrays)
     model_inputs = [np.asarray(batch[i["name"]], dtype=i["dtype"]) for i in self.manifest["inputs"]]
     return self.run(*model_inputs)
 
-  def predict(self, raw: dict[str, Any]) -> dict:
+  def predict(self, raw: dict[str, Any], *, checked: bool = False) -> dict:
     """Class predictions: {"predictions": int[N], "probabilities": float32[N, C], "labels": [name per example],
-    "label_names": all C names}; a model whose output is not class scores gets {"outputs": {name: array}}."""
-    outputs = self.outputs(raw)
+    "label_names": all C names}; a model whose output is not class scores gets {"outputs": {name: array}}.
+    `checked`: `raw` already went through `check` (the server checks each request before batching)."""
+    outputs = self.outputs(raw if checked else self.check(raw))
     spec = self.manifest["outputs"][0]
     if len(outputs) != 1 or len(spec["shape"]) != 2:  # not [N, classes] scores
       return {"outputs": {o["name"]: y for o, y in zip(self.manifest["outputs"], outputs)}}

@@ -28,8 +28,9 @@ class Version:
   batcher: Batcher
 
   def run(self, raw: dict) -> dict[str, np.ndarray]:
-    """Merged raw inputs -> {"probabilities", "predictions"} (classifiers) or the model's named outputs."""
-    result = self.predictor.predict(raw)
+    """Merged inputs (each request checked before batching) -> {"probabilities", "predictions"} (classifiers) or
+    the model's named outputs."""
+    result = self.predictor.predict(raw, checked=True)
     if "outputs" in result:
       return result["outputs"]
     return {"probabilities": result["probabilities"], "predictions": result["predictions"].astype(np.int64)}
@@ -55,7 +56,7 @@ class Repository:
       predictor = Predictor.load(directory)
       entry = Version(name, version, predictor, None)
       entry.batcher = Batcher(entry.run, **batching)
-      entry.run(_warmup_inputs(predictor))  # compiles and allocates before the first request
+      entry.run(predictor.check(_warmup_inputs(predictor)))  # compiles and allocates before the first request
     except Exception as e:  # noqa: BLE001  (a bad version is reported, the others are served)
       reason = " ".join(str(e).split())[:500]
       self.failures[f"{name}/{version}"] = reason

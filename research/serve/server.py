@@ -11,8 +11,7 @@ import ipaddress
 import socket
 import sys
 
-from research import console
-from research.cli import Parser, entry_point
+from research.cli import entry_point, script_parser
 from research.errors import ConfigError
 
 LOOPBACK = {"localhost"}
@@ -42,11 +41,10 @@ def _server_class():
 
 
 def parser() -> argparse.ArgumentParser:
-  p = Parser(prog="serve.py", formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False,
-             description="Serve exported models over HTTP: a JSON API and the Open Inference Protocol, with "
-             "dynamic batching,\nAPI keys and Prometheus metrics (docs/serving.md).",
-             epilog="  python scripts/serve.py --keys keys.json --add_key team-a --key_models mnist\n"
-             "  python scripts/serve.py --model mnist=runs/mnist_mlp/export --keys keys.json --port 8000")
+  p = script_parser("serve.py", "Serve exported models over HTTP: a JSON API and the Open Inference Protocol, "
+                    "with dynamic batching,\nAPI keys and Prometheus metrics (docs/serving.md).",
+                    "  python scripts/serve.py --keys keys.json --add_key team-a --key_models mnist\n"
+                    "  python scripts/serve.py --model mnist=runs/mnist_mlp/export --keys keys.json --port 8000")
   p.add_argument("--models", metavar="DIR", help="a model repository: DIR/<name>/<version>/ export directories")
   p.add_argument("--model", action="append", default=[], metavar="NAME=EXPORT_DIR",
                  help="serve one export as NAME (version 1); repeatable")
@@ -68,7 +66,6 @@ def parser() -> argparse.ArgumentParser:
   p.add_argument("--drain_s", type=float, default=10, metavar="S", help="on SIGTERM, time to finish requests")
   p.add_argument("--ssl_certfile", metavar="PEM", help="serve HTTPS with this certificate (with --ssl_keyfile)")
   p.add_argument("--ssl_keyfile", metavar="PEM", help="the certificate's private key")
-  p.add_argument("--verbose", action="store_true", help=console.VERBOSE_HELP)
   return p
 
 
