@@ -147,8 +147,8 @@ def test_the_open_inference_protocols_metadata_health_and_errors(export_dir, dig
     assert server.stop()[0] == 0
 
 
-def test_keys_scopes_rate_limits_and_the_body_limit(export_dir, digits, tmp_path):
-  keys = tmp_path / "keys.json"
+def test_keys_scopes_rate_limits_the_body_limit_and_the_audit_log(export_dir, digits, tmp_path):
+  keys, audit = tmp_path / "keys.json", tmp_path / "audit.jsonl"
 
   def add(*args):
     done = helpers.run_script("serve.py", "--keys", str(keys), *args)
@@ -158,25 +158,45 @@ def test_keys_scopes_rate_limits_and_the_body_limit(export_dir, digits, tmp_path
   full, other, slow = add("--add_key", "full"), add("--add_key", "other", "--key_models", "cifar"), add(
       "--add_key", "slow", "--key_rate", "1")
   assert full not in keys.read_text() and "full" in keys.read_text()  # stored as a salted hash
-  server = Server("--model", f"mnist={export_dir}", "--keys", str(keys), "--max_body_mb", "0.01")
+  server = Server("--model", f"mnist={export_dir}", "--keys", str(keys), "--max_body_mb", "0.01",
+                  "--audit_log", str(audit), "--audit_max_mb", "0.001", "--audit_backups", "50")
   body = {"instances": digits[:1].tolist()}
+  sent = []  # (key id, status) of every request, in order
+
+  def call(key_id, key, path="/v1/models/mnist:predict", document=body):
+    status, headers, answer = server.call(path, document, key=key)
+    sent.append((key_id, status))
+    return status, headers, answer
+
   try:
-    status, headers, answer = server.call("/v1/models/mnist:predict", body)
+    status, headers, answer = call(None, None)
     assert status == 401 and "API key" in answer["error"] and headers.get("www-authenticate") == "Bearer"
-    assert server.call("/v1/models/mnist:predict", body, key=full + "x")[0] == 401
-    assert server.call("/v1/models/mnist:predict", body, key=full)[0] == 200
-    status, _, answer = server.call("/v1/models/mnist:predict", body, key=other)
+    assert call(None, full + "x")[0] == 401
+    assert call("full", full)[0] == 200
+    status, _, answer = call("other", other)
     assert status == 403 and "may not call model 'mnist'" in answer["error"]
-    codes = [server.call("/v1/models/mnist:predict", body, key=slow)[0] for _ in range(3)]
+    codes = [call("slow", slow)[0] for _ in range(3)]
     assert codes[0] == 200 and 429 in codes
-    status, headers, _ = server.call("/v1/models/mnist:predict", body, key=slow)
+    status, headers, _ = call("slow", slow)
     assert status == 429 and int(headers["retry-after"]) >= 1
-    status, _, answer = server.call("/v1/models/mnist:predict", {"instances": digits[:8].tolist()}, key=full)
+    status, _, answer = call("full", full, document={"instances": digits[:8].tolist()})
     assert status == 413 and "larger than" in answer["error"]
-    assert server.call("/healthz")[0] == 200  # health needs no key
+    status, headers, _ = call(None, None, "/healthz", None)
+    assert status == 200 and headers["x-request-id"]  # health needs no key
   finally:
     code, err = server.stop()
   assert code == 0 and full not in err and other not in err
+  files = sorted(tmp_path.glob("audit.jsonl*"), key=lambda f: int(f.suffix[1:]) if f.suffix[1:].isdigit() else 0,
+                 reverse=True)  # oldest first
+  assert len(files) > 2  # it rotated
+  text = "".join(f.read_text() for f in files)
+  assert full not in text and other not in text and slow not in text and "probabilities" not in text
+  lines = [json.loads(line) for line in text.splitlines()]
+  assert [(line["key_id"], line["status"]) for line in lines] == sent
+  served = [line for line in lines if line["status"] == 200 and line["model"]]
+  assert served and all(line["version"] == 1 and line["rows"] == 1 and line["batch_rows"] >= 1 and
+                        line["client"] == "127.0.0.1" and line["latency_ms"] > 0 for line in served)
+  assert len({line["request_id"] for line in lines}) == len(lines)
 
 
 def test_bad_flags_are_one_line(export_dir):

@@ -12,13 +12,18 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import numpy as np
 
 
 class QueueFull(RuntimeError):
   """The batcher holds `max_queue_rows` rows already; retry after a moment."""
+
+
+class Batched(NamedTuple):
+  outputs: dict[str, np.ndarray]  # exactly the caller's rows
+  batch_rows: int  # the rows of the merged model call they ran in
 
 
 @dataclasses.dataclass
@@ -30,7 +35,8 @@ class _Pending:
 
 
 class Batcher:
-  """`await batcher.submit(inputs)` -> the outputs of `run(merged inputs)` for exactly these rows.
+  """`await batcher.submit(inputs)` -> Batched(the outputs of `run(merged inputs)` for exactly these rows, the
+  merged call's rows).
 
   `run(inputs: dict[str, array[N, ...]]) -> dict[str, array[N, ...]]` must keep rows in order.
   `on_batch(rows)` is told each merged batch's size (for metrics).
@@ -49,7 +55,7 @@ class Batcher:
   def queued_rows(self) -> int:
     return self._queued_rows
 
-  async def submit(self, inputs: dict[str, np.ndarray], timeout: float | None = None) -> dict[str, np.ndarray]:
+  async def submit(self, inputs: dict[str, np.ndarray], timeout: float | None = None) -> Batched:
     rows = len(next(iter(inputs.values())))
     if self._queued_rows + rows > self.max_queue_rows:
       raise QueueFull(f"{self._queued_rows} rows are queued (the limit is {self.max_queue_rows})")
@@ -99,10 +105,11 @@ class Batcher:
         if not p.future.done():
           p.future.set_exception(e)
       return
+    rows = sum(p.rows for p in batch)
     if self.on_batch:
-      self.on_batch(sum(p.rows for p in batch))
+      self.on_batch(rows)
     start = 0
     for p in batch:
       if not p.future.done():
-        p.future.set_result({k: v[start:start + p.rows] for k, v in outputs.items()})
+        p.future.set_result(Batched({k: v[start:start + p.rows] for k, v in outputs.items()}, rows))
       start += p.rows

@@ -64,6 +64,9 @@ def parser() -> argparse.ArgumentParser:
   p.add_argument("--max_body_mb", type=float, default=16, metavar="MB", help="largest request body (default 16)")
   p.add_argument("--timeout_s", type=float, default=30, metavar="S", help="a request's time limit (default 30)")
   p.add_argument("--drain_s", type=float, default=10, metavar="S", help="on SIGTERM, time to finish requests")
+  p.add_argument("--audit_log", metavar="FILE", help="write one JSON line per request here (docs/serving.md)")
+  p.add_argument("--audit_max_mb", type=float, default=64, metavar="MB", help="rotate the audit log at this size")
+  p.add_argument("--audit_backups", type=int, default=5, metavar="N", help="rotated audit logs kept (default 5)")
   p.add_argument("--ssl_certfile", metavar="PEM", help="serve HTTPS with this certificate (with --ssl_keyfile)")
   p.add_argument("--ssl_keyfile", metavar="PEM", help="the certificate's private key")
   return p
@@ -73,7 +76,9 @@ def _check(args) -> None:
   for flag in ("max_batch_size", "max_queue_rows"):
     if getattr(args, flag) < 1:
       raise ConfigError(f"--{flag} must be >= 1, got {getattr(args, flag)}.")
-  for flag in ("max_wait_ms", "max_body_mb", "timeout_s", "drain_s"):
+  if args.audit_backups < 0:
+    raise ConfigError(f"--audit_backups must be >= 0, got {args.audit_backups}.")
+  for flag in ("max_wait_ms", "max_body_mb", "timeout_s", "drain_s", "audit_max_mb"):
     if not getattr(args, flag) >= 0:
       raise ConfigError(f"--{flag} must be >= 0, got {getattr(args, flag)}.")
   if not 0 <= args.port < 65536:
@@ -102,9 +107,11 @@ def serve(argv: list[str]) -> None:
 
   from research.serve import repository
   from research.serve.app import create_app
+  from research.serve.audit import AuditLog
   from research.serve.auth import KeyRing
 
   keys = None if args.no_auth else KeyRing.load(args.keys)
+  audit = AuditLog(args.audit_log, int(args.audit_max_mb * 2**20), args.audit_backups) if args.audit_log else None
   batching = dict(max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms,
                   max_queue_rows=args.max_queue_rows)
   repo = repository.load(args.models, args.model, batching)
@@ -121,10 +128,14 @@ def serve(argv: list[str]) -> None:
   served = ", ".join(f"{n} (versions {', '.join(map(str, sorted(v)))})" for n, v in sorted(repo.models.items()))
   ready = lambda: print(f"serving {served} on {scheme}://{args.host}:{port}", file=sys.stderr, flush=True)
   app = create_app(repo, keys=keys, open_metrics=is_loopback(args.host), max_body_bytes=int(args.max_body_mb * 2**20),
-                   timeout_s=args.timeout_s, on_ready=ready)
+                   timeout_s=args.timeout_s, audit=audit, on_ready=ready)
   config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=args.drain_s,
                           ssl_certfile=args.ssl_certfile, ssl_keyfile=args.ssl_keyfile)
-  _server_class()(config).run(sockets=[sock])
+  try:
+    _server_class()(config).run(sockets=[sock])
+  finally:
+    if audit:
+      audit.close()
 
 
 def main(argv: list[str]) -> int:

@@ -1,0 +1,52 @@
+"""The Open Inference Protocol (KServe v2 REST); the tensors' encoding is research/serve/oip.py.
+
+    GET  /v2, /v2/health/live, /v2/health/ready               server metadata, liveness, readiness
+    GET  /v2/models/{name}[/versions/{v}][/ready]             model metadata, readiness
+    POST /v2/models/{name}[/versions/{v}]/infer               typed tensors in and out, `id` echoed
+"""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+import research
+from research.serve import oip
+
+
+def routes(service) -> list[Route]:
+  repo = service.repo
+
+  async def server_metadata(request: Request) -> Response:
+    return JSONResponse({"name": "research", "version": research.__version__, "extensions": []})
+
+  async def live(request: Request) -> Response:
+    return JSONResponse({"live": True})
+
+  async def ready(request: Request) -> Response:
+    return JSONResponse({"ready": bool(repo.models)}, status_code=200 if repo.models else 503)
+
+  async def model_metadata(request: Request) -> Response:
+    return JSONResponse(oip.metadata(service.version_of(request)))
+
+  async def model_ready(request: Request) -> Response:
+    service.version_of(request)  # 404 if unknown
+    return JSONResponse({"name": request.path_params["name"], "ready": True})
+
+  async def infer(request: Request) -> Response:
+    entry = service.version_of(request)
+    document = await service.body_json(request)
+    raw, requested = oip.decode_request(document, entry.predictor.signature)
+    outputs = await service.infer(request, entry, entry.predictor.check(raw))
+    return JSONResponse(oip.encode_response(entry, document.get("id"), outputs, requested))
+
+  endpoint, unauthenticated = service.endpoint, dict(auth=False)
+  model = "/v2/models/{name}"
+  version = model + "/versions/{version}"
+  return [Route("/v2", endpoint(server_metadata, model_scoped=False)),
+          Route("/v2/health/live", endpoint(live, **unauthenticated)),
+          Route("/v2/health/ready", endpoint(ready, **unauthenticated)),
+          *[Route(base, endpoint(model_metadata)) for base in (model, version)],
+          *[Route(base + "/ready", endpoint(model_ready)) for base in (model, version)],
+          *[Route(base + "/infer", endpoint(infer), methods=["POST"]) for base in (model, version)]]
