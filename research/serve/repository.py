@@ -15,6 +15,7 @@ import numpy as np
 
 from research.errors import ConfigError
 from research.serve.batcher import Batcher
+from research.serve.generate import Generator
 from research.serve.predictor import Predictor
 
 log = logging.getLogger("research.serve")
@@ -26,6 +27,7 @@ class Version:
   version: int
   predictor: Predictor
   batcher: Batcher
+  generator: Generator | None = None  # a language model's export: its prefill and decode steps
 
   def run(self, raw: dict) -> dict[str, np.ndarray]:
     """Merged inputs (each request checked before batching) -> {"probabilities", "predictions"} (classifiers) or
@@ -57,6 +59,8 @@ class Repository:
       entry = Version(name, version, predictor, None)
       entry.batcher = Batcher(entry.run, **batching)
       entry.run(predictor.check(_warmup_inputs(predictor)))  # compiles and allocates before the first request
+      if "generation" in predictor.manifest:
+        entry.generator = Generator.load(directory)
     except Exception as e:  # noqa: BLE001  (a bad version is reported, the others are served)
       reason = " ".join(str(e).split())[:500]
       self.failures[f"{name}/{version}"] = reason
