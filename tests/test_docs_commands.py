@@ -9,8 +9,13 @@ command is classified; one that fits no class fails its test, so none is silentl
   `.ci/run` runs). The other parts of a `&&` chain still run.
 - training (`scripts/train.py --config configs/X.py ...`): at smoke scale, `configs/X.py:smoke`, with
   every documented override kept as written.
-- a server (`.venv/bin/tensorboard --logdir DIR`, `.venv/bin/python scripts/serve.py ...`): started on a
-  free port, asked over HTTP for its logdir or its readiness, stopped.
+- a server (`.venv/bin/tensorboard --logdir DIR`, `.venv/bin/python scripts/serve.py ...`, a trailing `&`
+  allowed): started on a free port, asked over HTTP for its logdir or its readiness. It stays up for the
+  `curl` commands that follow it on its page, then gets SIGTERM (scripts/serve.py must then exit 0).
+- `curl ...` right after a server: run as written against it (`127.0.0.1:8000` becomes its port), and must
+  get a 2xx (the test adds `--fail-with-body`).
+- `NAME=$(command)`: the command is run as its class says, and its output is $NAME for the page's later
+  commands (e.g. `KEY=$(... --add_key ...)`, then `curl -H "Authorization: Bearer $KEY" ...`).
 - anything else that runs `.venv/bin/python scripts/*.py` (evaluate, export, --verify, --help, benchmark
   --quick) or `.venv/bin/python -m module` (the Sphinx build): as written; a command identical to one that
   already ran here, alone or in a `&&` chain (e.g. the quick start's export, repeated in docs/export.md), is
@@ -158,8 +163,9 @@ def classify(command: str) -> str:
   return "script"
 
 
-def run(command: str, cwd: Path, timeout: float = TIMEOUT_S) -> None:
-  proc = subprocess.Popen(["bash", "-c", command], cwd=cwd, env=helpers.env_with_devices(1), text=True,
+def run(command: str, cwd: Path, timeout: float = TIMEOUT_S, variables: dict | None = None) -> str:
+  env = {**helpers.env_with_devices(1), **(variables or {})}
+  proc = subprocess.Popen(["bash", "-c", command], cwd=cwd, env=env, text=True,
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
   try:
     out, err = proc.communicate(timeout=timeout)
@@ -168,6 +174,7 @@ def run(command: str, cwd: Path, timeout: float = TIMEOUT_S) -> None:
     out, err = proc.communicate()
     pytest.fail(f"timed out after {timeout}s: {command}\n{err[-3000:]}")
   assert proc.returncode == 0, f"exit {proc.returncode}: {command}\nstdout:\n{out[-1500:]}\nstderr:\n{err[-3000:]}"
+  return out
 
 
 def free_port() -> int:
@@ -176,9 +183,29 @@ def free_port() -> int:
     return s.getsockname()[1]
 
 
-def serve(command: str, cwd: Path, timeout: float = 90) -> None:
-  """Starts the server on a free port, waits until it answers (TensorBoard with its --logdir, scripts/serve.py
-  ready), stops it with SIGTERM (scripts/serve.py must then exit 0)."""
+@dataclasses.dataclass
+class Live:
+  """A documented server, running."""
+  command: str
+  proc: subprocess.Popen
+  port: int
+  page: str
+
+  def stop(self) -> None:
+    os.killpg(self.proc.pid, signal.SIGTERM)
+    try:
+      _, err = self.proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+      os.killpg(self.proc.pid, signal.SIGKILL)
+      _, err = self.proc.communicate()
+    if "scripts/serve.py" in self.command:
+      assert self.proc.returncode == 0, (self.command, self.proc.returncode, err[-3000:])
+
+
+def serve(command: str, cwd: Path, page: str, timeout: float = 90) -> Live:
+  """Starts the server on a free port and waits until it answers (TensorBoard with its --logdir, scripts/serve.py
+  ready); the caller stops it."""
+  command = command.strip().removesuffix("&").strip()
   words = shlex.split(command)
   tensorboard = words[0].endswith("tensorboard")
   port = free_port()
@@ -186,33 +213,32 @@ def serve(command: str, cwd: Path, timeout: float = 90) -> None:
   url = f"http://localhost:{port}/data/logdir" if tensorboard else f"http://127.0.0.1:{port}/v2/health/ready"
   proc = subprocess.Popen(["bash", "-c", "exec " + local_tools(command)], cwd=cwd, env=helpers.env_with_devices(1),
                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
-  try:
-    deadline, answer = time.time() + timeout, None
-    while answer is None and time.time() < deadline and proc.poll() is None:
-      try:
-        with urllib.request.urlopen(url, timeout=5) as response:
-          answer = json.loads(response.read())
-      except OSError:
-        time.sleep(1)
-  finally:
-    os.killpg(proc.pid, signal.SIGTERM)
+  live = Live(command, proc, port, page)
+  deadline, answer = time.time() + timeout, None
+  while answer is None and time.time() < deadline and proc.poll() is None:
     try:
-      _, err = proc.communicate(timeout=30)
-    except subprocess.TimeoutExpired:
-      os.killpg(proc.pid, signal.SIGKILL)
-      _, err = proc.communicate()
-  assert answer is not None, f"{command} never answered on port {port}:\n{err[-3000:]}"
+      with urllib.request.urlopen(url, timeout=5) as response:
+        answer = json.loads(response.read())
+    except OSError:
+      time.sleep(1)
+  if answer is None:
+    live.stop()
+    pytest.fail(f"{command} never answered on port {port}:\n{proc.stderr.read()[-3000:] if proc.stderr else ''}")
   if tensorboard:
     logdir = words[words.index("--logdir") + 1]
     assert answer["logdir"].rstrip("/").endswith(logdir.rstrip("/")), answer
   else:
-    assert answer == {"ready": True} and proc.returncode == 0, (answer, proc.returncode, err[-3000:])
+    assert answer == {"ready": True}, answer
+  return live
 
 
 # ---- the test
 
 
 ALREADY_RUN: dict[str, str] = {}  # a command line that ran -> the id of its first place in the docs
+LIVE: list[Live] = []  # the server the next curl commands call
+VARIABLES: dict[str, dict[str, str]] = {}  # page -> NAME -> the output of its `NAME=$(command)`
+CURL_ADDRESS = "127.0.0.1:8000"  # the documented server's address, in the docs' curl commands
 
 
 @pytest.fixture(scope="module")
@@ -221,7 +247,9 @@ def scratch(tmp_path_factory) -> Path:
   directory = tmp_path_factory.mktemp("docs")
   for name in ("configs", "scripts", "research", "docs"):
     (directory / name).symlink_to(ROOT / name)
-  return directory
+  yield directory
+  while LIVE:
+    LIVE.pop().stop()
 
 
 def test_commands_were_found():
@@ -230,25 +258,48 @@ def test_commands_were_found():
   assert any(c.page == "README.md" for c in COMMANDS) and any(c.page.startswith("docs/") for c in COMMANDS)
 
 
+def is_curl(command: Command) -> bool:
+  return command.text.startswith("curl ")
+
+
 @pytest.mark.parametrize("command", COMMANDS, ids=[c.id for c in COMMANDS])
 def test_documented_command(command: Command, scratch: Path):
   assert command.fence in COMMAND_FENCES, (
       f"a ```{command.fence} fence: write shell commands in ```bash fences (run by this test), and output or "
       f"code in ```console, ```text or ```python")
-  checks, rest = split_setup(command.text)
+  if is_curl(command):
+    assert LIVE and LIVE[0].page == command.page, f"a curl command with no documented server before it: {command.text}"
+    assert CURL_ADDRESS in command.text, f"curl must call the documented server at {CURL_ADDRESS}: {command.text}"
+    run(command.text.replace("curl ", "curl --fail-with-body ", 1).replace(CURL_ADDRESS, f"127.0.0.1:{LIVE[0].port}"),
+        scratch, variables=VARIABLES.get(command.page))
+    return
+  while LIVE:
+    LIVE.pop().stop()
+  name, text = None, command.text
+  if found := re.fullmatch(r"([A-Z_]+)=\$\((.*)\)", text):
+    name, text = found.groups()
+  checks, rest = split_setup(text)
   for check in checks:
     check()
   if not rest:
     return
   if classify(rest) == "server":
-    serve(rest, scratch)
-  else:  # training at smoke scale (the rewrite changes only `--config configs/X.py`), the rest as written
-    smoke = smoke_scale(rest)
-    trainings = re.findall(r"scripts/train\.py (?!--help)", smoke)
-    assert len(re.findall(r"--config[ =]configs/\w+\.py:\w+", smoke)) == len(trainings), (
-        f"a training command this test cannot bring to smoke scale (--config configs/X.py[:variant]): {rest}")
-    for part in local_tools(smoke).split(" && "):  # in order, each to exit 0: the chain as bash runs it
-      if part in ALREADY_RUN and not re.search(r"scripts/train\.py (?!--help)", part):
-        continue  # the same command ran at ALREADY_RUN[...] in this directory (a training runs again: it resumes)
-      run(part, scratch, timeout=900 if "benchmark.py" in part else TIMEOUT_S)
-      ALREADY_RUN[part] = command.id
+    live = serve(rest, scratch, command.page)
+    following = COMMANDS[COMMANDS.index(command) + 1:]
+    if following and is_curl(following[0]) and following[0].page == command.page:
+      LIVE.append(live)  # stopped after the curl commands, before the next other command
+    else:
+      live.stop()
+    return
+  # training at smoke scale (the rewrite changes only `--config configs/X.py`), the rest as written
+  smoke = smoke_scale(rest)
+  trainings = re.findall(r"scripts/train\.py (?!--help)", smoke)
+  assert len(re.findall(r"--config[ =]configs/\w+\.py:\w+", smoke)) == len(trainings), (
+      f"a training command this test cannot bring to smoke scale (--config configs/X.py[:variant]): {rest}")
+  for part in local_tools(smoke).split(" && "):  # in order, each to exit 0: the chain as bash runs it
+    if part in ALREADY_RUN and not re.search(r"scripts/train\.py (?!--help)", part) and not name:
+      continue  # the same command ran at ALREADY_RUN[...] in this directory (a training runs again: it resumes)
+    out = run(part, scratch, timeout=900 if "benchmark.py" in part else TIMEOUT_S, variables=VARIABLES.get(command.page))
+    ALREADY_RUN[part] = command.id
+    if name:
+      VARIABLES.setdefault(command.page, {})[name] = out.strip()
