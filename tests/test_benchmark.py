@@ -95,3 +95,27 @@ def test_gpt_model_flops_agree_with_xla_and_peaks_match_device_kinds():
   assert accelerator.peak_flops(device("NVIDIA H100 PCIe")) == 756e12
   assert accelerator.peak_flops(device("NVIDIA H200")) == 989e12
   assert accelerator.peak_flops(device("cpu")) is None
+
+
+def test_serving_benchmark_quick(tmp_path_factory):
+  """scripts/serve.py as shipped, without waiting and without batching, at concurrency 1, 16 and 64 over HTTP from the
+  load generator's process; the in-process limit at the same batch sizes; the targets, each judged."""
+  pytest.importorskip("starlette", reason="the `serve` extra is not installed: pip install -e '.[serve]'")
+  from research.bench import serving
+  from tests import serving as served
+
+  # Peers left out: each starts in ~10 s; the full run measures them (docs/benchmarks/serving.md).
+  text = serving.run(quick=True, exports={"mnist_mlp": served.export_smoke(tmp_path_factory, "mnist_mlp")}, peers=())
+  cells = [[c.strip() for c in line.split("|")[1:-1]] for line in text.splitlines() if line.startswith("| ")]
+  http = {(row[0], row[1], row[2]): row[3:] for row in cells if row[0] in ("1", "16", "64") and len(row) == 7}
+  for c in ("1", "16", "64"):
+    for setting in serving.SETTINGS:
+      rate, p50, p99, _ = http[(c, f"research, {setting}", "json")]
+      assert float(rate.replace(",", "")) > 0 and 0 < float(p50) <= float(p99)
+    assert (c, f"research, {serving.SHIPPED}", "binary") in http  # measured, or marked "not measured"
+  in_process = [row for row in cells if len(row) == 4 and row[1] in ("onnxruntime (model only)",
+                                                                     "the server's model call")]
+  assert sorted(int(row[0]) for row in in_process) == [1, 1, 16, 16, 64, 64]
+  targets = [row for row in cells if row[0] == "mnist_mlp"]
+  assert len(targets) >= 2 and all(row[3] in ("yes", "no") for row in targets)
+  assert "| 16 | not measured" in text or "tokens/s" in text  # the generation rows

@@ -1,0 +1,249 @@
+"""Serving: the HTTP server's requests/s and latency against in-process onnxruntime and peer servers, in one run.
+
+Two exports of tiny trained runs (configs/mnist_cnn.py:smoke and configs/rotten_tomatoes_transformer.py:smoke;
+the model's speed is not the point, the server's overhead and batching are) are served by:
+
+- scripts/serve.py with batching as shipped (`--max_wait_ms 2`, 64 rows), with `--max_wait_ms 0` (no waiting,
+  but requests that queued while the model ran are still merged) and with `--max_batch_size 1` (no batching);
+- peer servers installed from PyPI into their own virtualenvs (research/bench/servers.py), the same ONNX file
+  in onnxruntime, their own batching on at the same size and wait;
+
+each called by research/bench/loadgen.py (asyncio, keep-alive, a separate process) at concurrency 1, 16 and
+64, one example per request, closed loop. The limit is the same ONNX model called in-process at batch 1, 16
+and 64: onnxruntime alone, and the server's own model call (preprocessing, onnxruntime, softmax). Systems are
+interleaved at each concurrency, so a slow moment of the machine hits them alike; the table gives the median
+over repeats. The library's server takes raw inputs (pixels 0-255, text) and preprocesses them; peers get the
+ONNX model's inputs (normalized floats, token ids), so they do less work per request.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from research.bench import servers
+from research.bench.timing import machine, table
+
+ROOT = Path(__file__).resolve().parents[2]
+MODELS = {"mnist_cnn": "configs/mnist_cnn.py:smoke",
+          "rotten_tomatoes_transformer": "configs/rotten_tomatoes_transformer.py:smoke"}
+CONCURRENCY = (1, 16, 64)
+MAX_BATCH, MAX_WAIT_MS = 64, 2.0  # the server's defaults; peers get the same
+# label: scripts/serve.py flags. The first is the server as shipped, which the targets judge.
+SETTINGS = {"batching (2 ms)": ["--max_wait_ms", str(MAX_WAIT_MS)], "batching (0 ms wait)": ["--max_wait_ms", "0"],
+            "off (1 row per call)": ["--max_batch_size", "1"]}
+SHIPPED, NO_WAIT, OFF = SETTINGS
+TEXT = "a quietly moving film, beautifully acted and never sentimental"
+
+
+def _export(name: str, tmp: Path) -> Path:
+  """A tiny trained run of MODELS[name], exported to ONNX."""
+  from research import config as config_lib
+  from research.export import export
+  from research.train.loop import train
+
+  workdir = tmp / name / "run"
+  train(config_lib.load(str(ROOT / MODELS[name])), workdir)
+  return export(workdir, formats=("onnx",), out=tmp / name / "export", batch_sizes=(1,), accuracy_examples=64,
+                log=lambda _: None)
+
+
+def _examples(predictor) -> tuple[dict, dict]:
+  """(one raw example as the server takes it, the ONNX model's inputs for it as peers take them)."""
+  raw = {}
+  for name, spec in predictor.signature.items():
+    if spec["dtype"] == "str":
+      raw[name] = np.array([TEXT], dtype=object)
+    else:
+      raw[name] = np.random.default_rng(0).integers(0, 256, [1, *spec["shape"][1:]]).astype(spec["dtype"])
+  batch = predictor.preprocess(predictor.check(raw))
+  return raw, {i["name"]: np.asarray(batch[i["name"]], dtype=i["dtype"]) for i in predictor.manifest["inputs"]}
+
+
+def oip_json(arrays: dict[str, np.ndarray]) -> bytes:
+  """An Open Inference Protocol JSON request of these tensors."""
+  from research.serve.oip import datatype
+
+  return json.dumps({"inputs": [{"name": n, "shape": list(a.shape), "datatype": datatype(str(a.dtype)),
+                                 "data": a.reshape(-1).tolist()} for n, a in arrays.items()]}).encode()
+
+
+def oip_binary(arrays: dict[str, np.ndarray]) -> tuple[bytes, dict] | None:
+  """The same request with binary tensors (the Open Inference Protocol's binary extension), or None while the
+  server does not take them (research/serve/oip.py has no binary extension yet)."""
+  return None
+
+
+def _in_process(entry, raw: dict, model_inputs: dict, budget_s: float) -> dict:
+  """{(system, batch): {"p50_ms", "rows_per_s"}} of in-process calls at each batch size of CONCURRENCY."""
+  calls = {"onnxruntime (model only)": lambda b: entry.predictor.run(*[np.repeat(a, b, 0) for a in model_inputs.values()]),
+           "the server's model call": lambda b: entry.run({k: np.repeat(v, b, 0) for k, v in raw.items()})}
+  found = {}
+  for b in CONCURRENCY:
+    for system, call in calls.items():
+      for _ in range(3):
+        call(b)
+      times, deadline = [], time.perf_counter() + budget_s
+      while len(times) < 5 or time.perf_counter() < deadline:
+        start = time.perf_counter()
+        call(b)
+        times.append(time.perf_counter() - start)
+      found[(system, b)] = {"p50_ms": statistics.median(times) * 1e3, "rows_per_s": b * len(times) / sum(times)}
+  return found
+
+
+def load(url: str, body: bytes, concurrency: int, warmup_s: float, duration_s: float, headers: dict | None = None):
+  """research/bench/loadgen.py's result for closed-loop POSTs of `body` to `url` (a separate process)."""
+  spec = {"url": url, "body": body.decode("latin-1"), "headers": headers or {}, "concurrency": concurrency,
+          "warmup_s": warmup_s, "duration_s": duration_s}
+  done = subprocess.run([sys.executable, str(Path(__file__).with_name("loadgen.py"))], input=json.dumps(spec),
+                        capture_output=True, text=True, timeout=warmup_s + duration_s + 120)
+  if done.returncode:
+    raise RuntimeError(f"the load generator failed: {done.stderr[-2000:]}")
+  result = json.loads(done.stdout)
+  if result["errors"]:
+    raise RuntimeError(f"{result['errors']} requests to {url} failed, e.g.: {result['first_error']}")
+  return result
+
+
+def _peers(wanted, quick: bool, notes: list[str]) -> list[str]:
+  """The peers to measure: installed now (a full run installs the missing ones; --quick skips them)."""
+  ready = []
+  for peer in wanted:
+    if servers.python_of(peer) is None:
+      if quick:
+        notes.append(f"{peer}: not installed, skipped by --quick (a full run installs it into "
+                     f"{servers.CACHE / peer}).")
+        continue
+      print(f"installing {peer} into {servers.CACHE / peer} ...", file=sys.stderr, flush=True)
+      servers.install(peer)
+    ready.append(peer)
+  return ready
+
+
+def _start(exports: dict, examples: dict, peers: list[str], tmp: Path) -> tuple[list, dict]:
+  """(every server, started before any is measured; {(model, system, encoding): (url, body, headers)})."""
+  running, calls = [], {}
+  for label, flags in SETTINGS.items():
+    server = servers.research(exports, flags, "research")
+    running.append(server)
+    for m, (raw, _) in examples.items():
+      url = f"{server.url}/v2/models/{m}/infer"
+      calls[(m, f"research, {label}", "json")] = (url, oip_json(raw), None)
+      binary = oip_binary(raw)
+      if binary is not None:
+        calls[(m, f"research, {label}", "binary")] = (url, *binary)
+  for peer in peers:
+    for m, (_, model_inputs) in examples.items():
+      onnx = exports[m] / "model.onnx"
+      server = (servers.litserve(onnx, MAX_BATCH, MAX_WAIT_MS) if peer == "litserve" else
+                servers.mlserver(m, onnx, MAX_BATCH, MAX_WAIT_MS, tmp))
+      running.append(server)
+      calls[(m, f"{peer}, batching (2 ms)", "json")] = (server.url, oip_json(model_inputs), None)
+  return running, calls
+
+
+def _measure(calls: dict, repeats: int, warmup_s: float, duration_s: float) -> dict:
+  """{(model, system, encoding, concurrency): median requests/s, p50 ms, p99 ms}, systems interleaved at each
+  concurrency."""
+  results: dict = {}
+  for _ in range(repeats):
+    for c in CONCURRENCY:
+      for (m, system, encoding), (url, body, headers) in calls.items():
+        results.setdefault((m, system, encoding, c), []).append(load(url, body, c, warmup_s, duration_s, headers))
+  return {key: {k: statistics.median(r[k] for r in runs) for k in ("rps", "p50_ms", "p99_ms")}
+          for key, runs in results.items()}
+
+
+def _http_rows(m: str, measured: dict, calls: dict, skipped: dict[str, str]) -> list[list]:
+  rows = []
+  for c in CONCURRENCY:
+    shipped = measured[(m, f"research, {SHIPPED}", "json", c)]["rps"]
+    for (model, system, encoding), _ in calls.items():
+      if model != m:
+        continue
+      r = measured[(m, system, encoding, c)]
+      rows.append([c, system, encoding, f"{r['rps']:,.0f}", f"{r['p50_ms']:.2f}", f"{r['p99_ms']:.2f}",
+                   f"{shipped / r['rps']:.2f}x"])
+      if system == f"research, {SHIPPED}" and (m, system, "binary") not in calls:
+        rows.append([c, system, "binary", "not measured: the server takes no binary tensors yet", "", "", ""])
+    rows += [[c, peer, "json", why, "", "", ""] for peer, why in skipped.items()]
+  return rows
+
+
+def _targets(m: str, measured: dict, limit: dict, peers: list[str]) -> list[list]:
+  at = lambda system, c: measured[(m, system, "json", c)]  # noqa: E731
+  shipped = f"research, {SHIPPED}"
+  model_call = limit[("the server's model call", 1)]["p50_ms"]
+  added = at(shipped, 1)["p50_ms"] - model_call
+  no_wait = at(f"research, {NO_WAIT}", 1)["p50_ms"] - model_call
+  speedup = at(shipped, 64)["rps"] / at(f"research, {OFF}", 64)["rps"]
+  rows = [[m, "concurrency 1: p50 over the in-process model call < 1 ms",
+           f"+{added:.2f} ms ({at(shipped, 1)['p50_ms']:.2f} vs {model_call:.2f}); with 0 ms wait +{no_wait:.2f} ms",
+           "yes" if added < 1 else "no"],
+          [m, "concurrency 64: batching >= 3x no batching", f"{speedup:.2f}x", "yes" if speedup >= 3 else "no"]]
+  if peers:
+    ratios = {(p, c): at(shipped, c)["rps"] / at(f"{p}, batching (2 ms)", c)["rps"] for p in peers for c in CONCURRENCY}
+    (peer, c), worst = min(ratios.items(), key=lambda kv: kv[1])
+    rows.append([m, "ahead of every peer at every concurrency (requests/s)",
+                 f"lowest {worst:.2f}x ({peer} at concurrency {c})", "yes" if worst > 1 else "no"])
+  return rows
+
+
+def _generation_rows() -> list[list]:
+  """GPT tokens/s over `POST /v1/models/{name}:generate` at 1 and 16 streams, once the server has the endpoint."""
+  return [[streams, "not measured: the server has no generation endpoint yet", ""] for streams in (1, 16)]
+
+
+def run(quick: bool = False, exports: dict[str, Path] | None = None, peers: tuple[str, ...] | None = None) -> str:
+  """`exports` ({name: export dir}) replaces the trained MODELS (tests pass the test run's shared smoke export);
+  `peers` picks among servers.PEERS (default all)."""
+  repeats, warmup_s, duration_s, budget_s = (1, 0.3, 0.7, 0.3) if quick else (3, 1.0, 3.0, 2.0)
+  names = list(exports or MODELS)[:1 if quick else None]  # --quick: the CNN (each server and peer is still started)
+  from research.serve.predictor import Predictor
+  from research.serve.repository import Version
+
+  notes: list[str] = []
+  with tempfile.TemporaryDirectory(prefix="research-serving-bench-") as tmp:
+    exports = {m: Path(exports[m]) if exports else _export(m, Path(tmp)) for m in names}
+    entries = {m: Version(m, 1, Predictor.load(exports[m]), None) for m in names}
+    examples = {m: _examples(entries[m].predictor) for m in names}
+    peers = _peers(servers.PEERS if peers is None else peers, quick, notes)
+    running, calls = _start(exports, examples, peers, Path(tmp))
+    try:
+      measured = _measure(calls, repeats, warmup_s, duration_s)
+    finally:
+      for server in running:
+        server.stop()
+    limit = {m: _in_process(entries[m], *examples[m], budget_s) for m in names}  # the servers stopped: no sharing
+  skipped = {p: "left out of this run" if servers.python_of(p) else "not installed (--quick does not install peers)"
+             for p in servers.PEERS if p not in peers}
+  sections, targets = [], []
+  for m in names:
+    shape = ", ".join(f"{n}: {s['dtype']}[N, {', '.join(map(str, s['shape'][1:]))}]".replace("[N, ]", "[N]")
+                      for n, s in entries[m].predictor.signature.items())
+    in_process = [[b, system, f"{r['p50_ms']:.3f}", f"{r['rows_per_s']:,.0f}"] for (system, b), r in limit[m].items()]
+    sections.append(f"### {m} ({MODELS.get(m, exports[m])}), raw input {shape}\n\n"
+                    + table(["concurrency", "server", "encoding", "requests/s", "p50 ms", "p99 ms",
+                             "research as shipped vs this (requests/s)"], _http_rows(m, measured, calls, skipped))
+                    + "\n\nIn-process, the same ONNX file (the limit):\n\n"
+                    + table(["batch", "call", "p50 ms per call", "rows/s"], in_process))
+    targets += _targets(m, measured, limit[m], peers)
+  sections.append("### Generation (GPT, `POST /v1/models/{name}:generate`)\n\n"
+                  + table(["streams", "tokens/s", "p50 ms per token"], _generation_rows()))
+  versions = ", ".join(f"{p} ({open(servers.CACHE / p / 'installed').read().split()[0]})" for p in peers)
+  header = (f"One example per request, closed loop, keep-alive: research/bench/loadgen.py (asyncio) in its own "
+            f"process; {warmup_s:g} s warm-up then {duration_s:g} s measured per point, median of {repeats} "
+            f"interleaved repeat(s). Server, peers and load generator share this machine's cores, so at high "
+            f"concurrency the client takes CPU time the server would otherwise have. Batching: at most {MAX_BATCH} "
+            f"rows per model call, waiting at most {MAX_WAIT_MS:g} ms (peers configured alike). Peers: "
+            f"{versions or 'none'}; they take the ONNX model's inputs, the library's server raw inputs.\n"
+            f"Machine: {machine()}.\n\n" + table(["model", "target", "measured", "holds"], targets))
+  return "\n\n".join([header, *notes, *sections])
