@@ -191,11 +191,14 @@ def create_app(repo: Repository, *, keys: KeyRing | None, open_metrics: bool, ma
   """`keys=None` serves without keys (only allowed on loopback, checked by the caller); `open_metrics` serves
   /metrics without a key (a loopback bind). `on_ready` runs once the server accepts requests."""
   from research.serve import api_v1, api_v2
+  from research.serve import api_admin
 
   service = Service(repo, keys=keys, max_body_bytes=max_body_bytes, timeout_s=timeout_s, audit=audit)
-  for versions in repo.models.values():
-    for entry in versions.values():
-      entry.batcher.on_batch = lambda rows, model=entry.name: service.metrics.batch_rows.labels(model).observe(rows)
+
+  def count_batches(entry) -> None:  # every version served, those loaded later too
+    entry.batcher.on_batch = lambda rows: service.metrics.batch_rows.labels(entry.name).observe(rows)
+
+  repo.on_serve(count_batches)
 
   async def metrics_page(request: Request) -> Response:
     return Response(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)
@@ -210,6 +213,7 @@ def create_app(repo: Repository, *, keys: KeyRing | None, open_metrics: bool, ma
   routes = [Route("/healthz", service.endpoint(health, auth=False)),
             Route("/readyz", service.endpoint(readiness, auth=False)),
             Route("/metrics", service.endpoint(metrics_page, auth=not open_metrics, model_scoped=False)),
+            *api_admin.routes(service),
             *api_v1.routes(service), *api_v2.routes(service)]
 
   @contextlib.asynccontextmanager

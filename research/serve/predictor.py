@@ -3,6 +3,10 @@
     model = Predictor.load("runs/mnist_mlp/export", backend="onnx")   # or "jax" (the StableHLO export)
     result = model.predict({"image": pixels})   # {"predictions", "probabilities", "labels", "label_names"}
 
+With `buckets` (the server gives the JAX backend 1, 2, 4, ... up to its largest batch), every model call is
+padded to the next bucket size and `warm_up()` compiles each one, so no request waits on a compile for a
+batch size it is the first to send; a batch over the largest bucket runs in chunks of it.
+
 Loading checks every file's sha256 against manifest.json (a changed, missing or
 unlisted file refuses the model). The manifest's preprocessing is rebuilt with
 the training code itself (research/data/ops.py): its ops with their parameters,
@@ -32,10 +36,12 @@ class Predictor:
   backend: str
   run: Callable[..., list[np.ndarray]]  # model inputs (numpy) -> outputs, in the manifest's order
   preprocess: Callable[[dict], dict]  # raw batch -> model inputs
+  buckets: tuple[int, ...] = ()  # the batch sizes the model is called with (none: any size)
 
   @classmethod
-  def load(cls, directory: str | Path, backend: str = "onnx") -> "Predictor":
-    """Verifies and loads an export directory; raises VerifyError (a bad file) or ConfigError (no such artifact)."""
+  def load(cls, directory: str | Path, backend: str = "onnx", buckets: tuple[int, ...] = ()) -> "Predictor":
+    """Verifies and loads an export directory; raises VerifyError (a bad file) or ConfigError (no such artifact).
+    `buckets`: increasing batch sizes to pad every model call to (see `warm_up`)."""
     from research.export import manifest as manifest_lib
     from research.export.formats import FORMATS
 
@@ -49,7 +55,14 @@ class Predictor:
                         f"{', '.join(manifest.get('artifacts', {})) or 'none'}); export with --format "
                         f"{BACKENDS[backend]}, or choose another backend.")
     run = FORMATS.get(BACKENDS[backend]).load(directory, artifact)
-    return cls(directory, manifest, backend, run, preprocessing(manifest, directory))
+    buckets = tuple(buckets)
+    return cls(directory, manifest, backend, padded(run, buckets) if buckets else run,
+               preprocessing(manifest, directory), buckets)
+
+  def warm_up(self) -> None:
+    """Calls the model once per bucket: a JIT runtime compiles each batch size now, not on a request."""
+    for size in self.buckets:
+      self.run(*[np.zeros([size, *i["shape"][1:]], i["dtype"]) for i in self.manifest["inputs"]])
 
   @property
   def signature(self) -> dict[str, dict]:
@@ -85,6 +98,29 @@ class Predictor:
     names = self.label_names
     return {"predictions": predictions, "probabilities": probabilities,
             "labels": [names[p] if names else str(p) for p in predictions], "label_names": names}
+
+
+def bucket_sizes(largest: int) -> tuple[int, ...]:
+  """1, 2, 4, ... below `largest`, then `largest`: at most twice the rows of a batch are ever computed."""
+  return (*[1 << i for i in range(largest.bit_length()) if 1 << i < largest], largest)
+
+
+def padded(run: Callable[..., list[np.ndarray]], buckets: tuple[int, ...]) -> Callable[..., list[np.ndarray]]:
+  """`run` called only with batches of a bucket's size: rows of zeros pad a batch to the next bucket (rows do not
+  affect each other) and are cut from the outputs; a batch over the largest bucket runs in chunks of it."""
+  largest = buckets[-1]
+
+  def call(*inputs: np.ndarray) -> list[np.ndarray]:
+    rows = len(inputs[0])
+    if rows > largest:
+      chunks = [call(*(x[start:start + largest] for x in inputs)) for start in range(0, rows, largest)]
+      return [np.concatenate(parts) for parts in zip(*chunks)]
+    size = next(b for b in buckets if b >= rows)
+    if size > rows:
+      inputs = [np.concatenate([x, np.zeros((size - rows, *x.shape[1:]), x.dtype)]) for x in inputs]
+    return [y[:rows] for y in run(*inputs)]
+
+  return call
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

@@ -44,10 +44,17 @@ def parser() -> argparse.ArgumentParser:
   p = script_parser("serve.py", "Serve exported models over HTTP: a JSON API and the Open Inference Protocol, "
                     "with dynamic batching,\nAPI keys and Prometheus metrics (docs/serving.md).",
                     "  python scripts/serve.py --keys keys.json --add_key team-a --key_models mnist\n"
-                    "  python scripts/serve.py --model mnist=runs/mnist_mlp/export --keys keys.json --port 8000")
+                    "  python scripts/serve.py --model mnist=runs/mnist_mlp/export --keys keys.json --port 8000\n"
+                    "  python scripts/serve.py --models models --version_policy latest:2 --keys keys.json")
   p.add_argument("--models", metavar="DIR", help="a model repository: DIR/<name>/<version>/ export directories")
   p.add_argument("--model", action="append", default=[], metavar="NAME=EXPORT_DIR",
                  help="serve one export as NAME (version 1); repeatable")
+  p.add_argument("--poll_s", type=float, default=2, metavar="S",
+                 help="look for new, changed and removed versions every S seconds (default 2; 0: never)")
+  p.add_argument("--version_policy", default="latest:1", metavar="POLICY",
+                 help="versions served: latest:N (the N newest that load; default latest:1), all, or specific:1,3")
+  p.add_argument("--backend", default="onnx", choices=("onnx", "jax"),
+                 help="the runtime: onnx (default) or jax (the StableHLO export, every batch bucket compiled first)")
   p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1, loopback only)")
   p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
   p.add_argument("--keys", metavar="FILE", help="the API key file (salted hashes; see --add_key)")
@@ -78,7 +85,7 @@ def _check(args) -> None:
       raise ConfigError(f"--{flag} must be >= 1, got {getattr(args, flag)}.")
   if args.audit_backups < 0:
     raise ConfigError(f"--audit_backups must be >= 0, got {args.audit_backups}.")
-  for flag in ("max_wait_ms", "max_body_mb", "timeout_s", "drain_s", "audit_max_mb"):
+  for flag in ("max_wait_ms", "max_body_mb", "timeout_s", "drain_s", "audit_max_mb", "poll_s"):
     if not getattr(args, flag) >= 0:
       raise ConfigError(f"--{flag} must be >= 0, got {getattr(args, flag)}.")
   if not 0 <= args.port < 65536:
@@ -109,14 +116,16 @@ def serve(argv: list[str]) -> None:
   from research.serve.app import create_app
   from research.serve.audit import AuditLog
   from research.serve.auth import KeyRing
+  from research.serve.predictor import bucket_sizes
+  from research.serve.watcher import Watcher
 
   keys = None if args.no_auth else KeyRing.load(args.keys)
   audit = AuditLog(args.audit_log, int(args.audit_max_mb * 2**20), args.audit_backups) if args.audit_log else None
   batching = dict(max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms,
                   max_queue_rows=args.max_queue_rows)
-  repo = repository.load(args.models, args.model, batching)
-  for failure, reason in repo.failures.items():
-    print(f"warning: {failure} is not served: {reason}", file=sys.stderr)
+  policy = repository.Policy.parse(args.version_policy)
+  buckets = bucket_sizes(args.max_batch_size) if args.backend == "jax" else ()  # onnxruntime needs no compiles
+  repo = repository.load(args.models, args.model, batching, policy, args.backend, buckets)
   sock = socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET)
   sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
   try:
@@ -126,7 +135,17 @@ def serve(argv: list[str]) -> None:
     raise ConfigError(f"cannot bind {args.host}:{args.port}: {e.strerror}; choose another --port.") from None
   scheme, port = "https" if args.ssl_certfile else "http", sock.getsockname()[1]
   served = ", ".join(f"{n} (versions {', '.join(map(str, sorted(v)))})" for n, v in sorted(repo.models.items()))
-  ready = lambda: print(f"serving {served} on {scheme}://{args.host}:{port}", file=sys.stderr, flush=True)
+  say = lambda line: print(line, file=sys.stderr, flush=True)
+  watcher = Watcher(repo, args.poll_s) if args.poll_s else None
+
+  def ready() -> None:
+    say(f"serving {served} on {scheme}://{args.host}:{port}")  # the first line: scripts wait for it
+    for failure, reason in repo.failures.items():
+      say(f"warning: {failure} is not served: {reason}")
+    repo.say = say  # versions loaded, unloaded or failing from now on
+    if watcher:
+      watcher.start()
+
   app = create_app(repo, keys=keys, open_metrics=is_loopback(args.host), max_body_bytes=int(args.max_body_mb * 2**20),
                    timeout_s=args.timeout_s, audit=audit, on_ready=ready)
   config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=args.drain_s,
