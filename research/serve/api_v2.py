@@ -3,6 +3,9 @@
     GET  /v2, /v2/health/live, /v2/health/ready               server metadata, liveness, readiness
     GET  /v2/models/{name}[/versions/{v}][/ready]             model metadata, readiness
     POST /v2/models/{name}[/versions/{v}]/infer               typed tensors in and out, `id` echoed
+
+Tensors travel as JSON or, with the binary tensor data extension (research/serve/binary.py), as raw bytes after the
+JSON; a response is binary where the request asks for it.
 """
 
 from __future__ import annotations
@@ -12,14 +15,16 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 import research
-from research.serve import oip
+from research.serve import binary, oip
 
 
 def routes(service) -> list[Route]:
+  from research.serve.app import HTTPError, parse_json_object
+
   repo = service.repo
 
   async def server_metadata(request: Request) -> Response:
-    return JSONResponse({"name": "research", "version": research.__version__, "extensions": []})
+    return JSONResponse({"name": "research", "version": research.__version__, "extensions": [binary.EXTENSION]})
 
   async def live(request: Request) -> Response:
     return JSONResponse({"live": True})
@@ -28,7 +33,8 @@ def routes(service) -> list[Route]:
     return JSONResponse({"ready": bool(repo.models)}, status_code=200 if repo.models else 503)
 
   async def model_metadata(request: Request) -> Response:
-    return JSONResponse(oip.metadata(service.version_of(request)))
+    entry = service.version_of(request)
+    return JSONResponse(oip.metadata(entry, sorted(repo.models[entry.name])))
 
   async def model_ready(request: Request) -> Response:
     service.version_of(request)  # 404 if unknown
@@ -36,10 +42,16 @@ def routes(service) -> list[Route]:
 
   async def infer(request: Request) -> Response:
     entry = service.version_of(request)
-    document = await service.body_json(request)
-    raw, requested = oip.decode_request(document, entry.predictor.signature)
-    outputs = await service.infer(request, entry, entry.predictor.check(raw))
-    return JSONResponse(oip.encode_response(entry, document.get("id"), outputs, requested))
+    if request.headers.get("content-encoding", "identity").lower() != "identity":
+      raise HTTPError(415, "compressed request bodies (Content-Encoding) are not accepted: send the body as is")
+    header, tail = binary.split(await service.body(request), request.headers.get(binary.HEADER))
+    call = oip.decode_request(parse_json_object(header), entry, tail)
+    outputs = await service.infer(request, entry, entry.predictor.check(call.inputs))
+    document, chunks = oip.encode_response(entry, call, outputs)
+    if not chunks:
+      return JSONResponse(document)
+    content, length = binary.body(document, chunks)
+    return Response(content, media_type="application/octet-stream", headers={binary.HEADER: str(length)})
 
   endpoint, unauthenticated = service.endpoint, dict(auth=False)
   model = "/v2/models/{name}"
