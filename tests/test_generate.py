@@ -81,3 +81,18 @@ def test_requests_that_cannot_be_generated_are_named(request_, words):
 
   with pytest.raises(InputError, match=words):
     check_request(*request_)
+
+
+def test_each_row_of_a_shared_step_draws_as_its_own_stream_would():
+  """The server draws every stream's token in one call (research/serve/streams.py); each row must be exactly the
+  token `sliding_generate` draws for a one-row prompt with that row's seed, step, temperature and top_k."""
+  from research.models.gpt import _sample, sample_rows
+
+  logits = np.random.default_rng(0).standard_normal((5, 256)).astype(np.float32) * 3
+  seeds, steps = [0, 5, 2**32 - 1, 7, 5], np.array([0, 3, 9, 100, 3], np.int32)
+  temperature, top_k = np.array([0.9, 0.5, 1.0, 0.0, 0.5], np.float32), np.array([20, 0, 5, 0, 1], np.int32)
+  key_data = np.stack([jax.random.key_data(jax.random.key(s)) for s in seeds])
+  rows = sample_rows(logits, key_data, steps, temperature, top_k)
+  alone = [_sample(logits[i:i + 1], jax.random.fold_in(jax.random.key(seeds[i]), steps[i]), temperature[i],
+                   top_k[i])[0] for i in range(5)]
+  assert np.asarray(rows).tolist() == np.asarray(alone).tolist()

@@ -1,13 +1,14 @@
 """A language model's generation, exported: prefill and one cached decode step, as StableHLO.
 
     generate/prefill.jax_exported   prefill(weights, tokens int32[B, block_size]) -> (logits, k, v)
-    generate/decode.jax_exported    decode(weights, k, v, token int32[B], index int32[]) -> (logits, k, v)
+    generate/decode.jax_exported    decode(weights, k, v, token int32[B], index int32[B]) -> (logits, k, v)
     generate/weights.npz            the weights as a flat list, "w0000", ... in call order
 
 The host loop that drives them (sampling, the sliding window past block_size) is the library's own,
 research.models.gpt.sliding_generate, so an export generates exactly the tokens the trained model does for
 the same seed. Text is UTF-8 bytes, one token per byte (the Shakespeare GPT's vocabulary of 256).
-Any batch size B: concurrent streams share one decode step.
+Any batch size B, and each row at its own position (`index[b]`): concurrent streams that started at different
+times share one decode step (research/serve/streams.py).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from research.errors import ConfigError
 from research.export.stablehlo import PLATFORMS, load_weights
 
 DIR = "generate"
@@ -44,7 +46,7 @@ def export(model, out: Path, *, platforms: tuple[str, ...] = PLATFORMS) -> dict:
   for name, fn, args in [
       ("prefill", prefill, (w, jax.ShapeDtypeStruct((batch, block), jnp.int32))),
       ("decode", decode, (w, cache, cache, jax.ShapeDtypeStruct((batch,), jnp.int32),
-                          jax.ShapeDtypeStruct((), jnp.int32)))]:
+                          jax.ShapeDtypeStruct((batch,), jnp.int32)))]:
     exported = jax.export.export(jax.jit(fn), platforms=tuple(platforms))(*args)
     (folder / f"{name}.jax_exported").write_bytes(exported.serialize())
   np.savez(folder / "weights.npz", **{f"w{i:04d}": x for i, x in enumerate(weights)})
@@ -53,14 +55,18 @@ def export(model, out: Path, *, platforms: tuple[str, ...] = PLATFORMS) -> dict:
           "weights": f"{DIR}/weights.npz", "block_size": block, "vocab_size": model.vocab_size,
           "slide_to": block // 2, "tokenizer": TOKENIZER, "platforms": list(platforms),
           "signature": "prefill(weights, tokens int32[B, block_size]) -> (logits, k, v); "
-                       "decode(weights, k, v, token int32[B], index int32[]) -> (logits, k, v)"}
+                       "decode(weights, k, v, token int32[B], index int32[B]) -> (logits, k, v)"}
 
 
 def load(out: Path, section: dict):
   """(prefill(tokens), decode(k, v, token, index)) of an export, weights bound, as jitted JAX functions."""
   weights = jax.device_put(load_weights(out / section["weights"]))
-  prefill, decode = (jax.jit(jax.export.deserialize(bytearray((out / section[name]).read_bytes())).call)
-                     for name in ("prefill", "decode"))
+  prefill, decode = (jax.export.deserialize(bytearray((out / section[name]).read_bytes())) for name in
+                     ("prefill", "decode"))
+  if decode.in_avals[-1].shape == ():
+    raise ConfigError(f"{out} was exported when decode took one position for the whole batch; export it again "
+                      f"(scripts/export.py) for a decode step with a position per row.")
+  prefill, decode = jax.jit(prefill.call), jax.jit(decode.call)
   return (lambda tokens: prefill(weights, tokens)), (lambda k, v, token, index: decode(weights, k, v, token, index))
 
 

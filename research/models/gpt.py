@@ -40,7 +40,7 @@ class CausalSelfAttention(nnx.Module):
   """Multi-head self-attention where position t attends to positions <= t.
 
   :Inputs:  float[B, T, dim]; optionally a layer cache {"k", "v": float[B, S, heads, head_dim]} and the
-           position `index` of x's first token in it.
+           position `index` of x's first token in it (int: every row; int[B]: each row's own).
   :Outputs: (float[B, T, dim], the updated cache or None).
   """
 
@@ -61,15 +61,22 @@ class CausalSelfAttention(nnx.Module):
     q, k, v = jnp.split(self.qkv(x).reshape(b, t, 3 * self.num_heads, self.head_dim), 3, axis=2)
     if cache is None:  # Full pass: attend within x, causally.
       keys, values, mask = k, v, None
-    else:  # Write this step's keys/values at `index`, attend to the whole cache (future slots masked).
-      keys = jax.lax.dynamic_update_slice(cache["k"], k.astype(cache["k"].dtype), (0, index, 0, 0))
-      values = jax.lax.dynamic_update_slice(cache["v"], v.astype(cache["v"].dtype), (0, index, 0, 0))
+    else:  # Write this step's keys/values at each row's `index`, attend to the whole cache (future slots masked).
+      starts = jnp.broadcast_to(jnp.asarray(index, jnp.int32), (b,))  # rows sharing a step sit at their own places
+      keys, values = _write_rows(cache["k"], k, starts), _write_rows(cache["v"], v, starts)
       cache = {"k": keys, "v": values}
-      mask = jnp.arange(keys.shape[1])[None, :] <= (index + jnp.arange(t))[:, None]  # [T, S]
+      mask = jnp.arange(keys.shape[1])[None, None, :] <= (starts[:, None] + jnp.arange(t))[:, :, None]  # [B, T, S]
+      mask = mask[:, None]  # [B, 1 (heads), T, S]
     dropout = partial(self.attn_dropout, rngs=rngs) if train and self.attn_dropout.rate > 0 else None
     out = dot_product_attention(q, keys, values, mask, dropout, is_causal=cache is None,
                                 fast=self.fast_paths).reshape(b, t, dim)
     return self.resid_dropout(self.proj(out), deterministic=not train, rngs=rngs), cache
+
+
+def _write_rows(cache: jax.Array, x: jax.Array, starts: jax.Array) -> jax.Array:
+  """float[B, S, ...] with each row's x float[B, T, ...] written at its own start position."""
+  write = lambda row, new, start: jax.lax.dynamic_update_slice(row, new.astype(row.dtype), (start, 0, 0))
+  return jax.vmap(write)(cache, x, starts)
 
 
 class Block(nnx.Module):
@@ -126,13 +133,15 @@ class GPT(nnx.Module):
     """Logits of int[B, T] tokens at positions index..index+T-1: (float32[B, T, vocab], updated cache or None).
 
     With a cache (from `init_cache`), keys and values of these positions are written into it and
-    the tokens attend to every earlier position held there.
+    the tokens attend to every earlier position held there. `index` is an int (every row) or int[B] (a
+    position per row: streams at different places share one decode step).
     """
     t = tokens.shape[1]
     if cache is None and t > self.block_size:
       raise ValueError(f"a sequence of {t} tokens is longer than block_size={self.block_size}.")
-    positions = index + jnp.arange(t)
-    x = self.token_embed(tokens.astype(jnp.int32)) + self.pos_embed(positions)[None]
+    index = jnp.asarray(index)
+    positions = (index[:, None] if index.ndim else index) + jnp.arange(t)  # [B, T] or [T]
+    x = self.token_embed(tokens.astype(jnp.int32)) + self.pos_embed(positions)  # [B, T, dim] + [(B,) T, dim]
     x = self.dropout(x, deterministic=not train, rngs=rngs)
     new_cache = []
     for i, block in enumerate(self.blocks):
@@ -224,11 +233,12 @@ def decoder(model: GPT) -> tuple[Callable, Callable, list[np.ndarray]]:
   """Pure functions of a flat list of weights, for `jax.jit` and `jax.export` alike, and those weights:
 
       prefill(weights, tokens int32[B, block_size]) -> (logits float32[B, block_size, vocab], k, v)
-      decode(weights, k, v, token int32[B], index int32[]) -> (logits float32[B, vocab], k, v)
+      decode(weights, k, v, token int32[B], index int32[B]) -> (logits float32[B, vocab], k, v)
 
-  `k`, `v` float32[layers, B, block_size, heads, head_dim] are the KV cache; `decode` writes the token at
-  position `index` and attends to positions <= index. Prefill a context padded to block_size: causal
-  attention keeps the padding out of every real position's logits.
+  `k`, `v` float32[layers, B, block_size, heads, head_dim] are the KV cache; `decode` writes row b's token at
+  position `index[b]` and attends to that row's positions <= index[b], so rows at different places (streams
+  that started at different times) share one step. Prefill a context padded to block_size: causal attention
+  keeps the padding out of every real position's logits.
   """
   graphdef, rng_state, state = nnx.split(model, nnx.RngState, ...)
   leaves, treedef = jax.tree.flatten(state)
@@ -282,10 +292,7 @@ def sliding_generate(prefill: Callable, decode: Callable, prompt, num_tokens: in
   temperature, top_k = jnp.float32(temperature), jnp.int32(top_k)
 
   def start(context: np.ndarray):
-    padded = np.zeros((len(context), block_size), np.int32)
-    padded[:, :context.shape[1]] = context
-    logits, k, v = prefill(padded)
-    return logits[:, context.shape[1] - 1], k, v, context.shape[1]
+    return (*prefill_context(prefill, context, block_size), context.shape[1])
 
   last, k, v, position = start(tokens[:, -block_size:])
   drawn = []
@@ -297,14 +304,39 @@ def sliding_generate(prefill: Callable, decode: Callable, prompt, num_tokens: in
     if i == num_tokens - 1:
       break
     if position == block_size:  # the window is full: slide it
-      last, k, v, position = start(np.concatenate([tokens, np.stack(drawn, 1)], 1)[:, -(block_size // 2):])
+      last, k, v, position = start(slid(np.concatenate([tokens, np.stack(drawn, 1)], 1), block_size))
     else:
-      last, k, v = decode(k, v, token, np.int32(position))
+      last, k, v = decode(k, v, token, np.full(len(tokens), position, np.int32))
       position += 1
   return np.concatenate([tokens, np.stack(drawn, 1).astype(np.int32)], 1) if drawn else tokens
 
 
 _sample = jax.jit(sample_logits)
+
+
+def prefill_context(prefill: Callable, context: np.ndarray, block_size: int):
+  """(the last position's logits float32[B, vocab], k, v) of int[B, P <= block_size] `context`, padded."""
+  padded = np.zeros((len(context), block_size), np.int32)
+  padded[:, :context.shape[1]] = context
+  logits, k, v = prefill(padded)
+  return logits[:, context.shape[1] - 1], k, v
+
+
+def slid(history: np.ndarray, block_size: int) -> np.ndarray:
+  """The context a full window slides to: the last block_size // 2 tokens of int[..., T] `history`."""
+  return history[..., -(block_size // 2):]
+
+
+@jax.jit
+def sample_rows(logits, key_data, steps, temperature, top_k):
+  """One token per row of float[B, vocab] logits, each row with its own stream's settings: row b is drawn exactly
+  as `sliding_generate` draws token steps[b] of a one-row prompt seeded with `jax.random.key_data(key)` key_data[b]
+  (uint32[B, 2]), temperature[b] and top_k[b]. Returns int32[B]."""
+  def row(logits, data, step, temperature, top_k):
+    key = jax.random.fold_in(jax.random.wrap_key_data(data), step)
+    return sample_logits(logits[None], key, temperature, top_k)[0]
+
+  return jax.vmap(row)(logits, key_data, steps, temperature, top_k)
 
 
 def generate(model: GPT, prompt, num_tokens: int, *, rng: jax.Array, temperature: float = 1.0,

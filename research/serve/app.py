@@ -187,11 +187,12 @@ def parse_json_object(body: bytes) -> dict:
 
 def create_app(repo: Repository, *, keys: KeyRing | None, open_metrics: bool, max_body_bytes: int = 16 << 20,
                timeout_s: float = 30.0, audit: AuditLog | None = None,
-               on_ready: Callable[[], None] | None = None) -> Starlette:
+               on_ready: Callable[[], None] | None = None, max_streams: int = 16) -> Starlette:
   """`keys=None` serves without keys (only allowed on loopback, checked by the caller); `open_metrics` serves
   /metrics without a key (a loopback bind). `on_ready` runs once the server accepts requests."""
   from research.serve import api_v1, api_v2
   from research.serve import api_admin
+  from research.serve import api_generate
 
   service = Service(repo, keys=keys, max_body_bytes=max_body_bytes, timeout_s=timeout_s, audit=audit)
 
@@ -214,6 +215,7 @@ def create_app(repo: Repository, *, keys: KeyRing | None, open_metrics: bool, ma
             Route("/readyz", service.endpoint(readiness, auth=False)),
             Route("/metrics", service.endpoint(metrics_page, auth=not open_metrics, model_scoped=False)),
             *api_admin.routes(service),
+            *api_generate.routes(service, max_streams),
             *api_v1.routes(service), *api_v2.routes(service)]
 
   @contextlib.asynccontextmanager

@@ -7,6 +7,7 @@ The export's files are verified against its manifest first. Sampling, seeding an
 block_size are research.models.gpt.sliding_generate, so a seed gives the same text as the trained model
 (`generate` in research/models/gpt.py) and as every other run of this command. `on_text` receives the text
 as it is generated (for streaming); bytes of a character split across tokens are held until it is whole.
+A server shares one decode step among its concurrent requests (research/serve/streams.py).
 """
 
 from __future__ import annotations
@@ -14,22 +15,26 @@ from __future__ import annotations
 import codecs
 import dataclasses
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
 from research.errors import ConfigError, InputError
 from research.serve.inputs import MAX_TEXT_CHARS
 
+if TYPE_CHECKING:
+  from research.serve.streams import Scheduler
+
 MAX_TOKENS = 100_000
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(eq=False)
 class Generator:
   directory: Path
   manifest: dict
   prefill: Callable
-  decode: Callable
+  decode: Callable  # decode(k, v, token int32[B], index int32[B]): each row at its own position
+  scheduler: "Scheduler | None" = None  # a server's concurrent streams over this export (made on first use)
 
   @classmethod
   def load(cls, directory: str | Path) -> "Generator":
@@ -57,8 +62,8 @@ class Generator:
     from research.models.gpt import sliding_generate
 
     check_request(prompt, max_tokens, temperature, top_k, seed)
-    ids = np.frombuffer(prompt.encode("utf-8"), np.uint8).astype(np.int32)[None]
-    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    ids = encode(prompt)[None]
+    decoder = text_decoder()
     stream = (lambda token: on_text(decoder.decode(bytes([int(token[0])])))) if on_text else None
     tokens = sliding_generate(self.prefill, self.decode, ids, max_tokens, block_size=self.block_size,
                               rng=jax.random.key(seed), temperature=temperature, top_k=top_k, on_tokens=stream)
@@ -67,17 +72,28 @@ class Generator:
     return bytes(tokens[0, ids.shape[1]:].astype(np.uint8).tolist()).decode("utf-8", errors="replace")
 
 
+def encode(prompt: str) -> np.ndarray:
+  """The prompt's tokens: its UTF-8 bytes as int32[P]."""
+  return np.frombuffer(prompt.encode("utf-8"), np.uint8).astype(np.int32)
+
+
+def text_decoder() -> codecs.IncrementalDecoder:
+  """Bytes (tokens) in, text out as soon as each character is whole; bad bytes become U+FFFD."""
+  return codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+
 def check_request(prompt: str, max_tokens: int, temperature: float, top_k: int, seed: int) -> None:
-  """One InputError naming the first value that cannot be generated with."""
+  """One InputError naming the first value that cannot be generated with (JSON's true/false are not numbers)."""
+  whole = lambda x: isinstance(x, int) and not isinstance(x, bool)
   if not isinstance(prompt, str) or not prompt:
     raise InputError("prompt must be a non-empty string.")
   if len(prompt) > MAX_TEXT_CHARS:
     raise InputError(f"prompt has {len(prompt)} characters; at most {MAX_TEXT_CHARS} are accepted.")
-  if not isinstance(max_tokens, int) or not 1 <= max_tokens <= MAX_TOKENS:
+  if not whole(max_tokens) or not 1 <= max_tokens <= MAX_TOKENS:
     raise InputError(f"max_tokens must be a whole number from 1 to {MAX_TOKENS}, got {max_tokens!r}.")
-  if not isinstance(temperature, (int, float)) or not 0 <= temperature <= 100 or temperature != temperature:
+  if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not 0 <= temperature <= 100:
     raise InputError(f"temperature must be a number from 0 (greedy) to 100, got {temperature!r}.")
-  if not isinstance(top_k, int) or top_k < 0:
+  if not whole(top_k) or top_k < 0:
     raise InputError(f"top_k must be a whole number >= 0 (0: no cut), got {top_k!r}.")
-  if not isinstance(seed, int) or not 0 <= seed < 2**32:
+  if not whole(seed) or not 0 <= seed < 2**32:
     raise InputError(f"seed must be a whole number from 0 to 2**32 - 1, got {seed!r}.")

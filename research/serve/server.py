@@ -68,6 +68,8 @@ def parser() -> argparse.ArgumentParser:
                  help="how long a batch waits to fill (default 2; 0 turns batching off)")
   p.add_argument("--max_queue_rows", type=int, default=4096, metavar="ROWS",
                  help="rows waiting per model before requests get 503 (default 4096)")
+  p.add_argument("--max_streams", type=int, default=16, metavar="N",
+                 help="text generations at a time per model version, sharing each decode step (default 16)")
   p.add_argument("--max_body_mb", type=float, default=16, metavar="MB", help="largest request body (default 16)")
   p.add_argument("--timeout_s", type=float, default=30, metavar="S", help="a request's time limit (default 30)")
   p.add_argument("--drain_s", type=float, default=10, metavar="S", help="on SIGTERM, time to finish requests")
@@ -80,7 +82,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def _check(args) -> None:
-  for flag in ("max_batch_size", "max_queue_rows"):
+  for flag in ("max_batch_size", "max_queue_rows", "max_streams"):
     if getattr(args, flag) < 1:
       raise ConfigError(f"--{flag} must be >= 1, got {getattr(args, flag)}.")
   if args.audit_backups < 0:
@@ -147,7 +149,7 @@ def serve(argv: list[str]) -> None:
       watcher.start()
 
   app = create_app(repo, keys=keys, open_metrics=is_loopback(args.host), max_body_bytes=int(args.max_body_mb * 2**20),
-                   timeout_s=args.timeout_s, audit=audit, on_ready=ready)
+                   timeout_s=args.timeout_s, audit=audit, on_ready=ready, max_streams=args.max_streams)
   config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=args.drain_s,
                           ssl_certfile=args.ssl_certfile, ssl_keyfile=args.ssl_keyfile)
   try:
