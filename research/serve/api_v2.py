@@ -34,7 +34,8 @@ def routes(service) -> list[Route]:
 
   async def model_metadata(request: Request) -> Response:
     entry = service.version_of(request)
-    return JSONResponse(oip.metadata(entry, sorted(repo.models[entry.name])))
+    served = repo.models.get(entry.name) or {entry.version: entry}  # read once: a reload replaces the dict
+    return JSONResponse(oip.metadata(entry, sorted(served)))
 
   async def model_ready(request: Request) -> Response:
     service.version_of(request)  # 404 if unknown
