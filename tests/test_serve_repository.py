@@ -235,3 +235,30 @@ def test_a_tampered_model_alone_is_refused_at_start_in_one_line(exports, tmp_pat
   done = helpers.run_script("serve.py", "--models", str(tmp_path / "models"), "--no_auth", devices=1)
   assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
   assert "No model could be loaded: mnist/1: " in done.stderr and "sha256 mismatch" in done.stderr
+
+
+def test_an_unloaded_version_answers_its_requests_in_flight_then_is_freed(exports, digits):
+  import asyncio
+  import gc
+  import weakref
+
+  from research.serve import repository
+
+  async def scenario() -> tuple[np.ndarray, weakref.ref, list]:
+    problems = []
+    asyncio.get_running_loop().set_exception_handler(lambda loop, context: problems.append(context["message"]))
+    repo = repository.load(None, [f"mnist={exports['new']}"], dict(max_batch_size=8, max_wait_ms=50))
+    entry = repo.get("mnist")
+    in_flight = asyncio.ensure_future(entry.batcher.submit(entry.predictor.check({"image": digits[:3]})))
+    await asyncio.sleep(0.01)  # queued: the batch waits 50 ms to fill
+    assert repo.unload("mnist") == [1] and not repo.models
+    answer = (await in_flight).outputs["probabilities"]
+    freed = weakref.ref(entry.predictor)
+    del entry, in_flight
+    await asyncio.sleep(0.05)
+    gc.collect()
+    return answer, freed, problems
+
+  answer, freed, problems = asyncio.run(scenario())
+  np.testing.assert_allclose(answer, _offline(exports["new"], digits[:3]), atol=1e-6)
+  assert freed() is None and problems == []  # its batcher's worker stopped: no task left pending
