@@ -109,7 +109,7 @@ def test_hot_reload_under_load_drops_nothing_and_a_broken_version_leaves_the_old
     assert "model.onnx: missing" in failures["mnist/4"]
     status, _, body = server.call("/v1/models/mnist:predict", {"instances": digits[:4].tolist()})
     assert status == 200 and body["version"] == 2
-    assert re.search(r"^research_load_failures 2\.0$", server.call("/metrics")[2], re.M)
+    assert re.search(r"^research_load_failures 2\.0$", server.call("/metrics")[2], re.MULTILINE)
 
     shutil.copytree(exports["new"], model_dir / "4", dirs_exist_ok=True)  # the copy completes: tried again
     _wait_for(lambda: _served(server)[0] == [4], "version 4, once whole")
@@ -247,7 +247,7 @@ def test_an_unloaded_version_answers_its_requests_in_flight_then_is_freed(export
   async def scenario() -> tuple[np.ndarray, weakref.ref, list]:
     problems = []
     asyncio.get_running_loop().set_exception_handler(lambda loop, context: problems.append(context["message"]))
-    repo = repository.load(None, [f"mnist={exports['new']}"], dict(max_batch_size=8, max_wait_ms=50))
+    repo = repository.load(None, [f"mnist={exports['new']}"], {"max_batch_size": 8, "max_wait_ms": 50})
     entry = repo.get("mnist")
     in_flight = asyncio.ensure_future(entry.batcher.submit(entry.predictor.check({"image": digits[:3]})))
     await asyncio.sleep(0.01)  # queued: the batch waits 50 ms to fill

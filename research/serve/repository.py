@@ -279,6 +279,6 @@ def load(models_dir: str | None, single: list[str], batching: dict, policy: Poli
   repo.poll()
   if not repo.models:
     reasons = "; ".join(f"{k}: {v}" for k, v in repo.failures.items())
-    none = f"--version_policy {policy} picks none of the <version>/ exports in {models_dir}"
+    none = f"--version_policy {policy} picks none of the versions in {models_dir or 'the --model exports (1)'}"
     raise ConfigError(f"No model could be loaded: {reasons or none}.")
   return repo
