@@ -4,6 +4,7 @@
     GET  /metrics                                            Prometheus text (a key needed unless on loopback)
     /v1/...                                                  the simple JSON API (research/serve/api_v1.py)
     /v2/...                                                  the Open Inference Protocol (research/serve/api_v2.py)
+    GET  /openapi.json, /docs                                the OpenAPI schema and its page (research/serve/openapi.py)
 
 Every request that reaches a model goes through its dynamic batcher. Errors are `{"error": "..."}` with a
 4xx status that names the problem; bad input never causes a 5xx. No key and no payload appears in a log line,
@@ -98,7 +99,9 @@ class Service:
     name, version = request.path_params["name"], request.path_params.get("version")
     try:
       entry = self.repo.get(name, int(version) if version is not None else None)
-    except (KeyError, ValueError) as e:
+    except ValueError:  # int()'s own message would not say what a version is
+      raise HTTPError(404, f"no version {version!r}: versions are whole numbers") from None
+    except KeyError as e:
       raise HTTPError(404, str(e).strip("'\"")) from None
     request.state.version = entry.version
     return entry
@@ -158,6 +161,7 @@ class Service:
       response.headers["X-Request-Id"] = request_id
       return response
 
+    wrapped.access = dict(auth=auth, model_scoped=model_scoped, admin=admin)  # what the OpenAPI schema states
     return wrapped
 
   def _account(self, request: Request, request_id: str, model: str, status: int, seconds: float) -> None:
@@ -190,7 +194,7 @@ def create_app(repo: Repository, *, keys: KeyRing | None, open_metrics: bool, ma
                on_ready: Callable[[], None] | None = None, max_streams: int = 16) -> Starlette:
   """`keys=None` serves without keys (only allowed on loopback, checked by the caller); `open_metrics` serves
   /metrics without a key (a loopback bind). `on_ready` runs once the server accepts requests."""
-  from research.serve import api_v1, api_v2
+  from research.serve import api_v1, api_v2, openapi
   from research.serve import api_admin
   from research.serve import api_generate
 
@@ -216,7 +220,7 @@ def create_app(repo: Repository, *, keys: KeyRing | None, open_metrics: bool, ma
             Route("/metrics", service.endpoint(metrics_page, auth=not open_metrics, model_scoped=False)),
             *api_admin.routes(service),
             *api_generate.routes(service, max_streams),
-            *api_v1.routes(service), *api_v2.routes(service)]
+            *api_v1.routes(service), *api_v2.routes(service), *openapi.routes(service)]
 
   @contextlib.asynccontextmanager
   async def lifespan(app):
