@@ -153,7 +153,9 @@ def test_the_binary_extension_byte_by_byte_and_its_errors(server, exports, digit
 
   bad = [
       (infer(header, pixels.tobytes(), **{HEADER: "12x"}), "Inference-Header-Content-Length must be"),
+      (infer(header, pixels.tobytes(), **{HEADER: "9" * 5000}), "Inference-Header-Content-Length must be"),
       (infer(header, pixels.tobytes(), **{HEADER: "99999"}), "the body has only"),
+      (infer({**header, "inputs": [{**image, "datatype": ["UINT8"]}]}, pixels.tobytes()), "must be strings"),
       (infer(header, pixels.tobytes() + b"\0"), "add up to 2352"),
       (infer(header, pixels.tobytes()[:-1]), "runs past the end"),
       (infer({**header, "inputs": [{**image, "shape": [2, 28, 28, 1]}]}, pixels.tobytes()), "takes 1568"),

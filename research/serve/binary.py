@@ -31,7 +31,7 @@ def split(body: bytes, header_length: str | None) -> tuple[bytes, memoryview | N
   """(the JSON part, the binary part) of a request body; without the header the whole body is JSON (None)."""
   if header_length is None:
     return body, None
-  if not header_length.strip().isdigit():
+  if not header_length.strip().isdigit() or len(header_length) > 18:  # int() of a few thousand digits raises
     raise InputError(f"{HEADER} must be the JSON part's length in bytes, got {header_length[:40]!r}")
   length = int(header_length)
   if length > len(body):

@@ -89,6 +89,8 @@ def decode_request(document: dict, entry, tail: memoryview | None) -> Call:
     if not isinstance(tensor, dict) or not {"name", "shape", "datatype"} <= set(tensor):
       raise InputError("each input needs name, shape, datatype and data (or parameters.binary_data_size)")
     name, shape, kind = tensor["name"], tensor["shape"], tensor["datatype"]
+    if not isinstance(name, str) or not isinstance(kind, str):
+      raise InputError("an input's name and datatype must be strings")
     if name not in signature:
       raise InputError(f"unknown input {name!r}; the model takes {', '.join(signature)}")
     if name in raw:
