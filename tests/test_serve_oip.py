@@ -14,6 +14,7 @@ import urllib.request
 import numpy as np
 import pytest
 
+import research
 from tests import serving
 from tests.serving import Server
 
@@ -192,6 +193,8 @@ def test_the_binary_extension_byte_by_byte_and_its_errors(server, exports, digit
     assert status in (400, 415) and words in json.loads(body)["error"], (i, words, body[:300])
   assert [s for (s, _, _), _ in bad].count(415) == 1  # only the compressed body
   assert server.call("/v2/health/ready")[0] == 200
+  assert server.call("/v2")[2] == {"name": "research", "version": research.__version__,
+                                   "extensions": ["binary_tensor_data"]}
 
 
 def test_the_text_model_takes_bytes_in_json_and_binary_from_64_concurrent_clients(server, exports):
