@@ -139,7 +139,7 @@ def test_version_policy_admin_load_and_unload_on_the_jax_backend(exports, digits
 
   admin, user = add("--add_key", "ops", "--key_admin"), add("--add_key", "app")
   server = Server("--models", str(tmp_path / "models"), "--keys", str(keys), "--version_policy", "latest:2",
-                  "--backend", "jax", "--max_batch_size", "8", "--poll_s", "0")
+                  "--backend", "jax", "--max_batch_size", "8", "--poll_s", "0.2")
   predict = lambda path, rows: server.call(path, {"instances": digits[:rows].tolist()}, key=user)
   probabilities = lambda body: np.array([p["probabilities"] for p in body["predictions"]])
   try:
@@ -166,7 +166,9 @@ def test_version_policy_admin_load_and_unload_on_the_jax_backend(exports, digits
     assert status == 404 and "no model 'mnist'" in body["error"]
     assert {r["reason"] for r in server.call("/v2/repository/index", raw=b"", key=admin)[2]} == {"unloaded by an admin"}
 
-    shutil.copy(exports["new"] / "model.onnx", model_dir / "3")  # repaired; a load tries it again
+    shutil.copy(exports["new"] / "model.onnx", model_dir / "3")  # repaired, but polls leave the model unloaded
+    time.sleep(1)
+    assert predict("/v1/models/mnist:predict", 1)[0] == 404
     status, _, body = server.call("/v2/repository/models/mnist/load", raw=b"", key=admin)
     assert status == 200 and body == {"name": "mnist", "versions": [2, 3], "failures": {}}
     assert predict("/v1/models/mnist:predict", 1)[2]["version"] == 3
