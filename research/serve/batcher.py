@@ -1,8 +1,9 @@
 """Dynamic batching: concurrent requests merged into one model call, counted in rows, each caller gets its own rows.
 
 A request of n rows waits until the batch being formed reaches `max_batch_size` rows or its first request has
-waited `max_wait_ms`; the merged batch runs once (in a worker thread, so the event loop keeps accepting), and
-each caller receives exactly the slice of rows it sent. A request larger than `max_batch_size` runs alone.
+waited `max_wait_ms` (only while requests come concurrently: after a model call that held a single request, the
+next runs at once, so a lone client never waits); the merged batch runs once (in a worker thread, so the event
+loop keeps accepting), and each caller receives exactly the slice of rows it sent. A request larger than `max_batch_size` runs alone.
 The queue is bounded in rows: past `max_queue_rows` a request is refused at once (QueueFull: the server answers
 503 with Retry-After) rather than waiting without end; each request also has a timeout.
 """
@@ -48,6 +49,7 @@ class Batcher:
     self.max_queue_rows, self.on_batch = max_queue_rows, on_batch
     self._queue: list[_Pending] = []
     self._queued_rows = 0
+    self._last_requests = 0  # in the last model call
     self._wake: asyncio.Event | None = None
     self._worker: asyncio.Task | None = None
 
@@ -66,7 +68,8 @@ class Batcher:
     pending = _Pending(inputs, rows, loop.create_future(), time.perf_counter())
     self._queue.append(pending)
     self._queued_rows += rows
-    self._wake.set()
+    if len(self._queue) == 1 or self._queued_rows >= self.max_batch_size:  # the worker waits for nothing else
+      self._wake.set()
     return await asyncio.wait_for(asyncio.shield(pending.future), timeout)
 
   async def _work(self) -> None:
@@ -74,8 +77,8 @@ class Batcher:
       await self._wake.wait()
       self._wake.clear()
       while self._queue:
-        first = self._queue[0]
-        deadline = first.queued + self.max_wait
+        # Waiting pays only when requests come concurrently: after a model call of one request, run at once.
+        deadline = self._queue[0].queued + (self.max_wait if self._last_requests > 1 else 0)
         while self._queued_rows < self.max_batch_size and time.perf_counter() < deadline:
           self._wake.clear()
           try:
@@ -105,7 +108,7 @@ class Batcher:
         if not p.future.done():
           p.future.set_exception(e)
       return
-    rows = sum(p.rows for p in batch)
+    rows, self._last_requests = sum(p.rows for p in batch), len(batch)
     if self.on_batch:
       self.on_batch(rows)
     start = 0
