@@ -107,11 +107,11 @@ def test_serving_benchmark_quick(tmp_path_factory):
   # Peers left out: each starts in ~10 s; the full run measures them (docs/benchmarks/serving.md).
   text = serving.run(quick=True, exports={"mnist_mlp": served.export_smoke(tmp_path_factory, "mnist_mlp")}, peers=())
   cells = [[c.strip() for c in line.split("|")[1:-1]] for line in text.splitlines() if line.startswith("| ")]
-  http = {(row[0], row[1], row[2]): row[3:] for row in cells if row[0] in ("1", "16", "64") and len(row) == 7}
+  http = {(row[0], row[1], row[2]): row[3:] for row in cells if row[0] in ("1", "16", "64") and len(row) == 8}
   for c in ("1", "16", "64"):
     for setting in serving.SETTINGS:
-      rate, p50, p99, _ = http[(c, f"research, {setting}", "json")]
-      assert float(rate.replace(",", "")) > 0 and 0 < float(p50) <= float(p99)
+      rate, p50, p99, cpu, _ = http[(c, f"research, {setting}", "json")]
+      assert float(rate.replace(",", "")) > 0 and 0 < float(p50) <= float(p99) and float(cpu) > 0
     assert (c, f"research, {serving.SHIPPED}", "binary") in http  # measured, or marked "not measured"
   in_process = [row for row in cells if len(row) == 4 and row[1] in ("onnxruntime (model only)",
                                                                      "the server's model call")]

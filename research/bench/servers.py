@@ -70,6 +70,18 @@ class Server:
         raise RuntimeError(f"{name} did not start: {output[-1500:]}")
       time.sleep(0.2)
 
+  def cpu_seconds(self) -> float:
+    """CPU time (user + system) of the server's live processes so far: its own and its workers'."""
+    ticks = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+      try:
+        fields = stat.read_text().rsplit(")", 1)[1].split()
+      except OSError:  # gone meanwhile
+        continue
+      if int(fields[2]) == self.proc.pid:  # the process group: start_new_session made the server its leader
+        ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
   def output(self) -> str:
     self.log.seek(0)
     return self.log.read()
