@@ -1,6 +1,6 @@
 """Sphinx configuration of the API reference: the docstrings of `research/`, one page per subpackage.
 
-Build (what tests/test_api_docs.py runs, warnings as errors, output outside the repository):
+Build (as docs/development.md shows; tests/test_docs_commands.py runs that and checks the pages, warnings as errors):
 
     python -m sphinx -W --keep-going -b html docs /tmp/research-docs
 

@@ -7,6 +7,8 @@ command is classified; one that fits no class fails its test, so none is silentl
 - set-up, checked and not run: `python3 -m venv .venv`; `.venv/bin/pip install -e '.[extras]'` (every
   extra must exist in pyproject.toml); `.venv/bin/python -m pytest` (the whole command must be what
   `.ci/run` runs). The other parts of a `&&` chain still run.
+- the Sphinx build (`.venv/bin/python -m sphinx ... docs OUT`): run as written, then the site it built is
+  checked page by page (tests/api_docs.py).
 - training (`scripts/train.py --config configs/X.py ...`): at smoke scale, `configs/X.py:smoke`, with
   every documented override kept as written.
 - a server (`.venv/bin/tensorboard --logdir DIR`, `.venv/bin/python scripts/serve.py ...`, a trailing `&`
@@ -43,7 +45,7 @@ from pathlib import Path
 
 import pytest
 
-from tests import helpers
+from tests import api_docs, helpers
 
 ROOT = helpers.ROOT
 PAGES = ["README.md"] + sorted(f"docs/{p.name}" for p in (ROOT / "docs").glob("*.md"))  # README first
@@ -301,5 +303,7 @@ def test_documented_command(command: Command, scratch: Path):
       continue  # the same command ran at ALREADY_RUN[...] in this directory (a training runs again: it resumes)
     out = run(part, scratch, timeout=900 if "benchmark.py" in part else TIMEOUT_S, variables=VARIABLES.get(command.page))
     ALREADY_RUN[part] = command.id
+    if built := re.search(r"-m sphinx .* docs (\S+)$", part):
+      api_docs.check_site(scratch / built.group(1))
     if name:
       VARIABLES.setdefault(command.page, {})[name] = out.strip()
