@@ -126,6 +126,9 @@ def test_hot_reload_under_load_drops_nothing_and_a_broken_version_leaves_the_old
 
 
 def test_version_policy_admin_load_and_unload_on_the_jax_backend(exports, digits, tmp_path):
+  httpclient = pytest.importorskip("tritonclient.http", reason="the `test` extra is not installed")
+  from tritonclient.utils import InferenceServerException
+
   keys, model_dir = tmp_path / "keys.json", tmp_path / "models" / "mnist"
   model_dir.mkdir(parents=True)
   for version, name in ((1, "old"), (2, "new")):
@@ -160,11 +163,11 @@ def test_version_policy_admin_load_and_unload_on_the_jax_backend(exports, digits
         ("1", "READY"), ("2", "READY"), ("3", "UNAVAILABLE")] and "sha256 mismatch" in index[2]["reason"]
     assert [r["version"] for r in server.call("/v2/repository/index", {"ready": True}, key=admin)[2]] == ["1", "2"]
 
-    assert server.call("/v2/repository/models/mnist/unload", raw=b"", key=admin)[2] == {"name": "mnist",
-                                                                                      "unloaded": [1, 2]}
+    triton, auth = httpclient.InferenceServerClient(server.url.partition("//")[2]), {"Authorization": f"Bearer {admin}"}
+    triton.unload_model("mnist", headers=auth)  # Triton's own client (it sends parameters.unload_dependents)
     status, _, body = predict("/v1/models/mnist:predict", 1)
     assert status == 404 and "no model 'mnist'" in body["error"]
-    assert {r["reason"] for r in server.call("/v2/repository/index", raw=b"", key=admin)[2]} == {"unloaded by an admin"}
+    assert {r["reason"] for r in triton.get_model_repository_index(headers=auth)} == {"unloaded by an admin"}
 
     shutil.copy(exports["new"] / "model.onnx", model_dir / "3")  # repaired, but polls leave the model unloaded
     time.sleep(1)
@@ -172,11 +175,16 @@ def test_version_policy_admin_load_and_unload_on_the_jax_backend(exports, digits
     status, _, body = server.call("/v2/repository/models/mnist/load", raw=b"", key=admin)
     assert status == 200 and body == {"name": "mnist", "versions": [2, 3], "failures": {}}
     assert predict("/v1/models/mnist:predict", 1)[2]["version"] == 3
+    with pytest.raises(InferenceServerException, match="'config' is not supported"):
+      triton.load_model("mnist", config="{}", headers=auth)
     for path, document, code, words in [("/v2/repository/models/nope/load", {}, 404, "no model 'nope'"),
-                                        ("/v2/repository/models/mnist/load", {"parameters": {}}, 400, "'parameters'"),
+                                        ("/v2/repository/models/mnist/unload", {"parameters": 1}, 400, "an object"),
+                                        ("/v2/repository/models/mnist/load", {"files": {}}, 400, "'files'"),
                                         ("/v2/repository/index", {"ready": "yes"}, 400, "true or false")]:
       status, _, body = server.call(path, document, key=admin)
       assert status == code and words in body["error"], (path, body)
+    assert server.call("/v2/repository/models/mnist/unload", raw=b"", key=admin)[2] == {"name": "mnist",
+                                                                                      "unloaded": [2, 3]}
   finally:
     code, err = server.stop()
   assert code == 0 and "Traceback" not in err and admin not in err and user not in err, err[-3000:]

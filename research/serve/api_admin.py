@@ -24,21 +24,29 @@ def routes(service) -> list[Route]:
 
   repo = service.repo
 
-  async def options(request: Request, allowed: set[str]) -> dict:
+  async def document(request: Request, fields: set[str], parameters: set[str] = frozenset()) -> dict:
+    """The JSON body ({} if empty); a field not in `fields`, or a key of its "parameters" not in `parameters`, is a
+    400 (Triton's clients send "parameters": unload_dependents with every unload, config or files with a load)."""
     body = await service.body(request)
-    document = parse_json_object(body) if body.strip() else {}
-    unknown = sorted(set(document) - allowed)
+    found = parse_json_object(body) if body.strip() else {}
+    unknown = sorted(set(found) - fields)
     if unknown:
-      raise HTTPError(400, f"unknown field {unknown[0]!r}; this request takes {', '.join(sorted(allowed)) or 'none'}"
-                      f" (a model's settings come from its export)")
-    return document
+      raise HTTPError(400, f"unknown field {unknown[0]!r}; this request takes {', '.join(sorted(fields))}")
+    given = found.get("parameters", {})
+    if not isinstance(given, dict):
+      raise HTTPError(400, f"parameters must be an object, not {type(given).__name__}")
+    unknown = sorted(set(given) - parameters)
+    if unknown:
+      raise HTTPError(400, f"parameter {unknown[0]!r} is not supported: a model's settings come from its export "
+                      f"directory")
+    return found
 
   def known(name: str) -> None:
     if name not in repo.names():
       raise HTTPError(404, f"no model {name!r} in the repository; it holds: {', '.join(repo.names()) or 'none'}")
 
   async def index(request: Request) -> Response:
-    ready = (await options(request, {"ready"})).get("ready", False)
+    ready = (await document(request, {"ready"})).get("ready", False)
     if not isinstance(ready, bool):
       raise HTTPError(400, f"ready must be true or false, not {ready!r}")
     rows = await asyncio.to_thread(repo.index)
@@ -46,7 +54,7 @@ def routes(service) -> list[Route]:
 
   async def load(request: Request) -> Response:
     name = request.path_params["name"]
-    await options(request, set())
+    await document(request, {"parameters"})
     known(name)
     served = await asyncio.to_thread(repo.sync, name, True)
     failures = {k: v for k, v in repo.failures.items() if k.startswith(f"{name}/")}
@@ -57,7 +65,7 @@ def routes(service) -> list[Route]:
 
   async def unload(request: Request) -> Response:
     name = request.path_params["name"]
-    await options(request, set())
+    await document(request, {"parameters"}, {"unload_dependents"})  # no ensembles here: nothing depends on a model
     known(name)
     return JSONResponse({"name": name, "unloaded": await asyncio.to_thread(repo.unload, name)})
 
