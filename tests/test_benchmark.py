@@ -112,10 +112,10 @@ def test_serving_benchmark_quick(tmp_path_factory):
     for setting in serving.SETTINGS:
       rate, p50, p99, cpu, _ = http[(c, f"research, {setting}", "json")]
       assert float(rate.replace(",", "")) > 0 and 0 < float(p50) <= float(p99) and float(cpu) > 0
-    assert (c, f"research, {serving.SHIPPED}", "binary") in http  # measured, or marked "not measured"
+    assert float(http[(c, f"research, {serving.SHIPPED}", "binary")][0].replace(",", "")) > 0
   in_process = [row for row in cells if len(row) == 4 and row[1] in ("onnxruntime (model only)",
                                                                      "the server's model call")]
   assert sorted(int(row[0]) for row in in_process) == [1, 1, 16, 16, 64, 64]
   targets = [row for row in cells if row[0] == "mnist_mlp"]
   assert len(targets) >= 2 and all(row[3] in ("yes", "no") for row in targets)
-  assert "| 16 | not measured" in text or "tokens/s" in text  # the generation rows
+  assert "| 16 | not measured by --quick" in text  # the generation row

@@ -9,7 +9,9 @@ the model's speed is not the point, the server's overhead and batching are) are 
   in onnxruntime, their own batching on at the same size and wait;
 
 each called by research/bench/loadgen.py (asyncio, keep-alive, a separate process) at concurrency 1, 16 and
-64, one example per request, closed loop. The limit is the same ONNX model called in-process at batch 1, 16
+64, one example per request, closed loop, over the Open Inference Protocol: JSON tensors, and (the server as
+shipped) binary tensors. A GPT (configs/shakespeare_gpt.py:smoke) is served for generation at 1 and 16
+concurrent streams. The limit is the same ONNX model called in-process at batch 1, 16
 and 64: onnxruntime alone, and the server's own model call (preprocessing, onnxruntime, softmax). Systems are
 interleaved at each concurrency, so a slow moment of the machine hits them alike; the table gives the median
 over repeats. The library's server takes raw inputs (pixels 0-255, text) and preprocesses them; peers get the
@@ -41,16 +43,17 @@ SETTINGS = {"batching (2 ms)": ["--max_wait_ms", str(MAX_WAIT_MS)], "batching (0
             "off (1 row per call)": ["--max_batch_size", "1"]}
 SHIPPED, NO_WAIT, OFF = SETTINGS
 TEXT = "a quietly moving film, beautifully acted and never sentimental"
+GPT, STREAMS, GEN_TOKENS = "configs/shakespeare_gpt.py:smoke", (1, 16), 64
 
 
-def _export(name: str, tmp: Path) -> Path:
-  """A tiny trained run of MODELS[name], exported to ONNX."""
+def _export(name: str, config: str, tmp: Path) -> Path:
+  """A tiny trained run of `config`, exported to ONNX."""
   from research import config as config_lib
   from research.export import export
   from research.train.loop import train
 
   workdir = tmp / name / "run"
-  train(config_lib.load(str(ROOT / MODELS[name])), workdir)
+  train(config_lib.load(str(ROOT / config)), workdir)
   return export(workdir, formats=("onnx",), out=tmp / name / "export", batch_sizes=(1,), accuracy_examples=64,
                 log=lambda _: None)
 
@@ -67,18 +70,30 @@ def _examples(predictor) -> tuple[dict, dict]:
   return raw, {i["name"]: np.asarray(batch[i["name"]], dtype=i["dtype"]) for i in predictor.manifest["inputs"]}
 
 
+def _dtype(array: np.ndarray) -> str:
+  return "str" if array.dtype == object else str(array.dtype)  # texts are object arrays of str
+
+
 def oip_json(arrays: dict[str, np.ndarray]) -> bytes:
   """An Open Inference Protocol JSON request of these tensors."""
   from research.serve.oip import datatype
 
-  return json.dumps({"inputs": [{"name": n, "shape": list(a.shape), "datatype": datatype(str(a.dtype)),
+  return json.dumps({"inputs": [{"name": n, "shape": list(a.shape), "datatype": datatype(_dtype(a)),
                                  "data": a.reshape(-1).tolist()} for n, a in arrays.items()]}).encode()
 
 
-def oip_binary(arrays: dict[str, np.ndarray]) -> tuple[bytes, dict] | None:
-  """The same request with binary tensors (the Open Inference Protocol's binary extension), or None while the
-  server does not take them (research/serve/oip.py has no binary extension yet)."""
-  return None
+def oip_binary(arrays: dict[str, np.ndarray]) -> tuple[bytes, dict]:
+  """The same request with binary tensors in and out (the Open Inference Protocol's binary extension, as
+  tritonclient sends it by default): (body, headers)."""
+  from research.serve import binary
+  from research.serve.oip import datatype
+
+  chunks = [binary.encode(a) for a in arrays.values()]
+  document = {"inputs": [{"name": n, "shape": list(a.shape), "datatype": datatype(_dtype(a)),
+                          "parameters": {"binary_data_size": len(c)}} for (n, a), c in zip(arrays.items(), chunks)],
+              "parameters": {"binary_data_output": True}}
+  body, length = binary.body(document, chunks)
+  return body, {"Content-Type": "application/octet-stream", binary.HEADER: str(length)}
 
 
 def _in_process(entry, raw: dict, model_inputs: dict, budget_s: float) -> dict:
@@ -137,9 +152,8 @@ def _start(exports: dict, examples: dict, peers: list[str], tmp: Path) -> tuple[
     for m, (raw, _) in examples.items():
       url = f"{server.url}/v2/models/{m}/infer"
       calls[(m, f"research, {label}", "json")] = (server, url, oip_json(raw), None)
-      binary = oip_binary(raw)
-      if binary is not None:
-        calls[(m, f"research, {label}", "binary")] = (server, url, *binary)
+      if label == SHIPPED:
+        calls[(m, f"research, {label}", "binary")] = (server, url, *oip_binary(raw))
   for peer in peers:
     for m, (_, model_inputs) in examples.items():
       onnx = exports[m] / "model.onnx"
@@ -176,8 +190,6 @@ def _http_rows(m: str, measured: dict, calls: dict, skipped: dict[str, str]) -> 
       r = measured[(m, system, encoding, c)]
       rows.append([c, system, encoding, f"{r['rps']:,.0f}", f"{r['p50_ms']:.2f}", f"{r['p99_ms']:.2f}",
                    f"{r['cpu_ms']:.2f}", f"{shipped / r['rps']:.2f}x"])
-      if system == f"research, {SHIPPED}" and (m, system, "binary") not in calls:
-        rows.append([c, system, "binary", "not measured: the server takes no binary tensors yet", "", "", "", ""])
     rows += [[c, peer, "json", why, "", "", "", ""] for peer, why in skipped.items()]
   return rows
 
@@ -201,22 +213,31 @@ def _targets(m: str, measured: dict, limit: dict, peers: list[str]) -> list[list
   return rows
 
 
-def _generation_rows() -> list[list]:
-  """GPT tokens/s over `POST /v1/models/{name}:generate` at 1 and 16 streams, once the server has the endpoint."""
-  return [[streams, "not measured: the server has no generation endpoint yet", ""] for streams in (1, 16)]
+def _generation(export: Path | None, warmup_s: float, duration_s: float) -> list[list]:
+  """GPT tokens/s over `POST /v1/models/gpt:generate` (whole answers of GEN_TOKENS tokens) at 1 and 16 streams."""
+  if export is None:
+    return [[streams, "not measured by --quick (a full run trains and serves a GPT)", "", ""] for streams in STREAMS]
+  server = servers.research({"gpt": export}, [], "research")
+  body = json.dumps({"prompt": "ROMEO:", "max_tokens": GEN_TOKENS, "seed": 0}).encode()
+  try:
+    runs = {c: load(f"{server.url}/v1/models/gpt:generate", body, c, warmup_s, duration_s) for c in STREAMS}
+  finally:
+    server.stop()
+  return [[c, f"{r['rps'] * GEN_TOKENS:,.0f}", f"{r['rps'] * GEN_TOKENS / c:,.0f}", f"{r['p50_ms']:.1f}"]
+          for c, r in runs.items()]
 
 
 def run(quick: bool = False, exports: dict[str, Path] | None = None, peers: tuple[str, ...] | None = None) -> str:
   """`exports` ({name: export dir}) replaces the trained MODELS (tests pass the test run's shared smoke export);
   `peers` picks among servers.PEERS (default all)."""
-  repeats, warmup_s, duration_s, budget_s = (1, 0.3, 0.7, 0.3) if quick else (3, 1.0, 3.0, 2.0)
+  repeats, warmup_s, duration_s, budget_s = (1, 0.3, 0.7, 0.3) if quick else (2, 0.5, 2.5, 1.0)
   names = list(exports or MODELS)[:1 if quick else None]  # --quick: the CNN (each server and peer is still started)
   from research.serve.predictor import Predictor
   from research.serve.repository import Version
 
   notes: list[str] = []
   with tempfile.TemporaryDirectory(prefix="research-serving-bench-") as tmp:
-    exports = {m: Path(exports[m]) if exports else _export(m, Path(tmp)) for m in names}
+    exports = {m: Path(exports[m]) if exports else _export(m, MODELS[m], Path(tmp)) for m in names}
     entries = {m: Version(m, 1, Predictor.load(exports[m]), None) for m in names}
     examples = {m: _examples(entries[m].predictor) for m in names}
     peers = _peers(servers.PEERS if peers is None else peers, quick, notes)
@@ -227,6 +248,7 @@ def run(quick: bool = False, exports: dict[str, Path] | None = None, peers: tupl
       for server in running:
         server.stop()
     limit = {m: _in_process(entries[m], *examples[m], budget_s) for m in names}  # the servers stopped: no sharing
+    generation = _generation(None if quick else _export("gpt", GPT, Path(tmp)), warmup_s, duration_s)
   skipped = {p: "left out of this run" if servers.python_of(p) else "not installed (--quick does not install peers)"
              for p in servers.PEERS if p not in peers}
   sections, targets = [], []
@@ -240,8 +262,8 @@ def run(quick: bool = False, exports: dict[str, Path] | None = None, peers: tupl
                     + "\n\nIn-process, the same ONNX file (the limit):\n\n"
                     + table(["batch", "call", "p50 ms per call", "rows/s"], in_process))
     targets += _targets(m, measured, limit[m], peers)
-  sections.append("### Generation (GPT, `POST /v1/models/{name}:generate`)\n\n"
-                  + table(["streams", "tokens/s", "p50 ms per token"], _generation_rows()))
+  sections.append(f"### Generation ({GPT}, `POST /v1/models/gpt:generate`, {GEN_TOKENS} tokens per answer)\n\n"
+                  + table(["streams", "tokens/s", "tokens/s per stream", "p50 ms per answer"], generation))
   versions = ", ".join(f"{p} ({open(servers.CACHE / p / 'installed').read().split()[0]})" for p in peers)
   header = (f"One example per request, closed loop, keep-alive: research/bench/loadgen.py (asyncio) in its own "
             f"process; {warmup_s:g} s warm-up then {duration_s:g} s measured per point, median of {repeats} "
