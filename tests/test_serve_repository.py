@@ -129,18 +129,15 @@ def test_version_policy_admin_load_and_unload_on_the_jax_backend(exports, digits
   httpclient = pytest.importorskip("tritonclient.http", reason="the `test` extra is not installed")
   from tritonclient.utils import InferenceServerException
 
+  from research.serve.auth import add_key
+
   keys, model_dir = tmp_path / "keys.json", tmp_path / "models" / "mnist"
   model_dir.mkdir(parents=True)
   for version, name in ((1, "old"), (2, "new")):
     _install(exports[name], model_dir, version)
   _install(exports["new"], model_dir, 3, tamper=True)
 
-  def add(*args):
-    done = helpers.run_script("serve.py", "--keys", str(keys), *args)
-    assert done.returncode == 0, done.stderr
-    return done.stdout.strip()
-
-  admin, user = add("--add_key", "ops", "--key_admin"), add("--add_key", "app")
+  admin, user = add_key(keys, "ops", ["*"], admin=True), add_key(keys, "app", ["*"])  # as --add_key does
   server = Server("--models", str(tmp_path / "models"), "--keys", str(keys), "--version_policy", "latest:2",
                   "--backend", "jax", "--max_batch_size", "8", "--poll_s", "0.2")
   predict = lambda path, rows: server.call(path, {"instances": digits[:rows].tolist()}, key=user)
