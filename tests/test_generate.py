@@ -75,6 +75,8 @@ def test_generate_script_prints_the_prompt_and_the_same_continuation(gpt):
     (("a", 5, float("nan"), 0, 0), "temperature"),
     (("a", 5, 1.0, -2, 0), "top_k"),
     (("a", 5, 1.0, 0, -1), "seed"),
+    (("a", True, 1.0, 0, 0), "max_tokens"),
+    (("a\ud800", 5, 1.0, 0, 0), "character 1 is a lone surrogate"),
 ])
 def test_requests_that_cannot_be_generated_are_named(request_, words):
   from research.serve.generate import check_request

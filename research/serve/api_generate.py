@@ -25,7 +25,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from research.errors import InputError
-from research.serve.generate import check_request
+from research.serve.generate import check_request, short_repr
 from research.serve.streams import Scheduler, StreamsFull
 
 DEFAULTS = {"prompt": None, "max_tokens": 200, "temperature": 1.0, "top_k": 0, "seed": 0, "stream": False}
@@ -39,7 +39,7 @@ def read_request(document: dict) -> dict:
   fields = {**DEFAULTS, **document}
   check_request(fields["prompt"], fields["max_tokens"], fields["temperature"], fields["top_k"], fields["seed"])
   if not isinstance(fields["stream"], bool):
-    raise InputError(f"stream must be true or false, got {fields['stream']!r}.")
+    raise InputError(f"stream must be true or false, got {short_repr(fields['stream'])}.")
   return fields
 
 

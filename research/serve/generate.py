@@ -34,7 +34,7 @@ class Generator:
   manifest: dict
   prefill: Callable
   decode: Callable  # decode(k, v, token int32[B], index int32[B]): each row at its own position
-  scheduler: "Scheduler | None" = None  # a server's concurrent streams over this export (made on first use)
+  scheduler: Scheduler | None = None  # a server's concurrent streams over this export (made on first use)
 
   @classmethod
   def load(cls, directory: str | Path) -> "Generator":
@@ -89,11 +89,21 @@ def check_request(prompt: str, max_tokens: int, temperature: float, top_k: int, 
     raise InputError("prompt must be a non-empty string.")
   if len(prompt) > MAX_TEXT_CHARS:
     raise InputError(f"prompt has {len(prompt)} characters; at most {MAX_TEXT_CHARS} are accepted.")
+  try:
+    prompt.encode("utf-8")
+  except UnicodeEncodeError as e:  # a lone surrogate, e.g. JSON's "\ud800"
+    raise InputError(f"prompt is not valid text: character {e.start} is a lone surrogate.") from None
   if not whole(max_tokens) or not 1 <= max_tokens <= MAX_TOKENS:
-    raise InputError(f"max_tokens must be a whole number from 1 to {MAX_TOKENS}, got {max_tokens!r}.")
+    raise InputError(f"max_tokens must be a whole number from 1 to {MAX_TOKENS}, got {short_repr(max_tokens)}.")
   if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not 0 <= temperature <= 100:
-    raise InputError(f"temperature must be a number from 0 (greedy) to 100, got {temperature!r}.")
+    raise InputError(f"temperature must be a number from 0 (greedy) to 100, got {short_repr(temperature)}.")
   if not whole(top_k) or top_k < 0:
-    raise InputError(f"top_k must be a whole number >= 0 (0: no cut), got {top_k!r}.")
+    raise InputError(f"top_k must be a whole number >= 0 (0: no cut), got {short_repr(top_k)}.")
   if not whole(seed) or not 0 <= seed < 2**32:
-    raise InputError(f"seed must be a whole number from 0 to 2**32 - 1, got {seed!r}.")
+    raise InputError(f"seed must be a whole number from 0 to 2**32 - 1, got {short_repr(seed)}.")
+
+
+def short_repr(value) -> str:
+  """A value as an error message quotes it: short (a request may send anything)."""
+  text = repr(value)
+  return text if len(text) <= 40 else text[:37] + "..."

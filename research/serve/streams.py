@@ -54,7 +54,7 @@ class Stream:
   last: np.ndarray | None = None  # float32[vocab]: the logits the next token is drawn from
   closed: bool = False
   _decoder: object = dataclasses.field(default_factory=text_decoder)
-  _on_close: Callable[["Stream"], None] | None = None
+  _on_close: Callable[[Stream], None] | None = None
 
   @property
   def finished(self) -> bool:
@@ -141,7 +141,7 @@ class Scheduler:
         for stream, token in drawn:
           if not stream.closed:
             stream._deliver(token)
-    except Exception as e:  # noqa: BLE001  (every open stream is told; the next request starts afresh)
+    except Exception as e:  # every open stream is told; the next request starts afresh
       log.exception("generation failed")
       for stream in {*self._active, *admitted, *self._waiting}:
         stream.queue.put_nowait(RuntimeError(f"generation failed: {type(e).__name__}"))
