@@ -1,7 +1,9 @@
 """The server against its own OpenAPI schema (research/serve/openapi.py): every route is described, and a
 property-based fuzz of every operation (schemathesis: cases that fit the schema and cases that do not) finds no
-5xx, with an admin's key and without one; every answer has a status, content type and body the schema documents;
-the server stays up with no traceback in its log.
+5xx, with an admin's key and without one; every answer has a status, content type and body the schema documents.
+A second fuzz (hypothesis) changes one place in a valid request of the served model (JSON predict, JSON infer,
+binary infer) to any JSON value, where a random body seldom reaches. The server stays up with no traceback in its
+log (--verbose puts its error log on stderr).
 
 One real scripts/serve.py with keys serves the test run's shared smoke MLP as `mnist`; half the generated cases
 name it, the rest names that are not served (the admin routes: only those, so no unload ends the fuzz early).
@@ -10,7 +12,9 @@ and must equal the one the server serves.
 """
 
 import copy
+import functools
 import json
+import math
 import shutil
 import signal
 import subprocess
@@ -18,6 +22,7 @@ import threading
 import types
 import urllib.request
 
+import numpy as np
 import pytest
 
 from tests import serving
@@ -32,7 +37,7 @@ from schemathesis.checks import not_a_server_error  # noqa: E402
 from schemathesis.generation import GenerationMode  # noqa: E402
 from schemathesis.specs.openapi import checks  # noqa: E402
 
-from research.serve import openapi  # noqa: E402
+from research.serve import binary, openapi  # noqa: E402
 
 # Not `positive_data_acceptance`: a schema-valid body can still not fit the model (a text for an image model).
 CHECKS = [not_a_server_error, checks.status_code_conformance, checks.content_type_conformance,
@@ -48,6 +53,10 @@ def _routes() -> list:
 
 
 EXAMPLES = 12  # per operation; each is sent twice (with the key, without)
+NEAR_VALID_EXAMPLES = 150  # per kind of request to the served model
+# The same cases every run, no example database written, no shrinking (a failure shows the case as found).
+BOUNDED = dict(deadline=None, derandomize=True, database=None, phases=[Phase.explicit, Phase.generate],
+               suppress_health_check=list(HealthCheck))
 ADMIN_ROUTES = "/v2/repository/"
 DOCUMENT = openapi.build(_routes(), keys=True)  # as the server below, with keys, builds it
 OPERATIONS = [o.ok() for o in schemathesis.openapi.from_dict(copy.deepcopy(DOCUMENT)).get_all_operations()]
@@ -61,7 +70,8 @@ def served(tmp_path_factory):
   export_dir = serving.export_smoke(tmp_path_factory, "mnist_mlp")
   keys = tmp_path_factory.mktemp("keys") / "keys.json"
   admin = add_key(keys, "admin", ["*"], admin=True)
-  server = Server("--model", f"mnist={export_dir}", "--keys", str(keys))
+  # --verbose: the server's own error log (an internal error's traceback) on stderr, not in the quiet console's file
+  server = Server("--model", f"mnist={export_dir}", "--keys", str(keys), "--verbose")
   log: list[str] = []
   reader = threading.Thread(target=lambda: log.extend(server.proc.stderr), daemon=True)
   reader.start()
@@ -158,8 +168,7 @@ def _strategy(operation):
 def test_fuzz_finds_no_server_error_with_or_without_a_key(operation, served):
   key = {"Authorization": f"Bearer {served.admin}"}
 
-  @settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
-            phases=[Phase.explicit, Phase.generate], suppress_health_check=list(HealthCheck))
+  @settings(max_examples=EXAMPLES, **BOUNDED)
   @given(case=_strategy(operation))
   def fuzz(case):
     for headers in (key, None):
@@ -168,6 +177,82 @@ def test_fuzz_finds_no_server_error_with_or_without_a_key(operation, served):
       case.validate_response(answer, headers=headers, checks=CHECKS)  # a documented status, type and body
     if operation.definition.raw["security"]:
       assert answer.status_code == 401 and "API key" in json.loads(answer.content)["error"]
+
+  fuzz()
+
+
+# Any JSON value, to put where a valid request has something else.
+JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+                    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+                    max_leaves=6)
+GONE = object()  # a mutation that deletes the field instead
+
+
+def _paths(node, path=()):
+  """Every place in a JSON document (only the first two items of a list: the rest are alike)."""
+  yield path
+  items = node.items() if isinstance(node, dict) else enumerate(node[:2]) if isinstance(node, list) else ()
+  for key, value in items:
+    yield from _paths(value, (*path, key))
+
+
+def _mutate(document, path, value):
+  if not path:
+    return value
+  copied = copy.deepcopy(document)
+  parent = functools.reduce(lambda node, key: node[key], path[:-1], copied)
+  if value is GONE:
+    del parent[path[-1]]
+  else:
+    parent[path[-1]] = value
+  return copied
+
+
+def _near_valid(kind: str, metadata: dict):
+  """(path, the valid request, a strategy of requests): a request is (body, headers); each generated one is the valid
+  request with one place in its JSON changed to any JSON value or deleted (`binary`: the binary extension's, with
+  the JSON's length in its header sometimes wrong too)."""
+  spec = metadata["inputs"][0]
+  shape = [1, *spec["shape"][1:]]
+  tensor = {"name": spec["name"], "shape": shape, "datatype": spec["datatype"]}
+  path, tail = "/v2/models/mnist/infer", b""
+  if kind == "predict":
+    path, document = "/v1/models/mnist:predict", {"instances": np.zeros(shape, int).tolist()}
+  elif kind == "infer":
+    document = {"id": "a", "inputs": [{**tensor, "data": [0] * math.prod(shape)}], "outputs": [{"name": "labels"}]}
+  else:
+    tail = bytes(math.prod(shape) * np.dtype(binary.DTYPES[spec["datatype"]]).itemsize)
+    document = {"inputs": [{**tensor, "parameters": {"binary_data_size": len(tail)}}],
+                "outputs": [{"name": "probabilities", "parameters": {"binary_data": True}}]}
+
+  def request(head: bytes, length: str | None = None) -> tuple[bytes, dict]:
+    return head + tail, ({binary.HEADER: str(len(head)) if length is None else length} if kind == "binary" else {})
+
+  heads = st.tuples(st.sampled_from(list(_paths(document))), JSON | st.just(GONE)).map(
+      lambda change: b"" if change == ((), GONE) else json.dumps(_mutate(document, *change)).encode())
+  lengths = st.one_of(st.none(), st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=6),
+                      st.integers(-2, 10**6).map(str), st.integers(1, 6000).map(lambda n: "9" * n))  # huge too
+  lengths = lengths if kind == "binary" else st.none()
+  return path, request(json.dumps(document).encode()), st.builds(request, heads, lengths)
+
+
+@pytest.mark.parametrize("kind", ["predict", "infer", "binary"])
+def test_near_valid_requests_to_the_served_model_get_no_server_error(served, kind):
+  import requests
+
+  key = {"Authorization": f"Bearer {served.admin}", "Content-Type": "application/json"}
+  metadata = requests.get(served.server.url + "/v2/models/mnist", headers=key, timeout=60).json()
+  path, valid, near_valid = _near_valid(kind, metadata)
+  post = lambda body, headers: requests.post(served.server.url + path, body, headers={**key, **headers}, timeout=60)
+  assert post(*valid).status_code == 200  # what the cases change is a request that works
+
+  @settings(max_examples=NEAR_VALID_EXAMPLES, **BOUNDED)
+  @given(request=near_valid)
+  def fuzz(request):
+    answer = post(*request)
+    assert answer.status_code < 500, (answer.status_code, answer.text[:500], request[0][:300], served.log[-20:])
+    if answer.status_code >= 400:
+      assert isinstance(answer.json()["error"], str)
 
   fuzz()
 
