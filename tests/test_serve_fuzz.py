@@ -53,7 +53,7 @@ def _routes() -> list:
 
 
 EXAMPLES = 12  # per operation; each is sent twice (with the key, without)
-NEAR_VALID_EXAMPLES = 150  # per kind of request to the served model
+NEAR_VALID_EXAMPLES = 100  # per kind of request to the served model
 # The same cases every run, no example database written, no shrinking (a failure shows the case as found).
 BOUNDED = dict(deadline=None, derandomize=True, database=None, phases=[Phase.explicit, Phase.generate],
                suppress_health_check=list(HealthCheck))
