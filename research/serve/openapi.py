@@ -23,8 +23,8 @@ from research.serve.generate import MAX_TOKENS
 from research.serve.inputs import MAX_TEXT_CHARS
 from research.serve.oip import DATATYPES
 
-STR, INT, NUM, BOOL, OBJ = {"type": "string"}, {"type": "integer"}, {"type": "number"}, {"type": "boolean"}, {
-    "type": "object"}
+STR, INT, NUM = {"type": "string"}, {"type": "integer"}, {"type": "number"}
+BOOL, OBJ = {"type": "boolean"}, {"type": "object"}
 
 
 def obj(required: tuple[str, ...] = (), **properties) -> dict:
@@ -108,12 +108,11 @@ def op(summary: str, ok: dict | None = None, *, body: dict | None = None, option
               also=also or {}, description=description)
 
 
+READY = json_body(obj(("ready", "failures"), ready=BOOL, failures={**INT, "description": "versions not served"}))
+V2_READY = json_body(obj(("ready",), ready=BOOL))
 OPERATIONS = {
     ("GET", "/healthz"): op("Liveness", json_body(obj(("status",), status=STR))),
-    ("GET", "/readyz"): op("Readiness: 503 until a model is served",
-                           json_body(obj(("ready", "failures"), ready=BOOL, failures=INT)),
-                           also={503: ("no model is served", json_body(obj(("ready", "failures"), ready=BOOL,
-                                                                           failures=INT)))}),
+    ("GET", "/readyz"): op("Readiness: 503 until a model is served", READY, also={503: ("no model is served", READY)}),
     ("GET", "/metrics"): op("Prometheus metrics (open on a loopback bind)", {"text/plain": {"schema": STR}}),
     ("GET", "/openapi.json"): op("This schema", json_body(OBJ)),
     ("GET", "/docs"): op("A page that shows this schema and calls its operations", {"text/html": {"schema": STR}}),
@@ -123,12 +122,12 @@ OPERATIONS = {
         body=json_body(ref("PredictRequest"), {"instances": ["a gripping, funny film"]})),
     ("POST", "/v1/models/{name}:generate"): op(
         "Continue a prompt (a language model's export; others: 400)", {**json_body(ref("Generation")), **EVENTS},
-        infer=True, body=json_body(ref("GenerateRequest"), {"prompt": "ROMEO:", "max_tokens": 50, "temperature": 0.8,
-                                                "top_k": 40, "seed": 0})),
+        infer=True, body=json_body(ref("GenerateRequest"), {
+            "prompt": "ROMEO:", "max_tokens": 50, "temperature": 0.8, "top_k": 40, "seed": 0})),
     ("GET", "/v2"): op("Open Inference Protocol: server metadata", json_body(ref("ServerMetadata"))),
     ("GET", "/v2/health/live"): op("Open Inference Protocol: liveness", json_body(obj(("live",), live=BOOL))),
-    ("GET", "/v2/health/ready"): op("Open Inference Protocol: readiness", json_body(obj(("ready",), ready=BOOL)),
-                                    also={503: ("no model is served", json_body(obj(("ready",), ready=BOOL)))}),
+    ("GET", "/v2/health/ready"): op("Open Inference Protocol: readiness", V2_READY,
+                                    also={503: ("no model is served", V2_READY)}),
     ("GET", "/v2/models/{name}"): op("A model's typed inputs and outputs", json_body(ref("ModelMetadata"))),
     ("GET", "/v2/models/{name}/ready"): op("A model's readiness", json_body(obj(("name", "ready"), name=STR,
                                                                                  ready=BOOL))),
@@ -194,9 +193,10 @@ def _operation(route: Route, method: str, entry: dict, keys: bool) -> dict:
   params = [{"name": n, "in": "path", "required": True, "schema": schema} for n, schema in
             (("name", {"type": "string", "minLength": 1}), ("version", {"type": "integer", "minimum": 0}))
             if "{" + n + "}" in route.path]
-  codes = ({401, 429} if keyed else set()) | ({403} if keyed and (access["admin"] or named and access[
-      "model_scoped"]) else set()) | ({404} if named else set()) | ({400, 413} if entry["body"] else set()) | (
-      {503, 504} if entry["infer"] else set())
+  scoped = keyed and (access["admin"] or (named and access["model_scoped"]))  # a key may be refused it (403)
+  rules = [(keyed, {401, 429}), (scoped, {403}), (named, {404}), (entry["body"], {400, 413}),
+           (entry["infer"], {503, 504})]
+  codes = set().union(*(statuses for when, statuses in rules if when))
   responses = {"200": _response("OK", entry["ok"])}
   responses |= {str(code): _response(*answer) for code, answer in entry["also"].items()}
   responses |= {str(c): {"$ref": f"#/components/responses/{c}"} for c in sorted(codes - set(entry["also"]))}
