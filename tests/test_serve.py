@@ -22,7 +22,7 @@ pytest.importorskip("onnxruntime", reason="the `onnx` extra is not installed: pi
 
 @pytest.fixture(scope="module")
 def export_dir(tmp_path_factory):
-  return serving.export_smoke(tmp_path_factory, "mnist_mlp")
+  return serving.export_smoke(tmp_path_factory, "mnist_cnn")
 
 
 @pytest.fixture(scope="module")
@@ -38,38 +38,74 @@ def _offline(export_dir, pixels) -> np.ndarray:
   return Predictor.load(export_dir).predict({"image": pixels})["probabilities"]
 
 
-def test_64_concurrent_clients_get_exactly_their_own_predictions_over_both_protocols(export_dir, digits):
+@pytest.fixture(scope="module")
+def batching_server(export_dir):
   server = Server("--model", f"mnist={export_dir}", "--no_auth", "--max_wait_ms", "5")
-  try:
-    want = _offline(export_dir, digits)
-
-    def client(i: int):
-      rows = slice(i * 4, i * 4 + 1 + i % 4)  # 1 to 4 rows each
-      if i % 2:
-        status, _, body = server.call("/v1/models/mnist:predict", {"instances": digits[rows].tolist()})
-        return rows, status, np.array([p["probabilities"] for p in body["predictions"]])
-      pixels = digits[rows]
-      status, _, body = server.call("/v2/models/mnist/infer", {"id": f"c{i}", "inputs": [
-          {"name": "image", "shape": list(pixels.shape), "datatype": "UINT8", "data": pixels.reshape(-1).tolist()}]})
-      assert body["id"] == f"c{i}" and body["model_name"] == "mnist"
-      probs = next(o for o in body["outputs"] if o["name"] == "probabilities")
-      return rows, status, np.array(probs["data"]).reshape(probs["shape"])
-
-    with concurrent.futures.ThreadPoolExecutor(64) as pool:
-      results = list(pool.map(client, range(64)))
-    for rows, status, got in results:
-      assert status == 200
-      np.testing.assert_allclose(got, want[rows], atol=1e-6)
-    _, _, metrics = server.call("/metrics")
-    count = float(re.search(r'research_batch_rows_count\{model="mnist"\} (\S+)', metrics).group(1))
-    total = float(re.search(r'research_batch_rows_sum\{model="mnist"\} (\S+)', metrics).group(1))
-    served = float(re.search(r'research_requests_total\{model="mnist",status="200",version="1"\} (\S+)',
-                             metrics).group(1))
-    assert served == 64 and total == sum(1 + i % 4 for i in range(64))  # every row once (warm-up not counted)
-    assert count < 64  # requests were merged into fewer model calls
-  finally:
-    code, err = server.stop()
+  yield server
+  code, err = server.stop()
   assert code == 0 and "Traceback" not in err, err[-3000:]
+
+
+def _ask(server, pixels: np.ndarray, v2: bool, request_id: str = "") -> tuple[int, np.ndarray | None]:
+  """(status, probabilities) for raw pixels over the JSON API or the Open Inference Protocol."""
+  if not v2:
+    status, _, body = server.call("/v1/models/mnist:predict", {"instances": pixels.tolist()})
+    return status, np.array([p["probabilities"] for p in body["predictions"]]) if status == 200 else None
+  status, _, body = server.call("/v2/models/mnist/infer", {"id": request_id, "inputs": [
+      {"name": "image", "shape": list(pixels.shape), "datatype": "UINT8", "data": pixels.reshape(-1).tolist()}]})
+  if status != 200:
+    return status, None
+  assert body["id"] == request_id and body["model_name"] == "mnist"
+  probs = next(o for o in body["outputs"] if o["name"] == "probabilities")
+  return status, np.array(probs["data"]).reshape(probs["shape"])
+
+
+def _metric(server, pattern: str) -> float:
+  return float(re.search(pattern + r" (\S+)", server.call("/metrics")[2]).group(1))
+
+
+SERVED = r'research_requests_total\{model="mnist",status="200",version="1"\}'
+
+
+def test_64_concurrent_clients_get_exactly_their_own_predictions_over_both_protocols(batching_server, export_dir,
+                                                                                     digits):
+  want = _offline(export_dir, digits)
+
+  def client(i: int):
+    rows = slice(i * 4, i * 4 + 1 + i % 4)  # 1 to 4 rows each
+    return rows, *_ask(batching_server, digits[rows], v2=i % 2 == 0, request_id=f"c{i}")
+
+  with concurrent.futures.ThreadPoolExecutor(64) as pool:
+    results = list(pool.map(client, range(64)))
+  for rows, status, got in results:
+    assert status == 200
+    np.testing.assert_allclose(got, want[rows], atol=1e-6)
+  count = _metric(batching_server, r'research_batch_rows_count\{model="mnist"\}')
+  total = _metric(batching_server, r'research_batch_rows_sum\{model="mnist"\}')
+  assert _metric(batching_server, SERVED) == 64
+  assert total == sum(1 + i % 4 for i in range(64))  # every row once (warm-up not counted)
+  assert count < 64  # requests were merged into fewer model calls
+
+
+def test_a_bounded_load_has_zero_errors_and_every_answer_right(batching_server, export_dir, digits):
+  """16 clients call back to back for 10 s (loopback only), 1 to 8 rows each time, over both protocols."""
+  want, before = _offline(export_dir, digits), _metric(batching_server, SERVED)
+  deadline = time.monotonic() + 10
+
+  def client(i: int) -> int:
+    calls, rng = 0, np.random.default_rng(i)
+    while time.monotonic() < deadline:
+      start = int(rng.integers(0, len(digits) - 8))
+      rows = slice(start, start + int(rng.integers(1, 9)))
+      status, got = _ask(batching_server, digits[rows], v2=bool(calls % 2), request_id=f"{i}-{calls}")
+      assert status == 200, status
+      np.testing.assert_allclose(got, want[rows], atol=1e-6)
+      calls += 1
+    return calls
+
+  with concurrent.futures.ThreadPoolExecutor(16) as pool:
+    calls = sum(pool.map(client, range(16)))
+  assert calls > 16 and _metric(batching_server, SERVED) - before == calls
 
 
 def test_the_open_inference_protocols_metadata_health_and_errors(export_dir, digits):
