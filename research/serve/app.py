@@ -167,8 +167,9 @@ class Service:
   def _account(self, request: Request, request_id: str, model: str, status: int, seconds: float) -> None:
     state = request.state
     version = getattr(state, "version", None)
-    if model and model in self.repo.models:
-      label = str(version if version is not None else max(self.repo.models[model], default=0))
+    served = self.repo.models.get(model) if model else None  # read once: an unload may replace the dict
+    if served is not None:
+      label = str(version if version is not None else max(served, default=0))
       self.metrics.requests.labels(model, label, str(status)).inc()
       self.metrics.latency.labels(model).observe(seconds)
     if self.audit:
