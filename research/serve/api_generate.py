@@ -8,8 +8,9 @@
       data: {"done": true, "model": "...", "version": 1, "tokens": 200}
 
 Only `prompt` is required; the defaults are scripts/generate.py's. A stream that fails after it started ends
-with `data: {"error": "..."}`. Each served version's streams go through its Scheduler (research/serve/streams.py):
-at most `max_streams` at a time, past that a request gets 503 with Retry-After. A whole answer has --timeout_s
+with `data: {"error": "..."}`. Each served version's streams go through its Scheduler (research/serve/streams.py),
+warmed up (every batch size compiled) before the version is served: at most `max_streams` at a time, past that
+a request gets 503 with Retry-After. A whole answer has --timeout_s
 (504); a stream runs until it is done or its client goes away, which frees its row at the next step.
 """
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 
 from prometheus_client import Counter, Gauge, Histogram
 from starlette.background import BackgroundTask
@@ -28,6 +30,7 @@ from research.errors import InputError
 from research.serve.generate import check_request, short_repr
 from research.serve.streams import Scheduler, StreamsFull
 
+log = logging.getLogger("research.serve")
 DEFAULTS = {"prompt": None, "max_tokens": 200, "temperature": 1.0, "top_k": 0, "seed": 0, "stream": False}
 
 
@@ -66,6 +69,15 @@ def routes(service, max_streams: int = 16) -> list[Route]:
                                       on_tokens=tokens.labels(entry.name).inc,
                                       on_streams=open_streams.labels(entry.name, str(entry.version)).set)
     return generator.scheduler
+
+  def warm_up(entry) -> None:  # each version that generates, before it is served (those loaded later too)
+    if entry.generator is not None:
+      try:
+        scheduler_of(entry).warm_up()
+      except Exception:  # a size not compiled now compiles on first use; the version is served all the same
+        log.exception("generation warm-up of %s version %s failed", entry.name, entry.version)
+
+  service.repo.on_serve(warm_up)
 
   async def generate(request: Request) -> Response:
     entry = service.version_of(request)

@@ -9,7 +9,7 @@ Each step: the streams that arrived are prefilled one by one (a batch of one, as
 take a free row of the cache; every row draws its next token with its own seed, temperature and top_k
 (research.models.gpt.sample_rows); a row whose window is full slides alone (prefilled again, as
 `sliding_generate` does); all the other rows advance together in one decode call, each at its own position.
-The cache has a power-of-two number of rows up to `max_streams` (each size compiles once, on first use);
+The cache has a power-of-two number of rows, or max_streams at the most (each size compiled by `warm_up`);
 finished and closed streams leave at the next step. A stream alone gets exactly `Generator.generate`'s tokens
 for the same seed. Rows that share a step can round their logits differently in the last bit (~1e-7), which
 changes a token only where two candidates are that close.
@@ -109,6 +109,22 @@ class Scheduler:
   def rows(self) -> int:
     return 0 if self._k is None else self._k.shape[1]
 
+  def sizes(self) -> list[int]:
+    """The batch sizes a step can have: powers of two below max_streams, and max_streams."""
+    return sorted({min(1 << i, self.max_streams) for i in range(self.max_streams.bit_length() + 1)})
+
+  def warm_up(self) -> None:
+    """Compiles the prefill, and each batch size's decode and draw, before the first request: a step that reached
+    a new size would otherwise hold every stream while it compiles (seconds)."""
+    from research.models.gpt import prefill_context, sample_rows
+
+    _, k, _ = prefill_context(self.generator.prefill, np.zeros((1, 1), np.int32), self.block_size)
+    for rows in self.sizes():  # the arguments as a step passes them (a cache on the device, the others numpy)
+      cache = _put(_zeros((k.shape[0], rows, *k.shape[2:])), k, 0)
+      zeros = np.zeros(rows, np.int32)
+      logits, _, _ = self.generator.decode(cache, cache, zeros, zeros)
+      sample_rows(np.asarray(logits), np.zeros((rows, 2), np.uint32), zeros, zeros.astype(np.float32), zeros)
+
   def open(self, prompt: str, max_tokens: int, *, temperature: float, top_k: int, seed: int) -> Stream:
     """A stream of `prompt`'s continuation (checked by the caller); StreamsFull if max_streams are open."""
     if self.open_streams >= self.max_streams:
@@ -195,18 +211,30 @@ class Scheduler:
   def _fit(self, streams: int) -> None:
     """A cache of the smallest power of two rows (at most max_streams) that holds `streams`, the active rows
     moved to its first rows when its size changes."""
-    rows = min(1 << (streams - 1).bit_length(), self.max_streams)
+    rows = next(size for size in self.sizes() if size >= streams)
     if rows == self.rows:
       return
     if self._k is None:
       layers, _, block, heads, dim = jax.eval_shape(self.generator.prefill, np.zeros((1, self.block_size),
                                                                                     np.int32))[1].shape
-      self._k = self._v = jax.numpy.zeros((layers, rows, block, heads, dim), np.float32)
+      self._k = self._v = _zeros((layers, rows, block, heads, dim))
       return
     order = np.array([s.slot for s in self._active] + [0] * (rows - len(self._active)), np.int32)
-    self._k, self._v = self._k[:, order], self._v[:, order]
+    self._k, self._v = _take(self._k, order), _take(self._v, order)
     for i, s in enumerate(self._active):
       s.slot = i
+
+
+def _zeros(shape: tuple[int, ...]) -> jax.Array:
+  """A cache of zeros placed on the device as decode's outputs are, so that the calls compiled by `warm_up` are
+  the ones a step makes (jit compiles again for an argument placed otherwise)."""
+  return jax.device_put(np.zeros(shape, np.float32), jax.devices()[0])
+
+
+@jax.jit
+def _take(cache, rows):
+  """cache float[layers, rows, ...] with its rows in the order `rows`."""
+  return cache[:, rows]
 
 
 @jax.jit
