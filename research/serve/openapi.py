@@ -143,10 +143,14 @@ OPERATIONS = {
         body=json_body(closed(ready={**BOOL, "description": "true: only the served versions"})), optional_body=True),
     ("POST", "/v2/repository/models/{name}/load"): op(
         "Read the model's directory now and serve what the version policy picks (400 if none loads)",
-        json_body(ref("Loaded")), body=json_body(closed()), optional_body=True),
+        json_body(ref("Loaded")), body=json_body(closed(parameters={**closed(), "description": (
+            "Triton's clients send one; a load's config or files are refused: settings come from the export")})),
+        optional_body=True),
     ("POST", "/v2/repository/models/{name}/unload"): op(
         "Stop serving every version of the model until a load", json_body(ref("Unloaded")),
-        body=json_body(closed()), optional_body=True),
+        body=json_body(closed(parameters=closed(unload_dependents={
+            "description": "accepted, as Triton's clients send it; no model depends on another here"}))),
+        optional_body=True),
 }
 ERRORS = {400: "the request does not fit: the message names what and how to fix it",
           401: "no valid API key: send 'Authorization: Bearer <key>'", 403: "the key may not do this",
