@@ -76,6 +76,7 @@ def test_generate_script_prints_the_prompt_and_the_same_continuation(gpt):
     (("a", 5, 1.0, -2, 0), "top_k"),
     (("a", 5, 1.0, 0, -1), "seed"),
     (("a", True, 1.0, 0, 0), "max_tokens"),
+    (("a", 5, 1.0, 2**31, 0), "top_k must be a whole number from 0"),
     (("a\ud800", 5, 1.0, 0, 0), "character 1 is a lone surrogate"),
 ])
 def test_requests_that_cannot_be_generated_are_named(request_, words):

@@ -187,6 +187,7 @@ def test_bad_requests_are_400s_that_name_the_field_and_keys_apply(server, keys):
       ({"prompt": "a", "temperature": -1}, "temperature must be a number from 0"),
       ({"prompt": "a", "temperature": "hot" * 100}, "got 'hothothot"),
       ({"prompt": "a", "top_k": -1}, "top_k must be a whole number"),
+      ({"prompt": "a", "top_k": 10**30}, "top_k must be a whole number"),
       ({"prompt": "a", "seed": 2**32}, "seed must be a whole number"),
       ({"prompt": "a", "stream": "yes"}, "stream must be true or false"),
       ({"prompt": "a", "promt": "b"}, "unknown field 'promt'"),

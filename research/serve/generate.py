@@ -97,8 +97,8 @@ def check_request(prompt: str, max_tokens: int, temperature: float, top_k: int, 
     raise InputError(f"max_tokens must be a whole number from 1 to {MAX_TOKENS}, got {short_repr(max_tokens)}.")
   if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not 0 <= temperature <= 100:
     raise InputError(f"temperature must be a number from 0 (greedy) to 100, got {short_repr(temperature)}.")
-  if not whole(top_k) or top_k < 0:
-    raise InputError(f"top_k must be a whole number >= 0 (0: no cut), got {short_repr(top_k)}.")
+  if not whole(top_k) or not 0 <= top_k < 2**31:  # (int32 in the compiled draw; past the vocabulary it cuts none)
+    raise InputError(f"top_k must be a whole number from 0 (no cut) to 2**31 - 1, got {short_repr(top_k)}.")
   if not whole(seed) or not 0 <= seed < 2**32:
     raise InputError(f"seed must be a whole number from 0 to 2**32 - 1, got {short_repr(seed)}.")
 
