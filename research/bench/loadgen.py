@@ -71,7 +71,8 @@ async def run(spec: dict) -> dict:
   ms = sorted(t * 1e3 for t in latencies)
   pick = lambda q: ms[min(int(q * len(ms)), len(ms) - 1)] if ms else float("nan")  # noqa: E731
   return {"requests": len(ms), "all_requests": total[0], "errors": len(errors),
-          "first_error": errors[0][:300].decode("latin-1") if errors else "", "seconds": seconds, "rps": len(ms) / seconds, "p50_ms": pick(0.5), "p99_ms": pick(0.99)}
+          "first_error": errors[0][:300].decode("latin-1") if errors else "", "seconds": seconds,
+          "rps": len(ms) / seconds, "p50_ms": pick(0.5), "p99_ms": pick(0.99)}
 
 
 def main() -> None:
