@@ -144,6 +144,10 @@ def test_the_open_inference_protocols_metadata_health_and_errors(export_dir, dig
       assert status == 400 and words in answer["error"], (body if len(str(body)) < 200 else words, answer)
     status, _, answer = server.call("/v1/models/mnist:predict", raw=b"{not json")
     assert status == 400 and "not valid JSON" in answer["error"]
+    status, _, answer = server.call("/v1/nothing/here")
+    assert status == 404 and "no such endpoint: GET /v1/nothing/here" in answer["error"]
+    status, _, answer = server.call("/v1/models", {"instances": []})
+    assert status == 405 and "does not take POST" in answer["error"]
     assert server.call("/healthz")[0] == 200  # still up
   finally:
     assert server.stop()[0] == 0

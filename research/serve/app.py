@@ -31,6 +31,7 @@ from prometheus_client import (
   generate_latest,
 )
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -229,4 +230,11 @@ def create_app(repo: Repository, *, keys: KeyRing | None, open_metrics: bool, ma
       on_ready()
     yield
 
-  return Starlette(routes=routes, lifespan=lifespan)
+  async def unrouted(request: Request, error: StarletteHTTPException) -> Response:
+    """An unknown path or a wrong method: {"error"} like every other answer, not Starlette's plain text."""
+    words = {404: f"no such endpoint: {request.method} {request.url.path} (GET /openapi.json lists them)",
+             405: f"{request.url.path} does not take {request.method}"}
+    return JSONResponse({"error": words.get(error.status_code, error.detail)}, status_code=error.status_code,
+                        headers=getattr(error, "headers", None))
+
+  return Starlette(routes=routes, lifespan=lifespan, exception_handlers={StarletteHTTPException: unrouted})
