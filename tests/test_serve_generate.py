@@ -107,6 +107,7 @@ def _whole(server, key=None, **body) -> tuple[int, dict, dict]:
 def test_a_seeded_stream_equals_the_script_and_the_whole_answer_and_is_counted_once(server, export_dir):
   sampling = dict(max_tokens=60, temperature=0.9, top_k=20, seed=5)
   served = _metric(server, "research_requests_total", 'model="gpt",status="200",version="1"')
+  generated = _metric(server, "research_generated_tokens_total", 'model="gpt"')
   stream = Events(server, {"prompt": PROMPT, "stream": True, **sampling}, server.key, request_id="seeded-stream")
   assert stream.status == 200 and stream.headers["content-type"].startswith("text/event-stream")
   text, done = stream.rest()
@@ -119,6 +120,7 @@ def test_a_seeded_stream_equals_the_script_and_the_whole_answer_and_is_counted_o
   status, _, whole = _whole(server, prompt=PROMPT, **sampling)
   assert status == 200 and whole == {"model": "gpt", "version": 1, "text": text, "tokens": 60}
   assert _metric(server, "research_requests_total", 'model="gpt",status="200",version="1"') == served + 2
+  assert _metric(server, "research_generated_tokens_total", 'model="gpt"') == generated + 120
   audited = [json.loads(line) for line in server.audit.read_text().splitlines()]
   assert [(a["path"], a["status"], a["rows"]) for a in audited if a["request_id"] == "seeded-stream"] == [
       ("/v1/models/gpt:generate", 200, 1)]
@@ -170,8 +172,8 @@ def test_a_client_that_goes_away_frees_its_row(server):
     assert time.monotonic() < deadline, "closed streams still hold their rows"
     time.sleep(0.05)
   steps = _decode_steps(server)[0]
-  time.sleep(0.3)
-  assert _decode_steps(server)[0] == steps  # nothing decodes for clients that left
+  time.sleep(0.5)
+  assert _decode_steps(server)[0] <= steps + 1  # nothing decodes for clients that left (but a step in flight)
 
 
 def test_bad_requests_are_400s_that_name_the_field_and_keys_apply(server, keys):
