@@ -224,3 +224,26 @@ def test_sigterm_finishes_the_requests_in_flight_then_exits_zero(export_dir, dig
     statuses = [c.result()[0] for c in calls]
   assert statuses == [200] * 8
   assert server.proc.wait(timeout=60) == 0
+
+
+def test_an_internal_error_is_a_500_naming_the_request_and_one_line_for_the_operator(capsys):
+  """A handler that breaks (no real request path is known to): the caller gets a request id and nothing internal;
+  stderr gets one line naming the request and the exception's type (never its message, which may hold a payload)."""
+  import asyncio
+
+  from starlette.requests import Request
+
+  from research.serve.app import Service
+  from research.serve.repository import Repository
+
+  async def broken(request):
+    raise RuntimeError("secret payload 1234")
+
+  wrapped = Service(Repository(), keys=None, max_body_bytes=1 << 20, timeout_s=1, audit=None).endpoint(broken)
+  scope = {"type": "http", "method": "POST", "path": "/v1/models/m:predict", "headers": [(b"x-request-id", b"r-7")],
+           "query_string": b"", "path_params": {"name": "m"}, "client": ("127.0.0.1", 5)}
+  response = asyncio.run(wrapped(Request(scope)))
+  assert response.status_code == 500 and json.loads(response.body) == {"error": "internal error (request r-7)"}
+  lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+  assert lines == ["error: internal error on POST /v1/models/m:predict (request r-7): RuntimeError; the traceback "
+                   "is in the log file (--verbose: on the console)"]

@@ -17,6 +17,7 @@ import contextlib
 import json
 import logging
 import re
+import sys
 import time
 import uuid
 from typing import Callable
@@ -153,9 +154,11 @@ class Service:
         response = JSONResponse({"error": e.message}, status_code=e.status, headers=e.headers)
       except InputError as e:
         response = JSONResponse({"error": str(e)}, status_code=400)
-      except Exception:
-        log.exception("internal error on %s %s", request.method, request.url.path)
-        response = JSONResponse({"error": "internal error"}, status_code=500)
+      except Exception as e:  # noqa: BLE001  (the caller learns nothing internal; the operator sees one line)
+        log.exception("internal error on %s %s (request %s)", request.method, request.url.path, request_id)
+        print(f"error: internal error on {request.method} {request.url.path} (request {request_id}): "
+              f"{type(e).__name__}; the traceback is in the log file (--verbose: on the console)", file=sys.stderr)
+        response = JSONResponse({"error": f"internal error (request {request_id})"}, status_code=500)
       finally:
         status = response.status_code if response is not None else 500
         self._account(request, request_id, model, status, time.perf_counter() - start)
