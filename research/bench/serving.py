@@ -44,6 +44,7 @@ SETTINGS = {"batching (2 ms)": ["--max_wait_ms", str(MAX_WAIT_MS)], "batching (0
             "off (1 row per call)": ["--max_batch_size", "1"]}
 SHIPPED, NO_WAIT, OFF = SETTINGS
 TEXT = "a quietly moving film, beautifully acted and never sentimental"
+SETTLE_S = 0.3  # a pause before each point
 GPT, STREAMS, GEN_TOKENS = "configs/shakespeare_gpt.py:smoke", (1, 16), 64
 
 
@@ -175,9 +176,12 @@ def _measure(calls: dict, repeats: int, warmup_s: float, duration_s: float) -> d
   request}, systems interleaved at each concurrency. CPU time per request is the steadier measure on a busy
   machine: time the server waits for a core counts in latency, not in CPU time."""
   results: dict = {}
-  for _ in range(repeats):
+  for repeat in range(repeats):
     for c in CONCURRENCY:
-      for (m, system, encoding), (server, url, body, headers) in calls.items():
+      order = list(calls.items())
+      order = order[repeat % len(order):] + order[:repeat % len(order)]  # each round starts with another system
+      for (m, system, encoding), (server, url, body, headers) in order:
+        time.sleep(SETTLE_S)  # a peer's workers may poll on for a moment after their load stops
         cpu = server.cpu_seconds()
         result = load(url, body, c, warmup_s, duration_s, headers)
         result["cpu_ms"] = (server.cpu_seconds() - cpu) * 1e3 / result["all_requests"]
