@@ -164,8 +164,8 @@ def test_keys_scopes_rate_limits_the_body_limit_and_the_audit_log(export_dir, di
   full, other, slow = add("--add_key", "full"), add("--add_key", "other", "--key_models", "cifar"), add(
       "--add_key", "slow", "--key_rate", "1")
   assert full not in keys.read_text() and "full" in keys.read_text()  # stored as a salted hash
-  server = Server("--model", f"mnist={export_dir}", "--keys", str(keys), "--max_body_mb", "0.01",
-                  "--audit_log", str(audit), "--audit_max_mb", "0.001", "--audit_backups", "50")
+  server = Server("--model", f"mnist={export_dir}", "--keys", str(keys), "--max_body_mb", "0.01", "--host", "0.0.0.0",
+                  "--audit_log", str(audit), "--audit_max_mb", "0.001", "--audit_backups", "50")  # not loopback only
   body = {"instances": digits[:1].tolist()}
   sent = []  # (key id, status) of every request, in order
 
@@ -189,6 +189,11 @@ def test_keys_scopes_rate_limits_the_body_limit_and_the_audit_log(export_dir, di
     assert status == 413 and "larger than" in answer["error"]
     status, headers, _ = call(None, None, "/healthz", None)
     assert status == 200 and headers["x-request-id"]  # health needs no key
+    assert call(None, None, "/metrics", None)[0] == 401  # bound beyond loopback: metrics need a key
+    status, _, metrics = call("other", other, "/metrics", None)
+    limited = sum(1 for _, code in sent if code == 429)
+    assert status == 200 and f'research_requests_total{{model="mnist",status="429",version="1"}} {limited:.1f}' in metrics
+    assert full not in metrics and other not in metrics and "other" not in metrics  # no key, not even its id
   finally:
     code, err = server.stop()
   assert code == 0 and full not in err and other not in err
