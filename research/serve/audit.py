@@ -19,6 +19,8 @@ from research.errors import ConfigError
 
 
 class AuditLog:
+  """`AuditLog(path, max_bytes, backups).write(record)` appends `record`, with the time first, as one JSON line."""
+
   def __init__(self, path: str | Path, max_bytes: int = 64 << 20, backups: int = 5):
     try:
       handler = logging.handlers.RotatingFileHandler(path, maxBytes=max_bytes, backupCount=backups, encoding="utf-8")
