@@ -69,7 +69,7 @@ async def run(spec: dict) -> dict:
                          for _ in range(spec["concurrency"])])
   seconds = time.perf_counter() - record_from
   ms = sorted(t * 1e3 for t in latencies)
-  pick = lambda q: ms[min(int(q * len(ms)), len(ms) - 1)] if ms else float("nan")  # noqa: E731
+  pick = lambda q: ms[min(int(q * len(ms)), len(ms) - 1)] if ms else float("nan")
   return {"requests": len(ms), "all_requests": total[0], "errors": len(errors),
           "first_error": errors[0][:300].decode("latin-1") if errors else "", "seconds": seconds,
           "rps": len(ms) / seconds, "p50_ms": pick(0.5), "p99_ms": pick(0.99)}

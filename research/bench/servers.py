@@ -58,7 +58,8 @@ class Server:
   def __init__(self, name: str, command: list[str], health: str, url: str, *, env: dict | None = None,
                timeout_s: float = 180):
     self.name, self.url = name, url
-    self.log = tempfile.NamedTemporaryFile("w+", prefix=f"research-bench-{name}-", suffix=".log")
+    # closed by stop(); read back by output() when the server fails
+    self.log = tempfile.NamedTemporaryFile("w+", prefix=f"research-bench-{name}-", suffix=".log")  # noqa: SIM115
     # its own process group: a peer's workers are stopped with it
     self.proc = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT, cwd=ROOT,
                                  env={**os.environ, **(env or {})}, start_new_session=True)

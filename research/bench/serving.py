@@ -102,7 +102,7 @@ def oip_binary(arrays: dict[str, np.ndarray]) -> tuple[bytes, dict]:
 def _in_process(entry, raw: dict, model_inputs: dict, repeats: int, budget_s: float) -> dict:
   """{(system, batch): {"p50_ms", "rows_per_s"}} of in-process calls at each batch size of CONCURRENCY, medians over
   `repeats` interleaved rounds of `budget_s` each."""
-  tile = lambda arrays, b: {k: np.repeat(v, b, 0) for k, v in arrays.items()}  # noqa: E731  (b copies of the row)
+  tile = lambda arrays, b: {k: np.repeat(v, b, 0) for k, v in arrays.items()}  # b copies of the row
   calls = {"onnxruntime (model only)": lambda b: entry.predictor.run(*tile(model_inputs, b).values()),
            "the server's model call": lambda b: entry.run(tile(raw, b))}
   found: dict = {}
@@ -127,7 +127,7 @@ def load(url: str, body: bytes, concurrency: int, warmup_s: float, duration_s: f
   spec = {"url": url, "body": body.decode("latin-1"), "headers": headers or {}, "concurrency": concurrency,
           "warmup_s": warmup_s, "duration_s": duration_s}
   done = subprocess.run([sys.executable, str(Path(__file__).with_name("loadgen.py"))], input=json.dumps(spec),
-                        capture_output=True, text=True, timeout=warmup_s + duration_s + 120)
+                        capture_output=True, text=True, check=False, timeout=warmup_s + duration_s + 120)
   if done.returncode:
     raise RuntimeError(f"the load generator failed: {done.stderr[-2000:]}")
   result = json.loads(done.stdout)
@@ -203,7 +203,7 @@ def _http_rows(m: str, measured: dict, calls: dict, skipped: dict[str, str]) -> 
   rows = []
   for c in CONCURRENCY:
     shipped = measured[(m, f"research, {SHIPPED}", "json", c)]["rps"]
-    for (model, system, encoding), _ in calls.items():
+    for model, system, encoding in calls:
       if model != m:
         continue
       r = measured[(m, system, encoding, c)]
@@ -214,7 +214,7 @@ def _http_rows(m: str, measured: dict, calls: dict, skipped: dict[str, str]) -> 
 
 
 def _targets(m: str, measured: dict, limit: dict, peers: list[str]) -> list[list]:
-  at = lambda system, c: measured[(m, system, "json", c)]  # noqa: E731
+  at = lambda system, c: measured[(m, system, "json", c)]
   shipped = f"research, {SHIPPED}"
   model_call = limit[("the server's model call", 1)]["p50_ms"]
   added = at(shipped, 1)["p50_ms"] - model_call
@@ -287,7 +287,7 @@ def run(quick: bool = False, exports: dict[str, Path] | None = None, peers: tupl
     targets += _targets(m, measured, limit[m], peers)
   sections.append(f"### Generation ({GPT}, `POST /v1/models/gpt:generate`, {GEN_TOKENS} tokens per answer)\n\n"
                   + table(["streams", "tokens/s", "tokens/s per stream", "p50 ms per answer"], generation))
-  versions = ", ".join(f"{p} ({open(servers.CACHE / p / 'installed').read().split()[0]})" for p in peers)
+  versions = ", ".join(f"{p} ({(servers.CACHE / p / 'installed').read_text().split()[0]})" for p in peers)
   header = (f"One example per request, closed loop, keep-alive: research/bench/loadgen.py (asyncio) in its own "
             f"process; {warmup_s:g} s warm-up then {duration_s:g} s measured per point, median of {repeats} "
             f"interleaved repeat(s). Server, peers and load generator share this machine's cores, so at high "
