@@ -76,7 +76,10 @@ def test_a_signal_at_any_moment_of_start_up_is_one_clean_stop(tmp_path, signals,
     time.sleep(0.2)
   _, err = proc.communicate(timeout=120)
   assert proc.returncode == 0, err[-2000:]
-  assert "Traceback" not in err and err.strip().splitlines()[-1].startswith(f"Stopped by {signals[0].name} "), err
+  # The stop names a signal that was sent: the first, unless both arrived while the main thread was inside one C
+  # call (a compilation), when Python runs their handlers in signal-number order (SIGINT before SIGTERM).
+  last = err.strip().splitlines()[-1]
+  assert "Traceback" not in err and last.startswith(tuple(f"Stopped by {s.name} " for s in signals)), err
 
 
 def test_a_second_ctrl_c_during_saves_leaves_the_last_checkpoint_intact(tmp_path, capsys):

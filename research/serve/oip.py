@@ -156,6 +156,13 @@ def _flatten(data) -> list:
 
 
 def _array(name: str, data, shape: list[int], kind: str) -> np.ndarray:
+  if kind != "BYTES" and isinstance(data, list):  # the common case in one C call: well-formed numbers
+    try:
+      array = np.asarray(data, dtype=np.float64 if kind.startswith("FP") else None)
+    except (ValueError, TypeError, OverflowError):  # ragged or mixed: the checks below name the problem
+      array = None
+    if array is not None and array.dtype.kind in "biuf" and array.size == math.prod(shape):
+      return array.reshape(shape)
   flat = _flatten(data)
   if len(flat) != math.prod(shape):
     raise InputError(f"input {name!r}: shape {shape} holds {math.prod(shape)} values, data has {len(flat)}")

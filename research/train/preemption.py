@@ -43,7 +43,8 @@ class PreemptionGuard:
   def _handle(self, signum, frame) -> None:
     if self.signal_name == "SIGINT" and signum == signal.SIGINT:
       raise KeyboardInterrupt  # Second Ctrl-C: the user wants out now.
-    self.signal_name = self.signal_name or signal.Signals(signum).name  # the first one names the stop
+    # The first handled names the stop (signals pending together are handled in signal-number order).
+    self.signal_name = self.signal_name or signal.Signals(signum).name
 
   def signalled(self) -> bool:
     """Whether any process received a signal; with several processes, all call this at the same point."""
