@@ -72,6 +72,11 @@ class Batcher:
       self._wake.set()
     return await asyncio.wait_for(asyncio.shield(pending.future), timeout)
 
+  def stop(self) -> None:
+    """Ends the worker task (and with it the batcher's hold on `run`); a later submit starts a new one."""
+    if self._worker is not None:
+      self._worker.cancel()
+
   async def _work(self) -> None:
     while True:
       await self._wake.wait()

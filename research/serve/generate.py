@@ -38,11 +38,16 @@ class Generator:
 
   @classmethod
   def load(cls, directory: str | Path) -> "Generator":
-    from research.export import generation
     from research.export import manifest as manifest_lib
 
     directory = Path(directory)
-    manifest = manifest_lib.verify(directory)
+    return cls.from_verified(directory, manifest_lib.verify(directory))
+
+  @classmethod
+  def from_verified(cls, directory: Path, manifest: dict) -> "Generator":
+    """`load` of an export whose files were already checked against `manifest`."""
+    from research.export import generation
+
     section = manifest.get("generation")
     if section is None:
       raise ConfigError(f"{directory} holds a {manifest['model']['name']} export, which does not generate text; "

@@ -47,7 +47,7 @@ class ServedBatcher(Batcher):
     finally:
       self.waiting -= 1
       if self.retired and not self.waiting:
-        self._stop()
+        self.stop()
 
   def retire(self) -> None:
     """Stops the worker once no request waits (callable from any thread)."""
@@ -57,11 +57,7 @@ class ServedBatcher(Batcher):
   def _retire(self) -> None:
     self.retired = True
     if not self.waiting:
-      self._stop()
-
-  def _stop(self) -> None:
-    if self._worker is not None:
-      self._worker.cancel()
+      self.stop()
 
 
 @dataclasses.dataclass
@@ -229,7 +225,7 @@ class Repository:
       predictor.warm_up()  # every batch bucket compiled before the first request
       entry.run(predictor.check(_warmup_inputs(predictor)))  # the preprocessing too, and any first-call cost
       if "generation" in predictor.manifest:
-        entry.generator = Generator.load(directory)
+        entry.generator = Generator.from_verified(directory, predictor.manifest)  # checked by Predictor.load
     except Exception as e:  # noqa: BLE001  (a bad version is reported, the others are served)
       reason = " ".join(str(e).split())[:500]
       self.failures = {**self.failures, f"{name}/{version}": reason}
