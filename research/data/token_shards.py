@@ -1,5 +1,7 @@
 """Token shards on disk: a corpus tokenized once (scripts/prepare_data.py), read back window by window.
 
+A shard directory::
+
     DIR/index.json          {"format": "research.token_shards", "version": 1, "dtype": "uint16", "window": 257,
                              "tokenizer": {"kind": "char", "vocab_size": 70, "file": "tokenizer.json", "sha256": ..},
                              "splits": {"train": {"tokens": N, "shards": [{"file": "train-00000.bin",
