@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import functools
 from typing import Callable, Generic, TypeVar
 
 from research.errors import ConfigError
@@ -14,7 +15,10 @@ class Registry(Generic[T]):
   """A named map of factories, e.g. `MODELS.get("mlp")`.
 
   Register with the decorator `@MODELS.register("mlp")`. An unknown name is an
-  error that lists the known names and suggests the nearest one.
+  error that lists the known names and suggests the nearest one. A name ending
+  in ":" registers a family whose members carry an argument: after
+  `@DATASETS.register("tokens:")`, `DATASETS.get("tokens:DIR")` is the entry
+  with "DIR" bound as its first argument.
   """
 
   def __init__(self, kind: str):
@@ -31,10 +35,17 @@ class Registry(Generic[T]):
     return add
 
   def get(self, name: str) -> T:
-    try:
+    if name in self._entries:
       return self._entries[name]
-    except KeyError:
-      raise ConfigError(self.unknown_message(name)) from None
+    family, argument = self._family(name)
+    if family is None:
+      raise ConfigError(self.unknown_message(name))
+    return functools.update_wrapper(functools.partial(self._entries[family], argument), self._entries[family])
+
+  def _family(self, name) -> tuple[str | None, str]:
+    """("tokens:", "DIR") for "tokens:DIR" when the family "tokens:" is registered, else (None, "")."""
+    family, sep, argument = str(name).partition(":")
+    return (family + sep, argument) if sep and argument and family + sep in self._entries else (None, "")
 
   def unknown_message(self, name: str, key: str = "") -> str:
     """`Unknown model 'mpl'. Did you mean 'mlp'? Known: ...`; with `key`, it opens `model.name='mpl': ...`."""
@@ -48,7 +59,7 @@ class Registry(Generic[T]):
     return sorted(self._entries)
 
   def __contains__(self, name: str) -> bool:
-    return name in self._entries
+    return name in self._entries or self._family(name)[0] is not None
 
 
 MODELS: Registry = Registry("model")

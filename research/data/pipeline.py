@@ -7,6 +7,12 @@ it would have seen, and the order does not depend on the number of processes.
 Each process builds only its own rows and assembles the global `jax.Array` with
 `jax.make_array_from_process_local_data`, which is what multi-host needs. On a
 single CPU device the batch stays a host array, which the jitted step copies in.
+
+A streamed split (columns that read from disk when indexed, such as the windows of
+`tokens:DIR`, research/data/token_windows.py) is never preprocessed up front, and
+its permutation is computed only at the positions of each batch
+(research/data/permutation.py): no process holds the split or its order, and
+each reads only its own rows.
 """
 
 from __future__ import annotations
@@ -19,6 +25,8 @@ from typing import Callable, Iterator
 
 import jax
 import numpy as np
+
+from research.data import permutation
 
 Batch = dict[str, np.ndarray]
 # A split whose preprocessed arrays fit in this many bytes is preprocessed once, up front, instead of batch by
@@ -45,6 +53,11 @@ def precompute(arrays: Batch, preprocess: Callable[[Batch], Batch], *, budget: i
   return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
+def in_memory(arrays: Batch) -> bool:
+  """Whether every column is a numpy array in memory; a streamed column (research/data/token_windows.py) is not."""
+  return all(isinstance(v, np.ndarray) for v in arrays.values())
+
+
 def _identity(batch: Batch) -> Batch:
   return batch
 
@@ -52,8 +65,8 @@ def _identity(batch: Batch) -> Batch:
 def prepared(arrays: Batch, preprocess: Callable[[Batch], Batch],
              budget: int = PRECOMPUTE_BYTES) -> tuple[Batch, Callable[[Batch], Batch]]:
   """(arrays, preprocess) to draw batches from: the split preprocessed up front with nothing left to do per
-  batch when `precompute` can, else the raw split and `preprocess`."""
-  ready = precompute(arrays, preprocess, budget=budget)
+  batch when `precompute` can, else the raw split and `preprocess` (always for a streamed split)."""
+  ready = precompute(arrays, preprocess, budget=budget) if in_memory(arrays) else None
   return (ready, _identity) if ready is not None else (arrays, preprocess)
 
 
@@ -69,6 +82,7 @@ class Pipeline:
     self.sharding = sharding
     self.seed = seed
     self.shuffle = shuffle
+    self.streamed = not in_memory(arrays)
     self.process_index, self.process_count = jax.process_index(), jax.process_count()
     if batch_size % self.process_count:
       raise ValueError(f"batch size {batch_size} is not divisible by the {self.process_count} processes.")
@@ -90,8 +104,12 @@ class Pipeline:
     """The example indices of this process's rows of global batch `step`."""
     pos = self.position(step)
     start = pos["index"] * self.batch_size + self.process_index * self.local_size
-    order = self._order_cache(pos["epoch"])
-    return order[start:start + self.local_size]
+    positions = np.arange(start, start + self.local_size)
+    if not self.shuffle:
+      return positions
+    if self.streamed:  # a permutation array would cost 8 bytes per example
+      return permutation.shuffled(positions, self.num_examples, (self.seed, pos["epoch"]))
+    return self._order_cache(pos["epoch"])[positions]
 
   def _order_cache(self, epoch: int) -> np.ndarray:
     if getattr(self, "_cached_epoch", None) != epoch:

@@ -48,6 +48,9 @@ def columns(arrays: dict[str, np.ndarray]) -> dict[str, dict]:
   """Each column's per-example shape and dtype ("str" for text), and an integer column's [min, max]."""
   described = {}
   for key, values in arrays.items():
+    if hasattr(values, "column_spec"):  # a streamed column: reading it whole for its range would read the corpus
+      described[key] = values.column_spec()
+      continue
     values = np.asarray(values)
     entry = {"shape": list(values.shape[1:]), "dtype": str(values.dtype)}
     if values.dtype == object or values.dtype.kind == "U":

@@ -94,7 +94,8 @@ def train(texts, kind: str = "wordpiece", vocab_size: int = 8000, *, lowercase: 
                                         show_progress=False)
   steps = [normalizers.NFKC()] + ([normalizers.Lowercase()] if lowercase else [])
   tokenizer.normalizer = normalizers.Sequence(steps)
-  tokenizer.train_from_iterator((str(t) for t in texts), trainer=trainer, length=len(texts))
+  length = len(texts) if hasattr(texts, "__len__") else None  # a generator streams (scripts/prepare_data.py)
+  tokenizer.train_from_iterator((str(t) for t in texts), trainer=trainer, length=length)
   if kind == "wordpiece":
     # HF's WordPiece trainer numbers its vocabulary in hash-map order, different in every process
     # (huggingface/tokenizers#1794): renumber it (specials first, then sorted) so ids are reproducible.

@@ -17,7 +17,7 @@ from flax import nnx
 from research import config as config_lib
 from research import models, optim, parallel  # noqa: F401  (models: registers the zoo)
 from research.checkpoint import Checkpointer
-from research.data import clean, ops
+from research.data import clean, ops, token_windows
 from research.data import spec as data_spec
 from research.data.sources import get_split
 from research.errors import ConfigError, DataUnavailableError, read_json_object
@@ -28,7 +28,9 @@ from research.train import state as state_lib
 
 def load_split(config, split: str) -> dict[str, np.ndarray]:
   """A split of the configured dataset, after the config's cleaning (research/data/clean.py)."""
-  return clean.apply(config.data.clean, get_split(config.data.name, split))
+  arrays = clean.apply(config.data.clean, get_split(config.data.name, split))
+  token_windows.check_model(config.model, arrays)  # token shards of another vocabulary: one line, not a bad lookup
+  return arrays
 
 
 def preprocessor(config, workdir: str | Path, train_arrays: dict[str, np.ndarray] | None = None):
