@@ -28,6 +28,11 @@ def _build(name, sample, **fields):
   return MODELS.get(name)(config, jnp.asarray(sample), nnx.Rngs(0))
 
 
+def _abstract(name, sample, **fields):
+  """The model with shapes for values: no initializer runs or compiles (a ResNet's dozens of them take seconds)."""
+  return nnx.eval_shape(lambda: _build(name, sample, **fields))
+
+
 def _images(n, h, w, c, seed=0):
   return np.random.default_rng(seed).normal(size=(n, h, w, c)).astype(np.float32)
 
@@ -43,21 +48,16 @@ def _images(n, h, w, c, seed=0):
     ("resnet", dict(depth=18, width=64, num_classes=1000), (224, 224, 3), 1000),
 ])
 def test_output_shapes_and_dtypes(name, fields, shape, classes):
-  fields = {"num_classes": classes, **fields}
-  x = _images(2, *shape)
-  model = _build(name, x, **fields)
-  # Shapes without running the big ones: eval_shape traces only.
-  out = jax.eval_shape(lambda v: model(v, train=False), jax.ShapeDtypeStruct((3, *shape), jnp.float32))
+  """Shapes and dtypes by tracing alone (the models run in the overfitting and smoke tests below)."""
+  model = _abstract(name, _images(2, *shape), **{"num_classes": classes, **fields})
+  out = nnx.eval_shape(lambda m, v: m(v, train=False), model, jax.ShapeDtypeStruct((3, *shape), jnp.float32))
   assert out.shape == (3, classes) and out.dtype == jnp.float32
-  if np.prod(shape) <= 32 * 32 * 3 and fields.get("depth", 0) != 56:
-    logits = model(jnp.asarray(x), train=False)
-    assert logits.shape == (2, classes) and logits.dtype == jnp.float32 and np.isfinite(logits).all()
 
 
 @pytest.mark.parametrize("depth", [8, 20, 56, 18, 34])
 def test_resnet_depth_counts_weighted_layers(depth):
   """depth = convolutions on the main path (stem + 2 per basic block) + the head."""
-  model = _build("resnet", _images(2, 32, 32, 3), depth=depth, width=4)
+  model = _abstract("resnet", _images(2, 32, 32, 3), depth=depth, width=4)
   blocks, stem = stage_sizes(depth)
   assert len(model.blocks) == sum(blocks)
   assert stem == ("imagenet" if depth in (18, 34) else "cifar")
@@ -67,7 +67,7 @@ def test_resnet_depth_counts_weighted_layers(depth):
 
 def test_resnet18_has_the_reference_parameter_count():
   """torchvision's resnet18 (1000 classes) has 11,689,512 parameters; BatchNorm statistics are not parameters."""
-  model = _build("resnet", _images(2, 224, 224, 3), depth=18, width=64, num_classes=1000)
+  model = _abstract("resnet", _images(2, 224, 224, 3), depth=18, width=64, num_classes=1000)
   params = nnx.state(model, nnx.Param)
   assert sum(p.size for p in jax.tree.leaves(params)) == 11_689_512
 
