@@ -9,8 +9,8 @@ command is classified; one that fits no class fails its test, so none is silentl
   `.ci/run` runs). The other parts of a `&&` chain still run.
 - the Sphinx build (`.venv/bin/python -m sphinx ... docs OUT`): run as written, then the site it built is
   checked page by page (tests/api_docs.py).
-- training (`scripts/train.py --config configs/X.py ...`): at smoke scale, `configs/X.py:smoke`, with
-  every documented override kept as written.
+- training (`scripts/train.py` or `scripts/sweep.py --config configs/X.py ...`): at smoke scale,
+  `configs/X.py:smoke`, with every documented override kept as written.
 - a server (`.venv/bin/tensorboard --logdir DIR`, `.venv/bin/python scripts/serve.py ...`, a trailing `&`
   allowed): started on a free port, asked over HTTP for its logdir or its readiness. It stays up for the
   `curl` commands that follow it on its page, then gets SIGTERM (scripts/serve.py must then exit 0).
@@ -295,7 +295,7 @@ def test_documented_command(command: Command, scratch: Path):
     return
   # training at smoke scale (the rewrite changes only `--config configs/X.py`), the rest as written
   smoke = smoke_scale(rest)
-  trainings = re.findall(r"scripts/train\.py (?!--help)", smoke)
+  trainings = re.findall(r"scripts/(?:train|sweep)\.py (?!--help)", smoke)
   assert len(re.findall(r"--config[ =]configs/\w+\.py:\w+", smoke)) == len(trainings), (
       f"a training command this test cannot bring to smoke scale (--config configs/X.py[:variant]): {rest}")
   for part in local_tools(smoke).split(" && "):  # in order, each to exit 0: the chain as bash runs it
