@@ -28,7 +28,7 @@ from research.data.pipeline import Pipeline, WaitTimer, eval_batches, prepared
 from research.errors import CheckpointError, ConfigError, TrainingError, brief
 from research.logging import MetricWriter, Progress
 from research.models import precision
-from research.train import compilation, experiment, profiling
+from research.train import accumulation, compilation, experiment, profiling
 from research.train.lock import WorkdirLock
 from research.train.preemption import PreemptionGuard
 from research.train.step import STRATEGIES, make_steps, named
@@ -151,6 +151,7 @@ def train(config, workdir: str | Path, preemption: PreemptionGuard | None = None
     mesh = parallel.make_mesh(config)
     parallel.check_batch_size(config.data.batch_size, mesh, "data.batch_size")
     parallel.check_batch_size(config.data.eval_batch_size, mesh, "data.eval_batch_size")
+    accumulation.check(config.data.batch_size, mesh.shape[parallel.DATA], config.train.grad_accum_steps)
     _make_workdir(workdir)
     if jax.process_index() == 0:  # the process that writes the workdir's files
       stack.enter_context(WorkdirLock(workdir))
@@ -183,7 +184,8 @@ def _train(config, workdir: Path, mesh, preemption: PreemptionGuard, flags_warni
   train_step, eval_step = make_steps(graphdef, tx, mesh, strategy=config.parallel.strategy,
                                      input_key=config.data.input_key, label_smoothing=config.label_smoothing,
                                      augment=augment.build(config.data.augment),
-                                     rollback=config.nan_policy == "skip")
+                                     rollback=config.nan_policy == "skip",
+                                     grad_accum_steps=config.train.grad_accum_steps)
 
   # --- Resume from the newest readable checkpoint, or start (optionally from another run's params). --
   cc = config.checkpoint
