@@ -14,7 +14,6 @@ abstract shapes: no parameter is ever allocated.
 
 from __future__ import annotations
 
-import json
 import re
 
 import numpy as np
@@ -64,7 +63,7 @@ def _config(layout: str, model: dict, compute_dtype: str = "float32"):
   config = config_lib.defaults()
   config.model = {**GPT, **{k: v for k, v in model.items() if k != "batch"}}
   config.data.input_key = "tokens"
-  config.mesh = dict(LAYOUTS[layout])
+  config.mesh = {**LAYOUTS[layout]}
   config.compute_dtype = compute_dtype
   config.optimizer.update(name="adamw", learning_rate=3e-4, weight_decay=0.1)
   config.schedule.update(name="constant", warmup_steps=0)

@@ -13,7 +13,7 @@ a device not in the table (a CPU, for one) has no MFU, and none is logged.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 
