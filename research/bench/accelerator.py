@@ -74,8 +74,9 @@ def measure(name: str, quick: bool = False) -> dict:
   graphdef, state, tx, _ = experiment.build_state(config, model, 10_000, mesh)
   train_step, _ = make_steps(graphdef, tx, mesh, strategy="auto", input_key=config.data.input_key)
   batch = jax.device_put(batch, parallel.batch_sharding(mesh))
-  train_step = train_step.lower(state, batch).compile()  # run what was measured: calling the jitted function
-  xla_flops = throughput.step_flops(train_step, mesh.size)  # would compile it a second time
+  # Run what was measured: calling the jitted function after compiling it this way would compile it again.
+  train_step = train_step.lower(state, batch).compile()
+  xla_flops = throughput.step_flops(train_step, mesh.size)
   params = sum(x.size for x in jax.tree.leaves(state.params))
   steps = 3 if quick else 30
   for _ in range(3):  # warm-up
