@@ -52,8 +52,10 @@ def defaults() -> ml_collections.ConfigDict:
   # (for jobs with a time limit); rerunning continues the same run.
   # early_stopping_patience > 0 stops after that many evals without improving checkpoint.best_metric.
   # profile_steps > 0 traces that many steps, after profile_skip more, for TensorBoard (train/profiling.py).
+  # grad_accum_steps > 1 runs each step's batch as that many microbatches, one at a time (less memory, the same
+  # update: research/train/accumulation.py); it must divide the per-device batch.
   config.train = dict(epochs=10, steps=0, log_every=100, eval_every=1000, stop_after_steps=0,
-                      early_stopping_patience=0, profile_steps=0, profile_skip=5)
+                      early_stopping_patience=0, profile_steps=0, profile_skip=5, grad_accum_steps=1)
   # Keep the last `keep` checkpoints, plus the `keep_best` best by eval `best_metric` ("" = off): the best is
   # what `--step best` of evaluate/export picks. The zoo's classifiers rank by accuracy.
   config.checkpoint = dict(every=1000, keep=3, best_metric="", best_mode="max", keep_best=1)
@@ -62,6 +64,9 @@ def defaults() -> ml_collections.ConfigDict:
   config.nan_policy = "stop"  # or "skip": a step with a non-finite loss/gradient is never applied.
   config.compilation_cache = ""  # "" = WORKDIR/cache/jax; a directory to share between runs; or "off".
   config.fast_paths = True  # faster max-pool, BatchNorm and attention (research/models/layers/fast_paths.py)
+  # Activations the Transformer and GPT blocks keep for the backward pass: "none" (all), "full" (none: each block is
+  # recomputed) or "dots" (the weight matmuls' outputs); research/models/layers/remat.py.
+  config.remat = "none"
   config.compute_dtype = "float32"  # or "bfloat16": mixed precision, float32 parameters (research/models/precision.py)
   # XLA:CPU flags of scripts/train.py's process: "default", "fused_reductions" (LayerNorm models train faster)
   # or "off" (research/xla_flags.py).

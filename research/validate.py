@@ -18,6 +18,7 @@ import ml_collections
 
 from research import data, models, optim, prune  # noqa: F401  (data, models, optim: fill the registries)
 from research.errors import ConfigError
+from research.models.layers import remat
 from research.registry import ACTIVATIONS, DATASETS, MODELS, OPTIMIZERS, SCHEDULES, Registry
 
 MAX_STEPS = 2**31 - 1  # TrainState.step is an int32
@@ -60,7 +61,8 @@ RULES: list[tuple[str, Rule | Registry]] = [
     ("optimizer.weight_decay", NONNEGATIVE), ("optimizer.clip_norm", NONNEGATIVE),
     ("schedule.warmup_steps", STEPS), ("schedule.boundaries", NONNEGATIVE),  # steps, or fractions of the run
     ("schedule.end_factor", NONNEGATIVE), ("schedule.factor", NONNEGATIVE),
-    ("train.*", STEPS), ("checkpoint.every", STEPS), ("checkpoint.keep", KEEP), ("checkpoint.keep_best", COUNT),
+    ("train.grad_accum_steps", SIZE), ("train.*", STEPS),
+    ("checkpoint.every", STEPS), ("checkpoint.keep", KEEP), ("checkpoint.keep_best", COUNT),
     ("prune.*_step", STEPS), ("prune.every", STEPS), ("mesh.data", DEVICES),
     # config.model, by the names its keys share across families
     ("model.*activation", ACTIVATIONS),
@@ -103,6 +105,7 @@ def check(config: ml_collections.ConfigDict) -> None:
   if config.train.steps == 0 and config.train.epochs == 0:
     raise ConfigError("train.steps=0 and train.epochs=0: the run has nothing to do (set either one > 0).")
   prune.check(config.prune)
+  remat.check(config.remat)
 
 
 def against_data(config: ml_collections.ConfigDict, sizes: dict[str, int]) -> None:

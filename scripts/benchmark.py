@@ -9,6 +9,7 @@
     python scripts/benchmark.py cpu [--quick]          # XLA:CPU flags and fast formulations (the CPU investigation)
     python scripts/benchmark.py pipeline [--quick]     # data wait, input supply vs consumption, compile time per zoo config
     python scripts/benchmark.py accelerator [--quick]  # GPT and ResNet in bfloat16 on a GPU/TPU: throughput and MFU
+    python scripts/benchmark.py scaling [--quick]      # 1-8 devices per layout: step time, collective bytes, memory
     python scripts/benchmark.py serving [--quick]      # the HTTP server vs in-process onnxruntime and peer servers
 """
 
@@ -26,7 +27,7 @@ SECTIONS = {"checkpoint": ("research.bench.checkpoint", {}), "train": ("research
             "steps": ("research.bench.steps", {}),
             "inference": ("research.bench.inference", {}), "pipeline": ("research.bench.pipeline", {}),
             "cpu": ("research.bench.cpu", {}), "accelerator": ("research.bench.accelerator", {}),
-            "serving": ("research.bench.serving", {})}
+            "serving": ("research.bench.serving", {}), "scaling": ("research.bench.scaling", {})}
 
 
 def main() -> int:

@@ -1,5 +1,7 @@
 """The benchmark script runs end to end on tiny sizes (numbers are not checked: timing is not a test)."""
 
+import jax
+import numpy as np
 import pytest
 
 from tests import helpers
@@ -84,17 +86,35 @@ def test_accelerator_benchmark_quick(tmp_path):
     assert 0 < float(cells[5]) < 20  # a finite cross-entropy after the timed steps
 
 
-def test_gpt_model_flops_agree_with_xla_and_peaks_match_device_kinds():
+def test_gpt_model_flops_agree_with_xla():
+  """(The peaks of device kinds: tests/test_throughput.py.)"""
   from research.bench import accelerator
 
   result = accelerator.measure("gpt", quick=True)
   # 6N + 12LTd per token against XLA's count of the compiled step (which adds the optimizer and elementwise work)
   assert 1.0 <= result["xla_flops"] / result["model_flops"] <= 1.6
-  device = lambda kind: type("Device", (), {"device_kind": kind})()
-  assert accelerator.peak_flops(device("NVIDIA H100 80GB HBM3")) == 989e12
-  assert accelerator.peak_flops(device("NVIDIA H100 PCIe")) == 756e12
-  assert accelerator.peak_flops(device("NVIDIA H200")) == 989e12
-  assert accelerator.peak_flops(device("cpu")) is None
+
+
+def test_scaling_benchmark_quick(tmp_path):
+  """1 and 2 devices: on 2, each device all-reduces the float32 gradients, the bytes of the parameters."""
+  import ml_collections
+  from flax import nnx
+
+  from research.bench import scaling
+  from research.registry import MODELS
+
+  out = tmp_path / "scaling.md"
+  done = helpers.run_script("benchmark.py", "scaling", "--quick", "--out", str(out), devices=1, timeout=900)
+  assert done.returncode == 0, done.stderr[-2000:]
+  rows = [[c.strip() for c in line.split("|")[1:-1]] for line in out.read_text().splitlines()
+          if line.startswith("| data |")]
+  timed = {row[1]: row for row in rows[:2]}
+  assert set(timed) == {"1", "2"} and all(float(row[3].replace(",", "")) > 0 for row in timed.values())
+  config = ml_collections.ConfigDict({**scaling.GPT, **{k: v for k, v in scaling.QUICK.items() if k != "batch"}})
+  gpt = MODELS.get("gpt")(config, np.zeros((2, 4), np.int32), nnx.Rngs(0))
+  param_mb = sum(x.size for x in jax.tree.leaves(nnx.state(gpt, nnx.Param))) * 4 / 1e6
+  assert timed["1"][4] == "0.00" and float(timed["2"][4]) == pytest.approx(param_mb, abs=0.01)
+  assert rows[2][:2] == ["data", "tiny"] and float(rows[2][5].replace(",", "")) > 0
 
 
 def test_serving_benchmark_quick(tmp_path_factory):

@@ -73,6 +73,12 @@ def test_workdir_holds_config_checkpoints_events_and_metrics(tmp_path):
   assert {"train/loss", "train/learning_rate", "perf/steps_per_sec", "perf/examples_per_sec", "eval/loss",
           "eval/accuracy"} <= tags
   assert [r["step"] for r in rows if "eval/accuracy" in r] == [10, 20]
+  # XLA's FLOPs of a step of the 784-512-256-10 MLP (N weights, B = 64 rows) lie between its matmuls' forward
+  # pass and weight gradients (4 N B) and those plus input gradients and Adam (8 N B). A CPU has no known peak.
+  weights, batch = 784 * 512 + 512 * 256 + 256 * 10, 64
+  flops = [r["perf/tflops_per_sec"] * 1e12 / r["perf/steps_per_sec"] for r in rows if "perf/tflops_per_sec" in r]
+  assert len(flops) == 4 and all(4 * weights * batch < f < 8 * weights * batch for f in flops), flops
+  assert "perf/mfu" not in tags
   _, schedule = optim.build(config, 20)  # the logged rate is the one step s applied: schedule(s - 1)
   rates = _losses(tmp_path, "train/learning_rate")
   assert sorted(rates) == [5, 10, 15, 20] and rates == pytest.approx({s: float(schedule(s - 1)) for s in rates})

@@ -12,7 +12,7 @@ dense bf16 peak:
   - XLA FLOPs: what XLA's cost analysis counts for the compiled step (optimizer
     and elementwise work included, recomputation too).
 Both are per step over all devices, against the peak of all devices.
-On a device whose peak is not in `PEAK_BF16` (a CPU, for `--quick`) MFU is n/a.
+On a device whose peak is not in research/train/throughput.py's `PEAKS` (a CPU, for `--quick`) MFU is n/a.
 """
 
 from __future__ import annotations
@@ -24,9 +24,6 @@ import numpy as np
 
 from research.bench.timing import machine, table
 
-# Dense bfloat16 peaks in FLOP/s by the vendors' datasheets, matched against jax's device_kind (first match wins).
-PEAK_BF16 = (("H100 PCIe", 756e12), ("H100", 989e12), ("H200", 989e12), ("A100", 312e12), ("L4", 121e12),
-             ("TPU v5 lite", 197e12), ("TPU v5", 459e12), ("TPU v4", 275e12))
 # GPT-2 small's shape (124M parameters with its 50,257-token vocabulary padded to 50,304), ResNet-18 on
 # 224 x 224 images. --quick: tiny versions that run on a CPU in seconds.
 SPECS = {
@@ -38,11 +35,6 @@ SPECS = {
                                                       dropout=0.0, bn_momentum=0.9),
                    quick=dict(batch=8, image=32, depth=8, width=8, num_classes=10)),
 }
-
-
-def peak_flops(device: jax.Device) -> float | None:
-  kind = device.device_kind
-  return next((peak for name, peak in PEAK_BF16 if name in kind), None)
 
 
 def _config_and_batch(name: str, quick: bool):
@@ -73,7 +65,7 @@ def measure(name: str, quick: bool = False) -> dict:
   """Trains `name` for a few steps on one batch; returns rates, FLOPs per step and the parameter count."""
   from research import parallel
   from research.models import precision
-  from research.train import experiment
+  from research.train import experiment, throughput
   from research.train.step import make_steps
 
   config, batch = _config_and_batch(name, quick)
@@ -82,10 +74,9 @@ def measure(name: str, quick: bool = False) -> dict:
   graphdef, state, tx, _ = experiment.build_state(config, model, 10_000, mesh)
   train_step, _ = make_steps(graphdef, tx, mesh, strategy="auto", input_key=config.data.input_key)
   batch = jax.device_put(batch, parallel.batch_sharding(mesh))
-  train_step = train_step.lower(state, batch).compile()  # run what was measured: calling the jitted function
-  cost = train_step.cost_analysis()                       # would compile it a second time
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost  # a list of one dict in older jax versions
-  xla_flops = float(cost.get("flops", 0.0)) * mesh.size  # XLA counts one device's share of the SPMD program
+  # Run what was measured: calling the jitted function after compiling it this way would compile it again.
+  train_step = train_step.lower(state, batch).compile()
+  xla_flops = throughput.step_flops(train_step, mesh.size)
   params = sum(x.size for x in jax.tree.leaves(state.params))
   steps = 3 if quick else 30
   for _ in range(3):  # warm-up
@@ -111,7 +102,12 @@ def measure(name: str, quick: bool = False) -> dict:
 
 
 def run(quick: bool = False) -> str:
-  peak = peak_flops(jax.devices()[0])
+  from research.train.throughput import peak_flops
+
+  peak = peak_flops(jax.devices()[0], "bfloat16")
+  if peak is None and not quick:
+    return (f"Skipped: no accelerator with a known bfloat16 peak here ({jax.devices()[0].device_kind}). Run it on a "
+            f"GPU or TPU (research/train/throughput.py lists the known ones), or add --quick for tiny models.")
   rows = []
   for name, unit in (("gpt", "tokens/s"), ("resnet", "images/s")):
     r = measure(name, quick)

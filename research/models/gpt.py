@@ -30,6 +30,7 @@ from flax import nnx
 
 from research import metrics
 from research.errors import ConfigError
+from research.models.layers import remat
 from research.models.layers.attention_core import dot_product_attention
 from research.registry import MODELS
 
@@ -108,6 +109,8 @@ class GPT(nnx.Module):
   `sample_*` fields set the text that `summaries` logs at each evaluation.
   """
 
+  remat: str = "none"  # the blocks' rematerialization policy (research/models/layers/remat.py)
+
   def __init__(self, vocab_size: int, block_size: int, num_layers: int, num_heads: int, embed_dim: int, *,
                mlp_ratio: int = 4, dropout: float = 0.0, tie_embeddings: bool = True, rngs: nnx.Rngs,
                sample_prompt_length: int = 32, sample_tokens: int = 0, sample_temperature: float = 0.8,
@@ -145,7 +148,8 @@ class GPT(nnx.Module):
     x = self.dropout(x, deterministic=not train, rngs=rngs)
     new_cache = []
     for i, block in enumerate(self.blocks):
-      x, layer_cache = block(x, train=train, rngs=rngs, cache=None if cache is None else cache[i], index=index)
+      x, layer_cache = remat.call(self.remat, block, x, train=train, rngs=rngs,
+                                  cache=None if cache is None else cache[i], index=index)
       new_cache.append(layer_cache)
     x = self.ln_f(x)
     logits = self.token_embed.attend(x) if self.tie_embeddings else self.head(x)

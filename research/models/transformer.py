@@ -25,6 +25,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from research.errors import ConfigError
+from research.models.layers import remat
 from research.models.layers.attention import TransformerBlock, sinusoidal_positions
 from research.registry import MODELS
 
@@ -44,6 +45,8 @@ class TransformerClassifier(nnx.Module):
   Inputs:  tokens int[B, L]; mask bool/int[B, L] (1 = real token), default `tokens != pad_id`.
   Outputs: float[B, num_classes] logits. Appending padding to `tokens` does not change them.
   """
+
+  remat: str = "none"  # the blocks' rematerialization policy (research/models/layers/remat.py)
 
   def __init__(self, vocab_size: int, num_classes: int, *, dim: int = 128, num_heads: int = 4, num_layers: int = 2,
                mlp_dim: int = 256, dropout: float = 0.1, attention_dropout: float = 0.0,
@@ -84,7 +87,7 @@ class TransformerClassifier(nnx.Module):
       x = x + sinusoidal_positions(length, x.shape[-1], x.dtype)
     x = self.dropout(x, deterministic=not train, rngs=rngs)
     for block in self.blocks:
-      x = block(x, mask, train=train, rngs=rngs)
+      x = remat.call(self.remat, block, x, mask, train=train, rngs=rngs)
     x = self.norm(x)
     pooled = x[:, 0] if self.pooling == "cls" else masked_mean(x, mask)
     return self.head(self.dropout(pooled, deterministic=not train, rngs=rngs))

@@ -21,7 +21,7 @@ from research.data import clean, ops, token_windows
 from research.data import spec as data_spec
 from research.data.sources import get_split
 from research.errors import ConfigError, DataUnavailableError, read_json_object
-from research.models.layers import fast_paths
+from research.models.layers import fast_paths, remat
 from research.registry import MODELS
 from research.train import state as state_lib
 
@@ -39,10 +39,11 @@ def preprocessor(config, workdir: str | Path, train_arrays: dict[str, np.ndarray
 
 
 def build_model(config, arrays: dict[str, np.ndarray], preprocess) -> nnx.Module:
-  """The registered model, sized by two preprocessed examples of `arrays`, with `config.fast_paths`."""
+  """The registered model, sized by two preprocessed examples of `arrays`, with `config.fast_paths` and
+  `config.remat`."""
   sample = preprocess({k: v[:2] for k, v in arrays.items()})[config.data.input_key]
   model = MODELS.get(config.model.name)(config.model, sample, nnx.Rngs(config.seed))
-  return fast_paths.configure(model, config.fast_paths)
+  return remat.configure(fast_paths.configure(model, config.fast_paths), config.remat)
 
 
 def build_state(config, model: nnx.Module, total_steps: int, mesh):

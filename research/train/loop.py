@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from functools import partial
 from pathlib import Path
 
 import jax
@@ -28,7 +29,7 @@ from research.data.pipeline import Pipeline, WaitTimer, eval_batches, prepared
 from research.errors import CheckpointError, ConfigError, TrainingError, brief
 from research.logging import MetricWriter, Progress
 from research.models import precision
-from research.train import compilation, experiment, profiling
+from research.train import accumulation, compilation, experiment, profiling, throughput
 from research.train.lock import WorkdirLock
 from research.train.preemption import PreemptionGuard
 from research.train.step import STRATEGIES, make_steps, named
@@ -151,6 +152,7 @@ def train(config, workdir: str | Path, preemption: PreemptionGuard | None = None
     mesh = parallel.make_mesh(config)
     parallel.check_batch_size(config.data.batch_size, mesh, "data.batch_size")
     parallel.check_batch_size(config.data.eval_batch_size, mesh, "data.eval_batch_size")
+    accumulation.check(config.data.batch_size, mesh.shape[parallel.DATA], config.train.grad_accum_steps)
     _make_workdir(workdir)
     if jax.process_index() == 0:  # the process that writes the workdir's files
       stack.enter_context(WorkdirLock(workdir))
@@ -180,10 +182,13 @@ def _train(config, workdir: Path, mesh, preemption: PreemptionGuard, flags_warni
   summary_batch = preprocess({k: v[:16] for k, v in test_arrays.items()})  # fixed examples for summaries
   graphdef, state, tx, schedule = experiment.build_state(config, model, total_steps, mesh)
   learning_rate = jax.jit(schedule)  # for the logs; run eagerly, optax's schedules took ~1 ms of small ops
-  train_step, eval_step = make_steps(graphdef, tx, mesh, strategy=config.parallel.strategy,
-                                     input_key=config.data.input_key, label_smoothing=config.label_smoothing,
-                                     augment=augment.build(config.data.augment),
-                                     rollback=config.nan_policy == "skip")
+  steps_with = partial(make_steps, graphdef, tx, mesh, strategy=config.parallel.strategy,
+                       input_key=config.data.input_key, label_smoothing=config.label_smoothing,
+                       augment=augment.build(config.data.augment), rollback=config.nan_policy == "skip")
+  train_step, eval_step = steps_with(grad_accum_steps=config.train.grad_accum_steps)
+  accumulates = config.train.grad_accum_steps > 1  # then XLA's count of a step is the step's without it
+  flops = throughput.Meter(steps_with(grad_accum_steps=1)[0] if accumulates else train_step, accumulates, mesh.size,
+                           config.compute_dtype)
 
   # --- Resume from the newest readable checkpoint, or start (optionally from another run's params). --
   cc = config.checkpoint
@@ -275,6 +280,8 @@ def _train(config, workdir: Path, mesh, preemption: PreemptionGuard, flags_warni
                          "perf/steps_per_sec": steps_per_sec,
                          "perf/examples_per_sec": steps_per_sec * config.data.batch_size,
                          "perf/data_wait_fraction": (batches.seconds - waited) / elapsed})
+          # FLOP/s and MFU beside examples/s (research/train/throughput.py).
+          values.update(flops.scalars(steps_per_sec, state, batch))
           writer.scalars(step, values)
           progress.update(step, {"loss": values["train/loss"]})
           fetched = []

@@ -21,6 +21,7 @@ from jax.sharding import PartitionSpec as P
 from research import losses, metrics, parallel
 from research.errors import ConfigError
 from research.models.layers.reductions import sum_of_squares
+from research.train import accumulation
 from research.train.state import TrainState
 
 STRATEGIES = ("auto", "pmap")
@@ -71,7 +72,7 @@ def global_norm(tree) -> jax.Array:
 
 
 def _train_step(state: TrainState, batch, *, graphdef, tx, input_key, label_smoothing, augment=None, axis=None,
-                rollback=False):
+                rollback=False, grad_accum_steps=1):
   rng = jax.random.fold_in(state.rng, state.step)
   if axis is not None:  # Each device draws its own dropout mask and augmentation.
     rng = jax.random.fold_in(rng, jax.lax.axis_index(axis))
@@ -79,12 +80,14 @@ def _train_step(state: TrainState, batch, *, graphdef, tx, input_key, label_smoo
   if augment is not None:
     batch = augment(batch, augment_rng)
 
-  def loss_fn(params):
-    loss, _, model_state = forward(graphdef, params, state.model_state, batch, input_key=input_key, train=True,
-                                   rng=rng, label_smoothing=label_smoothing)
-    return loss, model_state
+  def loss_fn(params, model_state, batch, rng):
+    loss, sums, model_state = forward(graphdef, params, model_state, batch, input_key=input_key, train=True,
+                                      rng=rng, label_smoothing=label_smoothing)
+    count = sums.get("count", jnp.asarray(len(batch[next(iter(batch))]), jnp.float32))  # weighs microbatches
+    return loss, (jax.lax.stop_gradient(count), model_state)
 
-  (loss, model_state), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  loss, grads, model_state = accumulation.accumulate(jax.value_and_grad(loss_fn, has_aux=True), state.params,
+                                                     state.model_state, batch, rng, grad_accum_steps)
   if axis is not None:
     grads, loss, model_state = jax.lax.pmean(grads, axis), jax.lax.pmean(loss, axis), _pmean_floats(model_state, axis)
   grad_norm = global_norm(grads)
@@ -115,15 +118,17 @@ def _eval_step(state: TrainState, batch, *, graphdef, input_key, axis=None):
 
 def make_steps(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, mesh: jax.sharding.Mesh, *,
                strategy: str, input_key: str, label_smoothing: float = 0.0,
-               augment: Callable | None = None, rollback: bool = False) -> tuple[Callable, Callable]:
+               augment: Callable | None = None, rollback: bool = False,
+               grad_accum_steps: int = 1) -> tuple[Callable, Callable]:
   """Returns jitted (train_step(state, batch) -> (state, metric vector), eval_step(state, batch) -> sums).
 
   `augment(batch, rng) -> batch` (see research.data.augment) runs inside the train step only. A step whose loss,
   gradient or updated state is not finite is flagged in its metrics; with `rollback` (nan_policy='skip') an
   update that overflowed the state is also undone (a non-finite loss or gradient is never applied either way).
+  `grad_accum_steps` > 1 runs each device's rows as that many microbatches (research/train/accumulation.py).
   """
   train = partial(_train_step, graphdef=graphdef, tx=tx, input_key=input_key, label_smoothing=label_smoothing,
-                  augment=augment, rollback=rollback)
+                  augment=augment, rollback=rollback, grad_accum_steps=grad_accum_steps)
   evaluate = partial(_eval_step, graphdef=graphdef, input_key=input_key)
   if strategy == "auto":
     repl, data = parallel.replicated(mesh), parallel.batch_sharding(mesh)
