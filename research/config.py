@@ -61,6 +61,10 @@ def defaults() -> ml_collections.ConfigDict:
   config.checkpoint = dict(every=1000, keep=3, best_metric="", best_mode="max", keep_best=1)
   # Global magnitude pruning (research/prune.py); sparsity 0 = off.
   config.prune = dict(sparsity=0.0, schedule="one_shot", start_step=0, end_step=0, every=100)
+  # What the run logs beyond the train and eval scalars (research/train/hooks_tensorboard.py, docs/tensorboard.md);
+  # a period of 0 or False turns one off. extra: more hooks by registered name, "name" or "name:EVERY".
+  config.hooks = dict(histograms_every=1000, layer_norms_every=500, input_grid_every=1000, confusion_matrix=True,
+                      model_summaries=True, schedule_points=100, extra=())
   config.nan_policy = "stop"  # or "skip": a step with a non-finite loss/gradient is never applied.
   config.compilation_cache = ""  # "" = WORKDIR/cache/jax; a directory to share between runs; or "off".
   config.fast_paths = True  # faster max-pool, BatchNorm and attention (research/models/layers/fast_paths.py)

@@ -1,7 +1,8 @@
 """Metric writers: TensorBoard event files, `metrics.jsonl`, and a console progress bar.
 
 Every scalar goes to both files under the same tag, e.g. `train/loss`,
-`eval/accuracy`, `train/learning_rate`, `perf/steps_per_sec`.
+`eval/accuracy`, `train/learning_rate`, `perf/steps_per_sec`; images, text and
+histograms go to TensorBoard, and their tags to the jsonl.
 Only process 0 writes.
 """
 
@@ -73,6 +74,18 @@ class MetricWriter:
         else:
           self.tb.add_image(tag, np.asarray(value), step, dataformats="HWC")
     self._write(step, {"summaries": sorted(values)})
+
+  def histograms(self, step: int, values: dict[str, dict]) -> None:
+    """Writes histograms given as {tag: {min, max, num, sum, sum_squares, bucket_limits, bucket_counts}} (computed
+    on the device, research/train/diagnostics.py), and their tags to the jsonl."""
+    if not self.active:
+      return
+    with _naming(self.tb_path, step):
+      for tag, h in values.items():
+        self.tb.add_histogram_raw(tag, float(h["min"]), float(h["max"]), int(h["num"]), float(h["sum"]),
+                                  float(h["sum_squares"]), np.asarray(h["bucket_limits"], np.float64).tolist(),
+                                  np.asarray(h["bucket_counts"], np.float64).tolist(), step)
+    self._write(step, {"histograms": sorted(values)})
 
   def flush(self) -> None:
     if self.active:

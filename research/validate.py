@@ -20,6 +20,7 @@ from research import data, models, optim, prune  # noqa: F401  (data, models, op
 from research.errors import ConfigError
 from research.models.layers import remat
 from research.registry import ACTIVATIONS, DATASETS, MODELS, OPTIMIZERS, SCHEDULES, Registry
+from research.train import hooks, hooks_tensorboard  # noqa: F401  (hooks_tensorboard: fills the HOOKS registry)
 
 MAX_STEPS = 2**31 - 1  # TrainState.step is an int32
 
@@ -64,6 +65,7 @@ RULES: list[tuple[str, Rule | Registry]] = [
     ("train.grad_accum_steps", SIZE), ("train.*", STEPS),
     ("checkpoint.every", STEPS), ("checkpoint.keep", KEEP), ("checkpoint.keep_best", COUNT),
     ("prune.*_step", STEPS), ("prune.every", STEPS), ("mesh.data", DEVICES),
+    ("hooks.*_every", STEPS), ("hooks.schedule_points", COUNT),
     # config.model, by the names its keys share across families
     ("model.*activation", ACTIVATIONS),
     ("model.*dropout*", PROBABILITY), ("model.*_rate", PROBABILITY), ("model.*momentum*", PROBABILITY),
@@ -106,6 +108,8 @@ def check(config: ml_collections.ConfigDict) -> None:
     raise ConfigError("train.steps=0 and train.epochs=0: the run has nothing to do (set either one > 0).")
   prune.check(config.prune)
   remat.check(config.remat)
+  for spec in config.hooks.extra:
+    hooks.parse_extra(spec)
 
 
 def against_data(config: ml_collections.ConfigDict, sizes: dict[str, int]) -> None:

@@ -45,6 +45,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from research.models.interface import abilities
 from research.models.layers import fast_paths
 
 BATCH = "batch"  # The name of the dynamic batch dimension in every artifact.
@@ -147,7 +148,7 @@ def from_model(model, config: ml_collections.ConfigDict, meta: dict, sample: Seq
 
 def export_spec(model, batch: dict) -> tuple[Callable, dict[str, np.ndarray], list[str]]:
   """`model.export_fn(batch)` checked and normalized to (fn, {name: array}, output names)."""
-  result = model.export_fn(batch)
+  result = abilities(model).export_fn(batch)
   if not isinstance(result, tuple) or len(result) not in (2, 3):
     raise TypeError(f"{type(model).__name__}.export_fn must return (fn, inputs) or (fn, inputs, output_names), "
                     f"got {type(result).__name__}")
@@ -164,7 +165,7 @@ def for_model(model, config: ml_collections.ConfigDict, meta: dict, preprocess: 
   """The Exportable of a built or trained model: its `export_fn` if it has one, else `model(x, train=False)`.
   `examples` are raw examples (at least 2: real ones, or `research.data.spec.synthetic`) that fix the inputs."""
   batch = batches_from(examples, [2], preprocess)[0]
-  if not hasattr(model, "export_fn"):
+  if abilities(model).export_fn is None:
     return from_model(model, config, meta, [batch[config.data.input_key]], [config.data.input_key],
                       preprocess=preprocess)
   fn, inputs, outputs = export_spec(model, batch)

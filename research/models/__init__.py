@@ -2,20 +2,9 @@
 
 A registry entry builds a model from `config.model`, one sample input batch
 (after preprocessing) and an `nnx.Rngs`. The train loop knows a model only
-through this interface:
-
-- `model(x, train=bool, rngs=nnx.Rngs | None)` returns logits. Without a `loss`
-  method the model is a classifier of `batch[config.data.input_key]` trained
-  with softmax cross-entropy on `batch["label"]`.
-- optional `loss(batch, *, train, rngs) -> (mean loss, sums)`: the model's own
-  objective (language models, VAEs). `sums` are per-batch sums with a `count`
-  key, added across batches and devices (see research/metrics.py); eval
-  batches carry a float `mask` of real rows.
-- optional `summarize(sums) -> dict[str, float]`: turns summed eval metrics
-  into reported ones (default `research.metrics.summarize`).
-- optional `summaries(batch, rng) -> {tag: str | float[H, W, C] image}`: logged to
-  TensorBoard at each evaluation (generated text, reconstructions), given 16
-  fixed preprocessed test examples as numpy arrays.
+through the interface of research/models/interface.py: `model(x, train=bool, rngs=...)`
+returns logits, and a model may declare the optional abilities `loss`,
+`summarize`, `summaries` and `export_fn` there; `abilities(model)` tells which.
 """
 
 from research.models import mlp  # noqa: F401  (registers "mlp")

@@ -23,8 +23,9 @@ from research import atomic, metrics, optim, parallel
 from research.checkpoint import Checkpointer
 from research.data import spec as data_spec
 from research.errors import ConfigError
+from research.models.interface import abilities
 from research.train import experiment
-from research.train.loop import evaluate
+from research.train.hooks_core import evaluate
 from research.train.step import make_steps
 
 EVAL_DIR = "eval"
@@ -69,7 +70,7 @@ def class_names(config, workdir: str | Path, num_classes: int) -> list[str]:
   return [str(i) for i in range(num_classes)]
 
 
-def _with_confusion(eval_step, graphdef, mesh, input_key: str, label_key: str):
+def with_confusion(eval_step, graphdef, mesh, input_key: str, label_key: str):
   """`eval_step` plus the batch's confusion matrix, in one jitted call (one executable per batch, as training's
   eval: more multi-device executables in flight can deadlock XLA:CPU, see DESIGN.md)."""
 
@@ -99,11 +100,12 @@ def evaluate_checkpoint(workdir: str | Path, step: str | int = "latest", split: 
   tx, _ = optim.build(config, 1)
   _, eval_step = make_steps(graphdef, tx, mesh, strategy=config.parallel.strategy, input_key=config.data.input_key)
   model = nnx.merge(graphdef, state.params, state.model_state)
-  summarize = getattr(model, "summarize", metrics.summarize)
+  declared = abilities(model)
+  summarize = declared.summarize
   label_key = config.data.label_key
-  classifier = not hasattr(model, "loss") and label_key in arrays
+  classifier = declared.loss is None and label_key in arrays
   if classifier:
-    eval_step = _with_confusion(eval_step, graphdef, mesh, config.data.input_key, label_key)
+    eval_step = with_confusion(eval_step, graphdef, mesh, config.data.input_key, label_key)
   totals = {}
 
   def keep_totals(sums):

@@ -1,6 +1,9 @@
 """The training loop: one function, read top to bottom.
 
-    config -> data -> model + optimizer -> TrainState -> (resume) -> steps, eval, logs, checkpoints
+    config -> data -> model + optimizer -> TrainState -> (resume) -> hooks -> step, hooks, checkpoint, stop
+
+Logging, evaluation, summaries, best checkpoints and early stopping are hooks (research/train/hooks.py).
+WORKDIR/run.json records the command, code, packages, devices, times and outcome (research/run_record.py).
 
 Rerunning with the same workdir resumes from the newest readable checkpoint.
 SIGTERM/SIGINT stop it cleanly after the current step, with a checkpoint.
@@ -18,36 +21,26 @@ from pathlib import Path
 
 import jax
 import numpy as np
-from flax import nnx
 
 from research import config as config_lib
-from research import host_memory, metrics, parallel, validate, xla_flags
+from research import host_memory, parallel, run_record, validate, xla_flags
 from research.checkpoint import Checkpointer, failed_step
 from research.data import augment, clean, ops
 from research.data import spec as data_spec
-from research.data.pipeline import Pipeline, WaitTimer, eval_batches, prepared
+from research.data.pipeline import Pipeline, WaitTimer, prepared
 from research.errors import CheckpointError, ConfigError, TrainingError, brief
 from research.logging import MetricWriter, Progress
 from research.models import precision
-from research.train import accumulation, compilation, experiment, profiling, throughput
+from research.models.interface import abilities as abilities_of
+from research.train import accumulation, compilation, experiment, hooks_core, hooks_tensorboard, profiling, throughput
+from research.train import evaluate as evaluate_lib
+from research.train import hooks as hooks_lib
+from research.train.hooks_core import MAX_UNAWAITED_STEPS, evaluate
 from research.train.lock import WorkdirLock
 from research.train.preemption import PreemptionGuard
 from research.train.step import STRATEGIES, make_steps, named
 
-MAX_UNAWAITED_STEPS = 16
 NAN_POLICIES = ("stop", "skip")
-
-
-def evaluate(eval_step, state, arrays, config, mesh, preprocess, summarize=metrics.summarize) -> dict[str, float]:
-  """Metrics over a whole split, as exact sums over all its examples, summarized by the model's rule."""
-  sums = None
-  batches = eval_batches(arrays, config.data.eval_batch_size, parallel.batch_sharding(mesh), preprocess)
-  with contextlib.closing(batches):
-    for i, batch in enumerate(batches, 1):
-      sums = metrics.add(sums, eval_step(state, batch))
-      if i % MAX_UNAWAITED_STEPS == 0:
-        jax.block_until_ready(sums)
-  return summarize(jax.device_get(sums))
 
 
 def check(config) -> None:
@@ -156,10 +149,12 @@ def train(config, workdir: str | Path, preemption: PreemptionGuard | None = None
     _make_workdir(workdir)
     if jax.process_index() == 0:  # the process that writes the workdir's files
       stack.enter_context(WorkdirLock(workdir))
-    return _train(config, workdir, mesh, preemption, flags_warning)
+    record = stack.enter_context(run_record.recording(workdir))  # WORKDIR/run.json
+    return _train(config, workdir, mesh, preemption, flags_warning, record)
 
 
-def _train(config, workdir: Path, mesh, preemption: PreemptionGuard, flags_warning: str | None) -> dict[str, float]:
+def _train(config, workdir: Path, mesh, preemption: PreemptionGuard, flags_warning: str | None,
+           record: run_record.Record) -> dict[str, float]:
   changed = config_lib.changes(config, workdir)  # config.json is written once the run is accepted (below)
   compilation.enable(config.compilation_cache, workdir)
 
@@ -178,7 +173,7 @@ def _train(config, workdir: Path, mesh, preemption: PreemptionGuard, flags_warni
   # --- Model, optimizer, state. -------------------------------------------------------------------
   model = precision.set_compute_dtype(experiment.build_model(config, train_arrays, preprocess),
                                      config.compute_dtype)
-  summarize = getattr(model, "summarize", metrics.summarize)
+  abilities = abilities_of(model)  # its own loss, summaries, ...: research/models/interface.py
   summary_batch = preprocess({k: v[:16] for k, v in test_arrays.items()})  # fixed examples for summaries
   graphdef, state, tx, schedule = experiment.build_state(config, model, total_steps, mesh)
   learning_rate = jax.jit(schedule)  # for the logs; run eagerly, optax's schedules took ~1 ms of small ops
@@ -198,6 +193,7 @@ def _train(config, workdir: Path, mesh, preemption: PreemptionGuard, flags_warni
   if flags_warning:
     progress.message(flags_warning)
   if _stopped_before_training(preemption, progress, "during start-up"):
+    record.status = "stopped"
     return {}
   _check_resumable(checkpoints, state, changed, workdir)
   restored = checkpoints.restore(state)
@@ -214,32 +210,38 @@ def _train(config, workdir: Path, mesh, preemption: PreemptionGuard, flags_warni
     config_lib.save(config, workdir)
     data_spec.write(workdir, data_spec.describe(config, train_arrays, sizes))
   if _stopped_before_training(preemption, progress, f"before step {start + 1}", restored=start > 0):
+    record.status = "stopped"
     return {}
   if progress_meta.get("stopped_early"):
     total_steps = start  # An early-stopped run is finished.
   writer = MetricWriter(workdir, resume_step=start)
   progress = Progress(total_steps, start, config.data.batch_size)
 
-  # --- Train. ---------------------------------------------------------------------------------------
+  # --- Hooks: logging, evaluation, summaries, best checkpoints, early stopping (research/train/hooks.py). ------
   stop = min(total_steps, start + config.train.stop_after_steps) if config.train.stop_after_steps else total_steps
-  log_every = config.train.log_every or total_steps
-  eval_every = config.train.eval_every
-  patience = config.train.early_stopping_patience
-  best_value = progress_meta.get("best_value")
-  bad_evals = progress_meta.get("bad_evals", 0)
-  pending: list[dict] = []  # Step metrics still on device.
-  fetched: list[dict] = []  # Step metrics on the host, not yet logged.
-  timer_step, timer = start, time.perf_counter()
-  waited = 0.0  # seconds spent waiting on the input pipeline at the last log
+  run = hooks_lib.Run(config=config, workdir=workdir, writer=writer, progress=progress, mesh=mesh, graphdef=graphdef,
+                      tx=tx, schedule=learning_rate, abilities=abilities, start=start, stop=stop,
+                      total_steps=total_steps)
+  if config.hooks.confusion_matrix and abilities.loss is None and config.data.label_key in eval_arrays:
+    eval_step = evaluate_lib.with_confusion(eval_step, graphdef, mesh, config.data.input_key, config.data.label_key)
+  evaluation = lambda state, summarize: evaluate(eval_step, state, eval_arrays, config, mesh, eval_preprocess,
+                                                 summarize)
+  hooks = _hooks(config, run, evaluation, summary_batch, flops)
+  hooks.restore(progress_meta)
+
+  # --- Train: the step, the hooks, the checkpoint, the stop. ----------------------------------------------
+  pending: list = []  # Step metrics still on device.
   final: dict[str, float] = {}
-  stopped_early = preempted = False
+  preempted = False
+  ctx = hooks_lib.Context(run, start, state)
   profiler = profiling.StepProfiler.from_config(config.train, workdir / "tensorboard", start)
 
   def fetch(first_step: int, keep: int = 0) -> None:
-    """Moves pending step metrics but the newest `keep` to the host and applies the NaN policy to them."""
+    """Moves pending step metrics but the newest `keep` to the host, applies the NaN policy, hands them to hooks."""
     nonlocal pending
     done, pending = pending[:len(pending) - keep], pending[len(pending) - keep:]
-    for offset, m in enumerate(map(named, jax.device_get(done))):
+    fetched = list(map(named, jax.device_get(done)))
+    for offset, m in enumerate(fetched):
       if m["nonfinite"]:
         overflowed = np.isfinite(m["loss"]) and np.isfinite(m["grad_norm"])  # then its update was not finite
         where = (f"non-finite train step {first_step + offset}: loss={m['loss']}, grad_norm={m['grad_norm']}"
@@ -248,10 +250,12 @@ def _train(config, workdir: Path, mesh, preemption: PreemptionGuard, flags_warni
           raise TrainingError(f"{where}. No checkpoint holds it; lower optimizer.learning_rate, set "
                               f"optimizer.clip_norm, or set nan_policy='skip'.")
         progress.message(f"warning: {where}; update skipped (nan_policy='skip').")
-      fetched.append(m)
+    hooks.record(fetched)
 
   try:
+    hooks.start(ctx)
     batches = WaitTimer(pipeline.iterate(start, stop - start))
+    run.data_wait = lambda: batches.seconds
     with contextlib.closing(batches):
       for step, batch in zip(range(start + 1, stop + 1), batches):
         profiler.before(step)
@@ -262,74 +266,42 @@ def _train(config, workdir: Path, mesh, preemption: PreemptionGuard, flags_warni
           jax.block_until_ready(step_metrics)
           writer.scalars(step, {"perf/first_step_sec": time.perf_counter() - dispatched})
         pending.append(step_metrics)
-        due_eval = (eval_every and step % eval_every == 0) or step == total_steps
-        due_log = step % log_every == 0 or step == stop
-        sync = due_log or due_eval or len(pending) == MAX_UNAWAITED_STEPS
-        preempted = preemption.requested(step, sync)
-        if due_log or due_eval or preempted or checkpoints.due(step):  # Never save past an unchecked step.
+        hooks_due = hooks.due(step, run)
+        preempted = preemption.requested(step, hooks_due or len(pending) == MAX_UNAWAITED_STEPS)
+        if hooks_due or preempted or checkpoints.due(step):  # Never save past an unchecked step.
           fetch(step - len(pending) + 1)
         elif len(pending) == MAX_UNAWAITED_STEPS:  # The deadlock guard.
           fetch(step - len(pending) + 1, keep=1)  # All but the newest step: the device keeps computing meanwhile.
-        if due_log and fetched:
-          elapsed = time.perf_counter() - timer
-          steps_per_sec = (step - timer_step) / elapsed
-          finite = [m for m in fetched if not m["nonfinite"]] or fetched
-          values = {f"train/{k}": float(np.mean([m[k] for m in finite])) for k in ("loss", "grad_norm")}
-          values.update({"train/learning_rate": float(learning_rate(step - 1)),
-                         "train/skipped_steps": float(state.skipped_steps) if config.nan_policy == "skip" else 0.0,
-                         "perf/steps_per_sec": steps_per_sec,
-                         "perf/examples_per_sec": steps_per_sec * config.data.batch_size,
-                         "perf/data_wait_fraction": (batches.seconds - waited) / elapsed})
-          # FLOP/s and MFU beside examples/s (research/train/throughput.py).
-          values.update(flops.scalars(steps_per_sec, state, batch))
-          writer.scalars(step, values)
-          progress.update(step, {"loss": values["train/loss"]})
-          fetched = []
-          timer_step, timer, waited = step, time.perf_counter(), batches.seconds
 
-        eval_metrics = None
-        if due_eval:
-          final = eval_metrics = evaluate(eval_step, state, eval_arrays, config, mesh, eval_preprocess, summarize)
-          writer.scalars(step, {f"eval/{k}": v for k, v in eval_metrics.items()})
-          progress.message(f"step {step}: " + ", ".join(f"eval {k} {v:.4f}" for k, v in eval_metrics.items()))
-          if hasattr(model, "summaries"):  # e.g. generated text, reconstructions: see research/models/__init__.py
-            trained = nnx.merge(graphdef, state.params, state.model_state)
-            writer.summaries(step, trained.summaries(summary_batch, jax.random.fold_in(state.rng, step)))
-          if cc.best_metric:
-            if cc.best_metric not in eval_metrics:
-              raise ConfigError(f"checkpoint.best_metric={cc.best_metric!r} is not an eval metric of this run; "
-                                f"choose one of {', '.join(sorted(eval_metrics))}.")
-            value = eval_metrics[cc.best_metric]
-            if best_value is None or (value > best_value if cc.best_mode == "max" else value < best_value):
-              best_value, bad_evals = value, 0
-            else:
-              bad_evals += 1
-            stopped_early = bool(patience) and bad_evals >= patience
-          timer = time.perf_counter()  # Evaluation time is not training throughput.
+        ctx = hooks_lib.Context(run, step, state, batch)
+        if hooks_due:
+          hooks.after_step(ctx)
+          final = ctx.eval_metrics or final
 
-        force = step == stop or preempted or stopped_early or (eval_metrics is not None and bool(cc.best_metric))
+        force = step == stop or preempted or bool(ctx.stop) or ctx.save
         if force or checkpoints.due(step):  # (its metadata is built only for a save: no Python work per step)
-          progress_meta = {"best_value": best_value, "bad_evals": bad_evals, "stopped_early": stopped_early}
           data_position = {**pipeline.position(step), "preprocess_state": preprocess_state}
+          saving = time.perf_counter()
           try:
-            if checkpoints.save(step, state, data_position, force=force, eval_metrics=eval_metrics,
-                                progress=progress_meta):
-              timer = time.perf_counter()
+            if checkpoints.save(step, state, data_position, force=force, eval_metrics=ctx.eval_metrics,
+                                progress=hooks.state()):
+              run.clock.excluded += time.perf_counter() - saving  # Saving is not training throughput.
           except Exception as e:  # Disk full, permissions: name the path; older checkpoints are untouched.
             raise CheckpointError(f"Saving the checkpoint of step {failed_step(e, step)} to {checkpoints.directory} "
                                   f"failed: {brief(e)}. Checkpoints already written are intact: "
                                   f"{checkpoints.steps()}.") from None
         if preempted:
           break
-        if stopped_early:
-          progress.message(f"Early stopping at step {step}: eval {cc.best_metric} has not improved for {patience} "
-                           f"evaluations; best is step {checkpoints.best_step()} ({best_value:.4f}).")
+        if ctx.stop:
+          progress.message(ctx.stop)
           break
-  except BaseException:
+  except BaseException as e:
     profiler.stop()
+    hooks.error(hooks_lib.Context(run, ctx.step, state, error=e))  # (a failed step may have donated `state`)
     _abandon(checkpoints, writer)
     raise
   profiler.stop()  # (a run that ended inside the window)
+  hooks.end(hooks_lib.Context(run, stop, state, eval_metrics=final or None))
 
   # --- Finish: wait for the last checkpoint write. ---------------------------------------------------
   try:
@@ -339,12 +311,31 @@ def _train(config, workdir: Path, mesh, preemption: PreemptionGuard, flags_warni
                           f"{brief(e)}. Checkpoints already written are intact: {checkpoints.steps()}.") from None
   checkpoints.close()
   writer.close()
+  if preempted or ctx.stop or stop < total_steps:
+    record.status = "stopped"
   if preempted:
     progress.message(f"Stopped by {preemption.signal_name} after step {step}; checkpoint saved in "
                      f"{checkpoints.directory}. Rerun the same command to resume.")
-  elif stop < total_steps and not stopped_early:
+  elif stop < total_steps and not ctx.stop:
     progress.message(f"Stopped after step {stop} of {total_steps} (train.stop_after_steps); rerun to continue.")
   elif start >= total_steps:
-    final = evaluate(eval_step, state, eval_arrays, config, mesh, eval_preprocess, summarize)
+    final = evaluation(state, abilities.summarize)
     progress.message(f"Already trained to step {start}; eval: " + ", ".join(f"{k} {v:.4f}" for k, v in final.items()))
   return final
+
+
+def _hooks(config, run: hooks_lib.Run, evaluation, summary_batch, flops: throughput.Meter) -> hooks_lib.Hooks:
+  """The run's hooks, in the order they run at a step: log, evaluate, then at each evaluation its log, the
+  model's summaries, the confusion matrix, best checkpoints and early stopping; then the optional ones."""
+  hooks = hooks_lib.Hooks([hooks_core.LogTrain(config.train.log_every or run.total_steps, run, flops.scalars),
+                           hooks_core.Evaluate(config.train.eval_every, evaluation)])
+  hooks.add(hooks_core.log_eval, at_eval=True)
+  if config.hooks.model_summaries and run.abilities.summaries is not None:
+    hooks.add(hooks_core.ModelSummaries(summary_batch))
+  for hook in hooks_tensorboard.configured(config) + hooks_lib.from_names(config):
+    hooks.add(hook)
+  if config.checkpoint.best_metric:
+    best = hooks.add(hooks_core.BestMetric(config.checkpoint.best_metric, config.checkpoint.best_mode))
+    if config.train.early_stopping_patience:
+      hooks.add(hooks_core.EarlyStopping(best, config.train.early_stopping_patience))
+  return hooks

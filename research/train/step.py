@@ -20,6 +20,7 @@ from jax.sharding import PartitionSpec as P
 
 from research import losses, metrics, parallel
 from research.errors import ConfigError
+from research.models.interface import abilities
 from research.models.layers.reductions import sum_of_squares
 from research.train import accumulation
 from research.train.state import TrainState
@@ -39,14 +40,14 @@ def forward(graphdef, params, model_state, batch, *, input_key: str, train: bool
             label_smoothing: float = 0.0):
   """Returns (mean loss, metric sums, new model state) of one batch.
 
-  A model with a `loss(batch, *, train, rngs)` method (e.g. a language model or
+  A model that declares a `loss(batch, *, train, rngs)` (research/models/interface.py) (e.g. a language model or
   a VAE) defines its own objective; any other model is a classifier of
   `batch[input_key]` scored with softmax cross-entropy against `batch["label"]`.
   """
   model = nnx.merge(graphdef, params, model_state, copy=True)  # fresh Variables: BatchNorm mutates them under the trace
   rngs = nnx.Rngs(dropout=rng) if rng is not None else None
-  if hasattr(model, "loss"):
-    loss, sums = model.loss(batch, train=train, rngs=rngs)
+  if (own_loss := abilities(model).loss) is not None:
+    loss, sums = own_loss(batch, train=train, rngs=rngs)
   else:
     logits = model(batch[input_key], train=train, rngs=rngs).astype(jnp.float32)  # (bfloat16 under mixed precision)
     per_example = losses.softmax_cross_entropy(logits, batch["label"], label_smoothing)
