@@ -11,6 +11,7 @@
     python scripts/benchmark.py accelerator [--quick]  # GPT and ResNet in bfloat16 on a GPU/TPU: throughput and MFU
     python scripts/benchmark.py scaling [--quick]      # 1-8 devices per layout: step time, collective bytes, memory
     python scripts/benchmark.py serving [--quick]      # the HTTP server vs in-process onnxruntime and peer servers
+    python scripts/benchmark.py hooks [--quick]        # the optional TensorBoard hooks' cost against the train step
 """
 
 import argparse
@@ -27,7 +28,8 @@ SECTIONS = {"checkpoint": ("research.bench.checkpoint", {}), "train": ("research
             "steps": ("research.bench.steps", {}),
             "inference": ("research.bench.inference", {}), "pipeline": ("research.bench.pipeline", {}),
             "cpu": ("research.bench.cpu", {}), "accelerator": ("research.bench.accelerator", {}),
-            "serving": ("research.bench.serving", {}), "scaling": ("research.bench.scaling", {})}
+            "serving": ("research.bench.serving", {}), "scaling": ("research.bench.scaling", {}),
+            "hooks": ("research.bench.hooks", {})}
 
 
 def main() -> int:

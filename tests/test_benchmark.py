@@ -139,3 +139,21 @@ def test_serving_benchmark_quick(tmp_path_factory):
   targets = [row for row in cells if row[0] == "mnist_mlp"]
   assert len(targets) >= 2 and all(row[3] in ("yes", "no") for row in targets)
   assert "| 16 | not measured by --quick" in text  # the generation row
+
+
+def test_hooks_benchmark_quick(tmp_path):
+  """The periodic TensorBoard hooks timed against the train step in one process: every share consistent."""
+  out = tmp_path / "hooks.md"
+  done = helpers.run_script("benchmark.py", "hooks", "--quick", "--out", str(out), devices=1, timeout=900)
+  assert done.returncode == 0, done.stderr[-2000:]
+  rows = [[c.strip() for c in line.split("|")[1:-1]] for line in out.read_text().splitlines()
+          if line.startswith("| mlp |")]
+  step_ms = float(rows[0][4])
+  hooks = {row[1]: row for row in rows[1:-1]}
+  assert set(hooks) == {"Histograms", "LayerNorms"} and step_ms > 0  # (the MLP's inputs are no images)
+  total = 0.0
+  for _, _, period, first, per_call, per_step, share in hooks.values():
+    every = int(period.split()[1].replace(",", ""))
+    assert float(first) > 0 and float(per_step) == pytest.approx(float(per_call) / every, abs=2e-4)
+    total += float(per_step)
+  assert float(rows[-1][6].strip("*%")) == pytest.approx(100 * total / step_ms, abs=0.02)

@@ -3,12 +3,16 @@
 Every model is called as `model(x, train=bool, rngs=nnx.Rngs | None)` and returns logits. Beyond that a model may
 declare optional abilities, by defining these methods on its class:
 
-| method | what it does | default without it |
-|---|---|---|
-| `loss(batch, *, train, rngs) -> (mean loss, sums)` | the model's own objective (language models, VAEs); `sums` are per-batch sums with a `count` key, added across batches and devices (research/metrics.py); eval batches carry a float `mask` of real rows | a classifier of `batch[config.data.input_key]`, softmax cross-entropy on `batch["label"]` |
-| `summarize(sums) -> dict[str, float]` | summed eval metrics -> reported ones | `research.metrics.summarize` |
-| `summaries(batch, rng) -> {tag: str \\| float[H, W, C] image}` | logged to TensorBoard at each evaluation (generated text, reconstructions), given 16 fixed preprocessed test examples as numpy arrays | none |
-| `export_fn(batch) -> (fn, inputs[, output_names])` | what research/export deploys: `fn(model, *inputs)` | `model(x, train=False)` |
+- `loss(batch, *, train, rngs) -> (mean loss, sums)`: the model's own objective (language models, VAEs).
+  `sums` are per-batch sums with a `count` key, added across batches and devices (research/metrics.py);
+  eval batches carry a float `mask` of real rows. Without it the model is a classifier of
+  `batch[config.data.input_key]`, trained with softmax cross-entropy on `batch["label"]`.
+- `summarize(sums) -> dict[str, float]`: summed eval metrics -> reported ones (default
+  `research.metrics.summarize`).
+- `summaries(batch, rng) -> {tag: str or float[H, W, C] image}`: logged to TensorBoard at each evaluation
+  (generated text, reconstructions), given 16 fixed preprocessed test examples as numpy arrays.
+- `export_fn(batch) -> (fn, inputs[, output_names])`: what research/export deploys, `fn(model, *inputs)`
+  (default `model(x, train=False)`).
 
 `abilities(model)` answers which of them a model declares. Only methods of the class count: an attribute of an
 instance that happens to share a name (a submodule called `loss`) is not an ability.

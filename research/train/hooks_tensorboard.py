@@ -1,14 +1,14 @@
 """TensorBoard beyond the train and eval scalars, each a hook registered by name at its own period
-(config.hooks, research/config.py; docs/tensorboard.md):
+(config.hooks, research/config.py; docs/tensorboard.md)::
 
-| name | when | what |
-|---|---|---|
-| `histograms` | every `hooks.histograms_every` steps | histograms of parameters, gradients and updates (`params/<path>`, `grads/<path>`, `updates/<path>`) |
-| `layer_norms` | every `hooks.layer_norms_every` steps | per-layer gradient and update norms (`grad_norm/<layer>`, `update_norm/<layer>`) |
-| `input_grid` | every `hooks.input_grid_every` steps | the first 16 training inputs after augmentation (`inputs/train`; image models) |
-| `confusion_matrix` | each evaluation, `hooks.confusion_matrix` | the confusion matrix image (`eval/confusion_matrix`) and per-class precision, recall and F1 (`per_class/<metric>/<class>`; classifiers) |
-| `schedule` | at the start, `hooks.schedule_points` | the whole learning-rate schedule, `schedule/learning_rate` at that many steps |
-| `param_norm` | every `train.log_every` steps (only when named in `hooks.extra`) | `train/param_norm`, the global norm of the parameters |
+    | name | when | what |
+    |---|---|---|
+    | `histograms` | every `hooks.histograms_every` steps | histograms of parameters, gradients and updates (`params/<path>`, `grads/<path>`, `updates/<path>`) |
+    | `layer_norms` | every `hooks.layer_norms_every` steps | per-layer gradient and update norms (`grad_norm/<layer>`, `update_norm/<layer>`) |
+    | `input_grid` | every `hooks.input_grid_every` steps | the first 16 training inputs after augmentation (`inputs/train`; image models) |
+    | `confusion_matrix` | each evaluation, `hooks.confusion_matrix` | the confusion matrix image (`eval/confusion_matrix`) and per-class precision, recall and F1 (`per_class/<metric>/<class>`; classifiers) |
+    | `schedule` | at the start, `hooks.schedule_points` | the whole learning-rate schedule, `schedule/learning_rate` at that many steps |
+    | `param_norm` | every `train.log_every` steps (only when named in `hooks.extra`) | `train/param_norm`, the global norm of the parameters |
 
 Gradients, updates and inputs are recomputed at these periods only (research/train/diagnostics.py): the train
 step itself returns none of them.
