@@ -3,7 +3,7 @@
 Written by process 0 when a run is accepted (its workdir locked), with `"status": "running"`, and rewritten
 atomically when it ends: `completed`, `stopped` (a signal, train.stop_after_steps or early stopping: rerun to
 resume where that applies), or `failed` with the exception's type and message. A resumed run rewrites it: the
-file describes the latest invocation. Fields:
+file describes the latest invocation. Fields::
 
     command      the command line (the interpreter, then sys.argv)
     cwd          the working directory
