@@ -14,12 +14,13 @@ a metric label or the audit log (research/serve/audit.py).
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import logging
+import os
 import re
 import sys
 import time
-import uuid
 from typing import Callable
 
 import numpy as np
@@ -45,6 +46,10 @@ from research.serve.repository import Repository, Version
 
 log = logging.getLogger("research.serve")
 _REQUEST_ID = re.compile(r"[\w.:-]{1,128}")  # a caller's X-Request-Id is echoed only if it is this tame
+# Ids the server gives: unique per server start (a random prefix) and per request (a counter); uuid4 per request
+# cost ~3% of the server's CPU time.
+_ID_PREFIX = os.urandom(6).hex()
+_request_ids = (f"{_ID_PREFIX}-{n:x}" for n in itertools.count(1))
 
 
 class HTTPError(Exception):
@@ -144,7 +149,7 @@ class Service:
     async def wrapped(request: Request) -> Response:
       start, model, status = time.perf_counter(), request.path_params.get("name", ""), 500
       given = request.headers.get("x-request-id", "")
-      request_id = given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+      request_id = given if _REQUEST_ID.fullmatch(given) else next(_request_ids)
       response = None
       try:
         if auth:

@@ -70,7 +70,14 @@ class Batcher:
     self._queued_rows += rows
     if len(self._queue) == 1 or self._queued_rows >= self.max_batch_size:  # the worker waits for nothing else
       self._wake.set()
-    return await asyncio.wait_for(asyncio.shield(pending.future), timeout)
+    if timeout is None:
+      return await pending.future
+    # A timer, not asyncio.wait_for: that wraps every request in a task of its own (~7% of the server's CPU time).
+    expiry = loop.call_later(timeout, _expire, pending.future)
+    try:
+      return await pending.future
+    finally:
+      expiry.cancel()
 
   def stop(self) -> None:
     """Ends the worker task (and with it the batcher's hold on `run`); a later submit starts a new one."""
@@ -121,3 +128,9 @@ class Batcher:
       if not p.future.done():
         p.future.set_result(Batched({k: v[start:start + p.rows] for k, v in outputs.items()}, rows))
       start += p.rows
+
+
+def _expire(future: asyncio.Future) -> None:
+  """Ends a request's wait; its rows are still computed if already taken, and their result is dropped."""
+  if not future.done():
+    future.set_exception(TimeoutError())
