@@ -23,7 +23,7 @@ import jax
 import numpy as np
 
 from research import config as config_lib
-from research import host_memory, parallel, run_record, validate, xla_flags
+from research import hparams, host_memory, parallel, run_record, validate, xla_flags
 from research.checkpoint import Checkpointer, failed_step
 from research.data import augment, clean, ops
 from research.data import spec as data_spec
@@ -311,6 +311,8 @@ def _train(config, workdir: Path, mesh, preemption: PreemptionGuard, flags_warni
                           f"{brief(e)}. Checkpoints already written are intact: {checkpoints.steps()}.") from None
   checkpoints.close()
   writer.close()
+  if jax.process_index() == 0:  # the run's config and best metrics for TensorBoard's HParams tab (from its files)
+    hparams.record_run(workdir)
   if preempted or ctx.stop or stop < total_steps:
     record.status = "stopped"
   if preempted:
