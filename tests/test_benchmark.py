@@ -7,11 +7,16 @@ import pytest
 from tests import helpers
 
 
-def test_checkpoint_benchmark_quick(tmp_path):
-  out = tmp_path / "checkpoint.md"
-  done = helpers.run_script("benchmark.py", "checkpoint", "--quick", "--out", str(out), devices=1)
+def _quick(tmp_path, section: str) -> str:
+  """The markdown table of `scripts/benchmark.py SECTION --quick`, run as a user runs it (one device)."""
+  out = tmp_path / f"{section}.md"
+  done = helpers.run_script("benchmark.py", section, "--quick", "--out", str(out), devices=1, timeout=900)
   assert done.returncode == 0, done.stderr[-2000:]
-  text = out.read_text()
+  return out.read_text()
+
+
+def test_checkpoint_benchmark_quick(tmp_path):
+  text = _quick(tmp_path, "checkpoint")
   for row in ("loop blocked by `save`", "save, until complete", "restore onto device", "raw `numpy.save`"):
     assert row in text
   assert "x step" in text and "MB/s" in text
@@ -19,10 +24,7 @@ def test_checkpoint_benchmark_quick(tmp_path):
 
 @pytest.mark.parametrize("section, precision", [("train", "float32"), ("train_bf16", "bfloat16 mixed precision")])
 def test_train_benchmark_quick(tmp_path, section, precision):
-  out = tmp_path / "train.md"
-  done = helpers.run_script("benchmark.py", section, "--quick", "--out", str(out), devices=1, timeout=900)
-  assert done.returncode == 0, done.stderr[-2000:]
-  text = out.read_text()
+  text = _quick(tmp_path, section)
   assert f"Adam (PyTorch: fused Adam), {precision}" in text
   rows = {}
   for line in text.splitlines():
@@ -38,20 +40,16 @@ def test_train_benchmark_quick(tmp_path, section, precision):
 
 def test_steps_benchmark_quick(tmp_path):
   """The trainer's jitted step and the hand-written one, alternating in one process: both timed, ratio consistent."""
-  out = tmp_path / "steps.md"
-  done = helpers.run_script("benchmark.py", "steps", "--quick", "--out", str(out), devices=1, timeout=900)
-  assert done.returncode == 0, done.stderr[-2000:]
-  row = next(line.split("|") for line in out.read_text().splitlines() if line.startswith("| mlp |"))
+  text = _quick(tmp_path, "steps")
+  row = next(line.split("|") for line in text.splitlines() if line.startswith("| mlp |"))
   hand, trainer, ratio = (cell.strip() for cell in row[2:5])
   assert float(hand) > 0 and float(trainer) > 0
   assert float(ratio[:-1]) == pytest.approx(float(hand) / float(trainer), rel=0.02)
 
 
 def test_cpu_benchmark_quick(tmp_path):
-  out = tmp_path / "cpu.md"
-  done = helpers.run_script("benchmark.py", "cpu", "--quick", "--out", str(out), devices=1, timeout=900)
-  assert done.returncode == 0, done.stderr[-2000:]
-  rows = [line.split("|") for line in out.read_text().splitlines() if line.startswith("| default")
+  text = _quick(tmp_path, "cpu")
+  rows = [line.split("|") for line in text.splitlines() if line.startswith("| default")
           or line.startswith("| malloc as glibc sets it")]
   assert len(rows) == 2, rows
   for column in (4, 6):  # cnn train, transformer forward (--quick): each measured against the default
@@ -60,10 +58,8 @@ def test_cpu_benchmark_quick(tmp_path):
 
 def test_pipeline_benchmark_quick(tmp_path):
   """Two real short runs of mnist_mlp: data wait, supply vs consumption and cold/cached first step, all filled."""
-  out = tmp_path / "pipeline.md"
-  done = helpers.run_script("benchmark.py", "pipeline", "--quick", "--out", str(out), devices=1, timeout=900)
-  assert done.returncode == 0, done.stderr[-2000:]
-  row = next(line.split("|") for line in out.read_text().splitlines() if line.startswith("| mnist_mlp |"))
+  text = _quick(tmp_path, "pipeline")
+  row = next(line.split("|") for line in text.splitlines() if line.startswith("| mnist_mlp |"))
   wait, consumed, supplied, ratio, built, cold, warm = (c.strip() for c in row[2:9])
   assert float(built) > 0  # normalizing and flattening 60,000 images once takes measurable time
   assert wait.endswith("%") and 0 <= float(wait[:-1]) <= 100
@@ -74,11 +70,9 @@ def test_pipeline_benchmark_quick(tmp_path):
 
 def test_accelerator_benchmark_quick(tmp_path):
   """GPT and ResNet train steps in bfloat16; on a CPU the MFU columns are n/a (no known peak)."""
-  out = tmp_path / "accelerator.md"
-  done = helpers.run_script("benchmark.py", "accelerator", "--quick", "--out", str(out), devices=1, timeout=900)
-  assert done.returncode == 0, done.stderr[-2000:]
+  text = _quick(tmp_path, "accelerator")
   rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
-          for line in out.read_text().splitlines() if line.startswith(("| gpt |", "| resnet |"))}
+          for line in text.splitlines() if line.startswith(("| gpt |", "| resnet |"))}
   assert set(rows) == {"gpt", "resnet"}
   assert rows["gpt"][1].endswith("tokens/s") and rows["resnet"][1].endswith("images/s")
   for cells in rows.values():
@@ -103,10 +97,8 @@ def test_scaling_benchmark_quick(tmp_path):
   from research.bench import scaling
   from research.registry import MODELS
 
-  out = tmp_path / "scaling.md"
-  done = helpers.run_script("benchmark.py", "scaling", "--quick", "--out", str(out), devices=1, timeout=900)
-  assert done.returncode == 0, done.stderr[-2000:]
-  rows = [[c.strip() for c in line.split("|")[1:-1]] for line in out.read_text().splitlines()
+  text = _quick(tmp_path, "scaling")
+  rows = [[c.strip() for c in line.split("|")[1:-1]] for line in text.splitlines()
           if line.startswith("| data |")]
   timed = {row[1]: row for row in rows[:2]}
   assert set(timed) == {"1", "2"} and all(float(row[3].replace(",", "")) > 0 for row in timed.values())
@@ -143,10 +135,8 @@ def test_serving_benchmark_quick(tmp_path_factory):
 
 def test_hooks_benchmark_quick(tmp_path):
   """The periodic TensorBoard hooks timed against the train step in one process: every share consistent."""
-  out = tmp_path / "hooks.md"
-  done = helpers.run_script("benchmark.py", "hooks", "--quick", "--out", str(out), devices=1, timeout=900)
-  assert done.returncode == 0, done.stderr[-2000:]
-  rows = [[c.strip() for c in line.split("|")[1:-1]] for line in out.read_text().splitlines()
+  text = _quick(tmp_path, "hooks")
+  rows = [[c.strip() for c in line.split("|")[1:-1]] for line in text.splitlines()
           if line.startswith("| mlp |")]
   step_ms = float(rows[0][4])
   hooks = {row[1]: row for row in rows[1:-1]}
