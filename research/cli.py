@@ -185,7 +185,17 @@ def evaluate(argv: list[str]) -> None:
   print("wrote " + ", ".join(str(p) for p in written))
 
 
-COMMANDS = {"train": train, "evaluate": evaluate}
+# --- explain -----------------------------------------------------------------------------------------------
+
+
+def explain(argv: list[str]) -> None:
+  """Attributions and attention maps of a trained run (research/explain/cli.py holds the flags)."""
+  from research.explain.cli import explain as run
+
+  run(argv)
+
+
+COMMANDS = {"train": train, "evaluate": evaluate, "explain": explain}
 
 
 @contextlib.contextmanager

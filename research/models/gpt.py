@@ -31,7 +31,7 @@ from flax import nnx
 from research import metrics
 from research.errors import ConfigError
 from research.models.layers import remat
-from research.models.layers.attention_core import dot_product_attention
+from research.models.layers.attention_core import attention_weights, dot_product_attention
 from research.registry import MODELS
 
 Cache = list[dict[str, jax.Array]]  # per layer: {"k", "v": float[B, max_len, heads, head_dim]}
@@ -46,6 +46,7 @@ class CausalSelfAttention(nnx.Module):
   """
 
   fast_paths: bool = True  # research/models/layers/fast_paths.py
+  capture_weights: bool = False  # sow the attention probabilities (research/explain/attention.py); off in training
 
   def __init__(self, dim: int, num_heads: int, *, dropout: float, residual_init, rngs: nnx.Rngs):
     if dim % num_heads:
@@ -68,6 +69,8 @@ class CausalSelfAttention(nnx.Module):
       cache = {"k": keys, "v": values}
       mask = jnp.arange(keys.shape[1])[None, None, :] <= (starts[:, None] + jnp.arange(t))[:, :, None]  # [B, T, S]
       mask = mask[:, None]  # [B, 1 (heads), T, S]
+    if self.capture_weights:
+      self.sow(nnx.Intermediate, "attention_weights", attention_weights(q, keys, mask, is_causal=cache is None))
     dropout = partial(self.attn_dropout, rngs=rngs) if train and self.attn_dropout.rate > 0 else None
     out = dot_product_attention(q, keys, values, mask, dropout, is_causal=cache is None,
                                 fast=self.fast_paths).reshape(b, t, dim)

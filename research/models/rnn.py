@@ -99,8 +99,14 @@ class RNNClassifier(nnx.Module):
   def __call__(self, tokens: jax.Array, mask: jax.Array | None = None, *, train: bool = False,
                rngs: nnx.Rngs | None = None) -> jax.Array:
     mask = (tokens != self.pad_id) if mask is None else mask.astype(bool)
+    return self.from_embeddings(self.embed(tokens), mask, train=train, rngs=rngs)
+
+  def from_embeddings(self, x: jax.Array, mask: jax.Array, *, train: bool = False,
+                      rngs: nnx.Rngs | None = None) -> jax.Array:
+    """Logits from token embeddings float[B, T, embed_dim] (`self.embed(tokens)`) and mask bool[B, T]: the rest
+    of `__call__`, where research/explain attributes a prediction to each token's embedding."""
     drop = lambda y: self.dropout(y, deterministic=not train, rngs=rngs)
-    x = drop(self.embed(tokens))
+    x = drop(x)
     for i, directions in enumerate(self.layers):
       if i:
         x = drop(x)

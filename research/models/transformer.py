@@ -73,7 +73,12 @@ class TransformerClassifier(nnx.Module):
   def __call__(self, tokens: jax.Array, mask: jax.Array | None = None, *, train: bool = False,
                rngs: nnx.Rngs | None = None) -> jax.Array:
     mask = (tokens != self.pad_id) if mask is None else mask.astype(bool)
-    x = self.embed(tokens)
+    return self.from_embeddings(self.embed(tokens), mask, train=train, rngs=rngs)
+
+  def from_embeddings(self, x: jax.Array, mask: jax.Array, *, train: bool = False,
+                      rngs: nnx.Rngs | None = None) -> jax.Array:
+    """Logits from token embeddings float[B, L, dim] (`self.embed(tokens)`) and mask bool[B, L]: the rest of
+    `__call__`, where research/explain attributes a prediction to each token's embedding."""
     if self.pooling == "cls":  # a learned [CLS] vector in front of every sequence, always attended to
       x = jnp.concatenate([jnp.broadcast_to(self.cls[...], (x.shape[0], 1, x.shape[2])).astype(x.dtype), x], 1)
       mask = jnp.concatenate([jnp.ones((mask.shape[0], 1), bool), mask], axis=1)

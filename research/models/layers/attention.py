@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from research.models.layers.attention_core import dot_product_attention
+from research.models.layers.attention_core import attention_weights, dot_product_attention
 
 
 def sinusoidal_positions(length: int, dim: int, dtype=jnp.float32) -> jax.Array:
@@ -45,6 +45,7 @@ class MultiHeadAttention(nnx.Module):
   """
 
   fast_paths: bool = True  # research/models/layers/fast_paths.py
+  capture_weights: bool = False  # sow the attention probabilities (research/explain/attention.py); off in training
 
   def __init__(self, dim: int, num_heads: int, *, dropout: float = 0.0, rngs: nnx.Rngs):
     if dim % num_heads:
@@ -59,8 +60,11 @@ class MultiHeadAttention(nnx.Module):
                rngs: nnx.Rngs | None = None) -> jax.Array:
     b, length, dim = x.shape
     q, k, v = jnp.split(self.qkv(x).reshape(b, length, 3 * self.num_heads, self.head_dim), 3, axis=2)
+    mask = _broadcast_mask(mask)
+    if self.capture_weights:
+      self.sow(nnx.Intermediate, "attention_weights", attention_weights(q, k, mask))
     dropout = partial(self.dropout, rngs=rngs) if train and self.dropout.rate > 0 else None
-    return self.out(dot_product_attention(q, k, v, _broadcast_mask(mask), dropout, fast=self.fast_paths).reshape(b, length, dim))
+    return self.out(dot_product_attention(q, k, v, mask, dropout, fast=self.fast_paths).reshape(b, length, dim))
 
 
 class TransformerBlock(nnx.Module):

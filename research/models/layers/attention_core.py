@@ -41,18 +41,14 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Ar
   `fast` picks the fast formulation where one applies (above; a model's setting, research/models/layers/fast_paths.py).
   """
   if is_causal:
-    causal = jnp.arange(k.shape[1])[None, :] <= jnp.arange(q.shape[1])[:, None]  # (a comparison: ONNX-exportable)
     if mask is None and dropout is None and fast and jax.default_backend() == "gpu":
       flash = _cudnn_causal(q, k, v)
       if flash is not None:
         return flash
-    mask = causal if mask is None else mask & causal
+    mask = _with_causal(mask, q.shape[1], k.shape[1])
   scale = 1.0 / math.sqrt(q.shape[-1])
   if not (fast and jax.default_backend() == "cpu"):
-    logits = (jnp.einsum("bqhd,bkhd->bhqk", q, k) * scale).astype(jnp.float32)  # softmax in float32
-    if mask is not None:
-      logits = jnp.where(mask, logits, jnp.finfo(logits.dtype).min)  # exp() of it is exactly 0
-    weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+    weights = attention_weights(q, k, mask).astype(v.dtype)
     return jnp.einsum("bhqk,bkhd->bqhd", weights if dropout is None else dropout(weights), v)
   heads_first = lambda x: jnp.transpose(x, (0, 2, 1, 3))
   keys_t = jnp.transpose(k, (0, 2, 3, 1))  # [B, H, d, Lk]
@@ -60,6 +56,24 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Ar
   # Dropout of the ones gives its multiplier (0 or 1 / keep rate) from the same random bits as the reference path.
   keep = None if dropout is None else dropout(jnp.ones((q.shape[0], q.shape[2], q.shape[1], k.shape[1]), q.dtype))
   return heads_first(_attend(heads_first(q * scale), keys_t, heads_first(v), mask, keep))
+
+
+def attention_weights(q: jax.Array, k: jax.Array, mask: jax.Array | None = None, *,
+                      is_causal: bool = False) -> jax.Array:
+  """The attention probabilities `softmax(q k^T / sqrt(d))` of q float[B, Lq, H, d] over k float[B, Lk, H, d]:
+  float32[B, H, Lq, Lk], masked as in `dot_product_attention` (the reference formulation computes exactly these).
+  Layers sow them for research/explain/attention.py when asked; the fast paths never materialize them."""
+  if is_causal:
+    mask = _with_causal(mask, q.shape[1], k.shape[1])
+  logits = (jnp.einsum("bqhd,bkhd->bhqk", q, k) * (1.0 / math.sqrt(q.shape[-1]))).astype(jnp.float32)  # softmax in f32
+  if mask is not None:
+    logits = jnp.where(mask, logits, jnp.finfo(logits.dtype).min)  # exp() of it is exactly 0
+  return jax.nn.softmax(logits, axis=-1)
+
+
+def _with_causal(mask: jax.Array | None, q_length: int, k_length: int) -> jax.Array:
+  causal = jnp.arange(k_length)[None, :] <= jnp.arange(q_length)[:, None]  # (a comparison: ONNX-exportable)
+  return causal if mask is None else mask & causal
 
 
 def _cudnn_causal(q, k, v) -> jax.Array | None:
