@@ -41,15 +41,17 @@ def attention_maps(model: nnx.Module, tokens, **kwargs) -> list[np.ndarray]:
   """Each attention layer's probabilities float32[B, heads, L_query, L_key] when `model(tokens, **kwargs)` runs
   (in eval mode); masked keys have probability 0."""
   capture = capturing(model)
-  if not attention_layers(capture):
+  paths = [path for path, m in nnx.iter_modules(capture) if hasattr(m, ATTRIBUTE)]
+  if not paths:
     raise ValueError(f"{type(model).__name__} has no attention layers to draw maps of.")
   graphdef, state = nnx.split(capture)
 
   @jax.jit
   def run(state, tokens):
-    merged = nnx.merge(graphdef, state)
-    merged(tokens, train=False, **kwargs)
-    return [getattr(layer, SOWN).get_value()[-1] for layer in attention_layers(merged)]
+    forward = nnx.capture(lambda m, tokens: m(tokens, train=False, **kwargs), nnx.Intermediate)
+    _, sown = forward(nnx.merge(graphdef, state), tokens)
+    flat = dict(nnx.to_flat_state(sown))
+    return [flat[(*path, SOWN)].get_value()[-1] for path in paths]
 
   return [np.asarray(m) for m in run(state, tokens)]
 
