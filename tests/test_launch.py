@@ -85,7 +85,7 @@ def test_kubernetes_manifests_hold_the_coordinator_the_index_and_the_port(capsys
   assert container["env"][0] == {"name": "JOB_COMPLETION_INDEX",
                                  "valueFrom": {"fieldRef": {"fieldPath": kubernetes.INDEX_ANNOTATION}}}
   assert container["ports"] == [{"containerPort": 2222}]
-  assert container["resources"] == {"limits": {"nvidia.com/gpu": 8}}
+  assert container["resources"] == {"limits": {"nvidia.com/gpu": "8"}}
   assert pod["spec"]["volumes"][0]["persistentVolumeClaim"] == {"claimName": "runs"}
 
 

@@ -47,7 +47,7 @@ def manifests(launch: Launch, layout: Layout) -> list[dict]:
                "env": env, "ports": [{"containerPort": layout.port}]}
   pod = {"subdomain": layout.name, "restartPolicy": "Never", "containers": [container]}
   if layout.gpus_per_process:
-    container["resources"] = {"limits": {"nvidia.com/gpu": layout.gpus_per_process}}
+    container["resources"] = {"limits": {"nvidia.com/gpu": str(layout.gpus_per_process)}}  # a quantity
   if layout.volume_claim:
     container["volumeMounts"] = [{"name": "runs", "mountPath": layout.mount_path}]
     pod["volumes"] = [{"name": "runs", "persistentVolumeClaim": {"claimName": layout.volume_claim}}]

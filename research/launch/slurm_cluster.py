@@ -60,6 +60,7 @@ def start(directory: Path) -> None:
   directory = Path(directory)
   if missing := missing_binaries():
     raise RuntimeError(f"{', '.join(missing)} not found: install Debian's slurm-wlm (apt-get install slurm-wlm).")
+  stop(directory)  # a cluster started earlier in this directory
   for sub in ("state", "spool"):
     (directory / sub).mkdir(parents=True, exist_ok=True)
   conf = directory / "slurm.conf"
