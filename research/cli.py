@@ -149,12 +149,12 @@ def train(argv: list[str]) -> None:
     xla_flags.apply(profile_name=config.xla_profile)  # before JAX starts its backend
     distributed.initialize(args.coordinator_address, args.num_processes, args.process_id,
                            init_timeout_s=args.init_timeout_s, heartbeat_timeout_s=args.heartbeat_timeout_s)
-    failed = True
     try:
       run(config, args.workdir, preemption)
-      failed = False
-    finally:
-      distributed.finish(failed)  # with other processes: a failure stops them at once, not at a heartbeat timeout
+    except BaseException as e:
+      distributed.finish(e)  # with other processes: a failure stops them at once, not at a heartbeat timeout
+      raise
+    distributed.finish(None)
 
 
 # --- evaluate ----------------------------------------------------------------------------------------------

@@ -17,12 +17,13 @@ to twice the bound, as a backstop for a coordinator that stops answering.
 
 from __future__ import annotations
 
+import atexit
 import os
 import sys
 import threading
 import time
 
-from research.errors import ConfigError
+from research.errors import CheckpointError, ConfigError, TrainingError, WorkdirWriteError
 
 AUTO = "auto"
 LOST_EXIT_CODE = 1
@@ -57,10 +58,26 @@ def initialize(coordinator_address: str | None, num_processes: int | None, proce
     _watchdog.start()
 
 
-def finish(failed: bool) -> None:
-  """Ends this process's part: a finished process is no longer watched; a failed one stops the others at once."""
-  if _watchdog is not None:
-    _watchdog.finish(failed)
+def finish(error: BaseException | None) -> None:
+  """Ends this process's part: a finished process is no longer watched; a failed one stops the others at once.
+
+  A failure that is not the user's (a collective that broke because a peer died) first waits one bound for the
+  watchdog, which then exits naming the lost process: that, not the broken collective, is the cause. A failed
+  process leaves without JAX's shutdown barrier, which the others never reach (it would end in a C++ abort).
+  """
+  if _watchdog is None:
+    return
+  if error is not None and not isinstance(error, (ConfigError, CheckpointError, TrainingError, WorkdirWriteError)):
+    time.sleep(_watchdog.bound_s * 1.5)  # the watchdog's verdict, if a peer was lost, ends the process meanwhile
+  _watchdog.finish(failed=error is not None)
+  if error is not None:
+    atexit.register(_exit_now)  # registered after JAX's own exit handlers, so it runs before them
+
+
+def _exit_now() -> None:
+  sys.stdout.flush()
+  sys.stderr.flush()
+  os._exit(LOST_EXIT_CODE)
 
 
 def _check(coordinator_address, num_processes, process_id, init_timeout_s, heartbeat_timeout_s) -> None:
