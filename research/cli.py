@@ -109,12 +109,17 @@ checkpoint in WORKDIR."""
                  help="directory for config.json, checkpoints/, metrics.jsonl, tensorboard/ and logs/; "
                  "created if missing")
   p.add_argument("--coordinator_address", default=None, metavar="HOST:PORT",
-                 help="multi-process runs: host:port of process 0 (with --num_processes and --process_id); "
-                 "leave out on TPU pods and SLURM, where it is detected")
+                 help="multi-process runs: host:port of process 0 (with --num_processes and --process_id), "
+                 "or auto where JAX detects the cluster (SLURM, TPU VMs); docs/clusters.md")
   p.add_argument("--num_processes", type=int, default=None, metavar="N",
                  help="multi-process runs: how many processes take part")
   p.add_argument("--process_id", type=int, default=None, metavar="I",
                  help="multi-process runs: this process's index, 0 to N-1")
+  p.add_argument("--init_timeout_s", type=int, default=300, metavar="S",
+                 help="multi-process runs: how long to wait for every process to join (default 300)")
+  p.add_argument("--heartbeat_timeout_s", type=int, default=100, metavar="S",
+                 help="multi-process runs: a process silent this long is lost; the others exit 1 naming it "
+                 "(default 100)")
   return p
 
 
@@ -137,13 +142,19 @@ def train(argv: list[str]) -> None:
 
   with PreemptionGuard() as preemption:  # before JAX is imported: a signal at any moment is a clean stop
     args, config = parse_train(argv)
-    from research import parallel
+    from research import distributed
     from research.train.loop import check, train as run
 
     check(config)
     xla_flags.apply(profile_name=config.xla_profile)  # before JAX starts its backend
-    parallel.initialize(args.coordinator_address, args.num_processes, args.process_id)
-    run(config, args.workdir, preemption)
+    distributed.initialize(args.coordinator_address, args.num_processes, args.process_id,
+                           init_timeout_s=args.init_timeout_s, heartbeat_timeout_s=args.heartbeat_timeout_s)
+    try:
+      run(config, args.workdir, preemption)
+    except BaseException as e:
+      distributed.finish(e)  # with other processes: a failure stops them at once, not at a heartbeat timeout
+      raise
+    distributed.finish(None)
 
 
 # --- evaluate ----------------------------------------------------------------------------------------------

@@ -9,8 +9,10 @@ command is classified; one that fits no class fails its test, so none is silentl
   `.ci/run` runs). The other parts of a `&&` chain still run.
 - the Sphinx build (`.venv/bin/python -m sphinx ... docs OUT`): run as written, then the site it built is
   checked page by page (tests/api_docs.py).
-- training (`scripts/train.py` or `scripts/sweep.py --config configs/X.py ...`): at smoke scale,
-  `configs/X.py:smoke`, with every documented override kept as written.
+- training (`scripts/train.py`, `scripts/sweep.py` or `scripts/launch.py TARGET` with `--config configs/X.py ...`):
+  at smoke scale, `configs/X.py:smoke`, with every documented override kept as written.
+- a real SLURM run (`research.launch.slurm_cluster` or `scripts/launch.py slurm` without `--dry_run`): skipped,
+  saying why, only where slurm-wlm is not installed (.ci/run installs it).
 - a server (`.venv/bin/tensorboard --logdir DIR`, `.venv/bin/python scripts/serve.py ...`, a trailing `&`
   allowed): started on a free port, asked over HTTP for its logdir or its readiness. It stays up for the
   `curl` commands that follow it on its page, then gets SIGTERM (scripts/serve.py must then exit 0).
@@ -45,6 +47,7 @@ from pathlib import Path
 
 import pytest
 
+from research.launch import slurm_cluster
 from tests import api_docs, helpers
 
 ROOT = helpers.ROOT
@@ -52,6 +55,7 @@ PAGES = ["README.md"] + sorted(f"docs/{p.name}" for p in (ROOT / "docs").glob("*
 COMMAND_FENCES = {"bash"}
 OTHER_FENCES = {"", "console", "text", "python", "{toctree}"}  # output, diagrams, code: not commands
 TIMEOUT_S = 300
+TRAINING = r"scripts/(?:train|sweep|launch)\.py (?!--help)"
 BIN = Path(sys.executable).parent
 
 
@@ -285,6 +289,10 @@ def test_documented_command(command: Command, scratch: Path):
     check()
   if not rest:
     return
+  needs_slurm = "slurm_cluster" in rest or ("launch.py slurm" in rest and "--dry_run" not in rest)
+  if needs_slurm and slurm_cluster.missing_binaries():
+    pytest.skip(f"SLURM is not installed ({', '.join(slurm_cluster.missing_binaries())} missing): "
+                f"apt-get install slurm-wlm")
   if classify(rest) == "server":
     live = serve(rest, scratch, command.page)
     following = COMMANDS[COMMANDS.index(command) + 1:]
@@ -295,11 +303,11 @@ def test_documented_command(command: Command, scratch: Path):
     return
   # training at smoke scale (the rewrite changes only `--config configs/X.py`), the rest as written
   smoke = smoke_scale(rest)
-  trainings = re.findall(r"scripts/(?:train|sweep)\.py (?!--help)", smoke)
+  trainings = re.findall(TRAINING, smoke)
   assert len(re.findall(r"--config[ =]configs/\w+\.py:\w+", smoke)) == len(trainings), (
       f"a training command this test cannot bring to smoke scale (--config configs/X.py[:variant]): {rest}")
   for part in local_tools(smoke).split(" && "):  # in order, each to exit 0: the chain as bash runs it
-    if part in ALREADY_RUN and not re.search(r"scripts/train\.py (?!--help)", part) and not name:
+    if part in ALREADY_RUN and not re.search(TRAINING, part) and not name:
       continue  # the same command ran at ALREADY_RUN[...] in this directory (a training runs again: it resumes)
     out = run(part, scratch, timeout=900 if "benchmark.py" in part else TIMEOUT_S, variables=VARIABLES.get(command.page))
     ALREADY_RUN[part] = command.id

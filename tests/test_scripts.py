@@ -86,7 +86,8 @@ def test_tensorboard_server_serves_the_logged_scalars(smoke_run):
 
 # Every flag of each script, as its --help must describe it.
 FLAGS = {
-    "train.py": ["--config", "--workdir", "--coordinator_address", "--num_processes", "--process_id", "--verbose"],
+    "train.py": ["--config", "--workdir", "--coordinator_address", "--num_processes", "--process_id", "--init_timeout_s",
+                 "--heartbeat_timeout_s", "--verbose"],
     "evaluate.py": ["--workdir", "--step", "--split", "--json", "--verbose"],
     "export.py": ["--workdir", "--step", "--format", "--out", "--parity-batch-sizes", "--tolerance",
                   "--max-accuracy-drop", "--accuracy-examples", "--tflite-batch", "--verify", "--verbose"],
