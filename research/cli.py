@@ -12,12 +12,13 @@ import argparse
 import ast
 import contextlib
 import json
+import math
 import os
 import sys
 from pathlib import Path
 from typing import Iterator
 
-from research import console, host_memory, xla_flags
+from research import accelerators, console, host_memory, xla_flags
 from research.errors import CheckpointError, ConfigError, DataUnavailableError, TrainingError, WorkdirWriteError
 
 CONFIGS_DIR = Path(__file__).resolve().parents[1] / "configs"
@@ -105,7 +106,7 @@ checkpoint in WORKDIR."""
                     "[options]")
   p.add_argument("--config", required=True, metavar="FILE[:VARIANT]",
                  help="the experiment: configs/<name>.py, optionally with a variant, e.g. configs/mnist_mlp.py:smoke")
-  p.add_argument("--workdir", required=True, metavar="DIR",
+  p.add_argument("--workdir", metavar="DIR",
                  help="directory for config.json, checkpoints/, metrics.jsonl, tensorboard/ and logs/; "
                  "created if missing")
   p.add_argument("--coordinator_address", default=None, metavar="HOST:PORT",
@@ -120,12 +121,22 @@ checkpoint in WORKDIR."""
   p.add_argument("--heartbeat_timeout_s", type=int, default=100, metavar="S",
                  help="multi-process runs: a process silent this long is lost; the others exit 1 naming it "
                  "(default 100)")
+  p.add_argument("--compile_only", action="store_true",
+                 help="compile the train step for the config's mesh on simulated CPU devices and print memory and "
+                 "FLOPs per device; trains nothing, allocates nothing, needs no --workdir (docs/sharding.md)")
+  p.add_argument("--devices", type=int, default=None, metavar="N",
+                 help="--compile_only: the target's device count (default: the product of the config's mesh axes)")
+  p.add_argument("--accelerator", default=None, metavar="NAME",
+                 help=f"--compile_only: exit 1 unless the run fits the memory of one such chip: "
+                 f"{', '.join(accelerators.MEMORY_GIB)}")
   return p
 
 
 def parse_train(argv: list[str]):
   """Returns (args, config) where config has every `--config.key=value` override applied."""
   args, rest = train_parser().parse_known_args(argv)
+  if args.workdir is None and not args.compile_only:
+    raise ConfigError("the following arguments are required: --workdir (see --help)")
   from research import config as config_lib
 
   overrides = [a for a in rest if a.startswith(config_lib.OVERRIDE_PREFIX)]
@@ -142,6 +153,9 @@ def train(argv: list[str]) -> None:
 
   with PreemptionGuard() as preemption:  # before JAX is imported: a signal at any moment is a clean stop
     args, config = parse_train(argv)
+    if args.compile_only:
+      compile_only(config, args.devices, args.accelerator)
+      return
     from research import distributed
     from research.train.loop import check, train as run
 
@@ -155,6 +169,25 @@ def train(argv: list[str]) -> None:
       distributed.finish(e)  # with other processes: a failure stops them at once, not at a heartbeat timeout
       raise
     distributed.finish(None)
+
+
+def compile_only(config, devices: int | None, accelerator: str | None) -> None:
+  """`train.py --compile_only`: JAX starts on as many simulated CPU devices as the target mesh has."""
+  sizes = [config.mesh.get(axis, 1) for axis in ("data", "fsdp", "tensor")]
+  if devices is None and -1 in sizes:
+    raise ConfigError("--compile_only needs the target's device count: pass --devices N, or give every mesh axis "
+                      "(mesh.data, mesh.fsdp, mesh.tensor) a size.")
+  devices = devices or math.prod(sizes)
+  if devices < 1:
+    raise ConfigError(f"--devices={devices}: a mesh has at least 1 device.")
+  xla_flags.simulate_cpu_devices(devices)  # before JAX is imported (it reads JAX_PLATFORMS then)
+  from research.train.loop import check
+
+  check(config)
+  xla_flags.apply(profile_name=config.xla_profile)  # before JAX starts its backend
+  from research.train import compile_only as plan
+
+  plan.run(config, devices, accelerator)
 
 
 # --- evaluate ----------------------------------------------------------------------------------------------

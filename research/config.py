@@ -77,7 +77,9 @@ def defaults() -> ml_collections.ConfigDict:
   config.xla_profile = "default"
   config.init_from = ""  # "WORKDIR[:STEP]": start from another run's parameters (fresh optimizer).
   config.parallel = dict(strategy="auto")  # or "pmap": per-device code under shard_map
-  config.mesh = dict(data=-1)  # devices on the data axis; -1 = all
+  # Devices on each mesh axis, one of them -1 = the rest (research/parallel.py); rules: (regex, spec) pairs that
+  # place parameters, tried before the model family's defaults (research/sharding.py).
+  config.mesh = dict(data=-1, fsdp=1, tensor=1, rules=())
   return config
 
 

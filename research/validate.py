@@ -49,8 +49,8 @@ POSITIVE = Rule(_number(lambda v: v > 0), "must be a finite number > 0", "{key} 
 NONNEGATIVE = Rule(_number(lambda v: v >= 0), "must be a finite number >= 0", "{key} >= 0")
 KEEP = Rule(_whole(1), "keep at least 1 checkpoint", "{key} >= 1")
 SEED = Rule(_whole(0, 2**32 - 1), "a seed is a whole number from 0 to 2**32 - 1", "0 <= {key} < 2**32")
-DEVICES = Rule(lambda v: v == -1 or _whole(1)(v), "the data axis takes -1 (every device) or a number of devices",
-               "{key} = -1")
+DEVICES = Rule(lambda v: v == -1 or _whole(1)(v),
+               "a mesh axis takes -1 (the devices the other axes leave) or a number of devices", "{key} = -1")
 
 # Dotted keys (fnmatch patterns) -> a Rule, or the Registry that knows the names. The first match wins;
 # other keys are free, but no float anywhere may be nan or infinite.
@@ -64,7 +64,8 @@ RULES: list[tuple[str, Rule | Registry]] = [
     ("schedule.end_factor", NONNEGATIVE), ("schedule.factor", NONNEGATIVE),
     ("train.grad_accum_steps", SIZE), ("train.*", STEPS),
     ("checkpoint.every", STEPS), ("checkpoint.keep", KEEP), ("checkpoint.keep_best", COUNT),
-    ("prune.*_step", STEPS), ("prune.every", STEPS), ("mesh.data", DEVICES),
+    ("prune.*_step", STEPS), ("prune.every", STEPS), ("mesh.data", DEVICES), ("mesh.fsdp", DEVICES),
+    ("mesh.tensor", DEVICES),
     ("hooks.*_every", STEPS), ("hooks.schedule_points", COUNT),
     # config.model, by the names its keys share across families
     ("model.*activation", ACTIVATIONS),

@@ -89,3 +89,14 @@ def use(profile_name: str, environ: MutableMapping[str, str] = os.environ) -> st
   return (f"warning: config.xla_profile={profile_name!r} is not in effect, since JAX started before the run "
           f"with XLA_FLAGS={environ.get('XLA_FLAGS', '')!r}. Call research.xla_flags.apply(profile_name="
           f"{profile_name!r}) before JAX starts (scripts/train.py does this for you).")
+
+
+DEVICE_COUNT = "--xla_force_host_platform_device_count"
+
+
+def simulate_cpu_devices(count: int, environ: MutableMapping[str, str] = os.environ) -> None:
+  """Makes JAX, once it starts, run on `count` simulated CPU devices (whatever devices the machine has), as
+  `scripts/train.py --compile_only` needs to compile for a mesh it does not have. Call before JAX starts."""
+  flags = [f for f in environ.get("XLA_FLAGS", "").split() if not f.startswith(DEVICE_COUNT)]
+  environ["XLA_FLAGS"] = " ".join([*flags, f"{DEVICE_COUNT}={count}"])
+  environ["JAX_PLATFORMS"] = "cpu"

@@ -32,6 +32,7 @@ from research import metrics
 from research.errors import ConfigError
 from research.models.layers import remat
 from research.models.layers.attention_core import attention_weights, dot_product_attention
+from research.sharding import constrain_batch
 from research.registry import MODELS
 
 Cache = list[dict[str, jax.Array]]  # per layer: {"k", "v": float[B, max_len, heads, head_dim]}
@@ -96,6 +97,7 @@ class Block(nnx.Module):
     self.dropout = nnx.Dropout(dropout)
 
   def __call__(self, x, *, train=False, rngs=None, cache=None, index=0):
+    x = constrain_batch(x)  # rows split like the batch between blocks, whatever the weights' layout
     attended, cache = self.attn(self.ln1(x), train=train, rngs=rngs, cache=cache, index=index)
     x = x + attended
     hidden = self.fc_out(jax.nn.gelu(self.fc(self.ln2(x))))

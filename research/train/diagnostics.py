@@ -80,7 +80,7 @@ def make(graphdef, tx, mesh, *, input_key: str, label_smoothing: float = 0.0, au
   {"params/<path>" | "grads/<path>" | "updates/<path>": histogram}}, inputs(state, batch) -> the first `count`
   training inputs after augmentation)."""
   repl, data = parallel.replicated(mesh), parallel.batch_sharding(mesh)
-  jit = partial(jax.jit, in_shardings=(repl, data), out_shardings=repl)
+  jit = partial(jax.jit, in_shardings=(None, data), out_shardings=repl)  # the state as it is placed (sharding.py)
   return (jit(partial(_gradients, graphdef=graphdef, tx=tx, input_key=input_key, label_smoothing=label_smoothing,
                       augment=augment)),
           jit(partial(_inputs, augment=augment, input_key=input_key, count=count)))

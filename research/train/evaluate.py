@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from research import atomic, metrics, optim, parallel
+from research import atomic, metrics, optim, parallel, sharding
 from research.checkpoint import Checkpointer
 from research.data import spec as data_spec
 from research.errors import ConfigError
@@ -70,7 +70,7 @@ def class_names(config, workdir: str | Path, num_classes: int) -> list[str]:
   return [str(i) for i in range(num_classes)]
 
 
-def with_confusion(eval_step, graphdef, mesh, input_key: str, label_key: str):
+def with_confusion(eval_step, graphdef, mesh, state_sharding, input_key: str, label_key: str):
   """`eval_step` plus the batch's confusion matrix, in one jitted call (one executable per batch, as training's
   eval: more multi-device executables in flight can deadlock XLA:CPU, see DESIGN.md)."""
 
@@ -79,8 +79,8 @@ def with_confusion(eval_step, graphdef, mesh, input_key: str, label_key: str):
     logits = model(batch[input_key], train=False, rngs=None).astype(jnp.float32)  # as research.train.step.forward
     return metrics.confusion_matrix(jnp.argmax(logits, -1), batch[label_key], logits.shape[-1], batch.get("mask"))
 
-  repl = parallel.replicated(mesh)
-  confusion = jax.jit(confusion, in_shardings=(repl, parallel.batch_sharding(mesh)), out_shardings=repl)
+  confusion = jax.jit(confusion, in_shardings=(state_sharding, parallel.batch_sharding(mesh)),
+                      out_shardings=parallel.replicated(mesh))
   return jax.jit(lambda state, batch: {**eval_step(state, batch), "confusion": confusion(state, batch)})
 
 
@@ -98,14 +98,15 @@ def evaluate_checkpoint(workdir: str | Path, step: str | int = "latest", split: 
   config, graphdef, state, meta = experiment.restore(workdir, "latest" if resolved is None else resolved, config)
   mesh = parallel.make_mesh(config)
   tx, _ = optim.build(config, 1)
-  _, eval_step = make_steps(graphdef, tx, mesh, strategy=config.parallel.strategy, input_key=config.data.input_key)
+  _, eval_step = make_steps(graphdef, tx, mesh, strategy=config.parallel.strategy, input_key=config.data.input_key,
+                            state_sharding=sharding.of(state))
   model = nnx.merge(graphdef, state.params, state.model_state)
   declared = abilities(model)
   summarize = declared.summarize
   label_key = config.data.label_key
   classifier = declared.loss is None and label_key in arrays
   if classifier:
-    eval_step = with_confusion(eval_step, graphdef, mesh, config.data.input_key, label_key)
+    eval_step = with_confusion(eval_step, graphdef, mesh, sharding.of(state), config.data.input_key, label_key)
   totals = {}
 
   def keep_totals(sums):

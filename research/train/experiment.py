@@ -15,7 +15,7 @@ import numpy as np
 from flax import nnx
 
 from research import config as config_lib
-from research import models, optim, parallel  # noqa: F401  (models: registers the zoo)
+from research import models, optim, parallel, sharding  # noqa: F401  (models: registers the zoo)
 from research.checkpoint import Checkpointer
 from research.data import clean, ops, token_windows
 from research.data import spec as data_spec
@@ -47,10 +47,10 @@ def build_model(config, arrays: dict[str, np.ndarray], preprocess) -> nnx.Module
 
 
 def build_state(config, model: nnx.Module, total_steps: int, mesh):
-  """Returns (graphdef, replicated TrainState at step 0, optimizer, schedule)."""
+  """Returns (graphdef, TrainState at step 0 placed on `mesh` by the config's rules, optimizer, schedule)."""
   tx, schedule = optim.build(config, total_steps)
   graphdef, state = state_lib.create(model, tx, config.seed)
-  return graphdef, jax.device_put(state, parallel.replicated(mesh)), tx, schedule
+  return graphdef, jax.device_put(state, sharding.state_shardings(state, mesh, sharding.rules(config))), tx, schedule
 
 
 def load_config(workdir: str | Path) -> ml_collections.ConfigDict:
@@ -96,10 +96,23 @@ def test_split(config, log=None) -> dict[str, np.ndarray] | None:
     return None
 
 
+def on_these_devices(config) -> ml_collections.ConfigDict:
+  """`config`, or if this machine's devices cannot form its mesh (a run trained on 8 devices with mesh.fsdp=8,
+  read on 1), a copy with every device on the data axis: evaluation and export read a run anywhere."""
+  try:
+    parallel.axis_sizes(config, jax.device_count())
+    return config
+  except ConfigError:
+    config = ml_collections.ConfigDict(config.to_dict())
+    config.mesh.update(data=-1, fsdp=1, tensor=1)
+    return config
+
+
 def restore(workdir: str | Path, step: str | int | None = "latest", config=None):
-  """Reads a trained run back: returns (config, graphdef, state, meta) on the current devices."""
+  """Reads a trained run back: returns (config, graphdef, state, meta) on the current devices (the run's mesh
+  where they can form it, see `on_these_devices`)."""
   workdir = Path(workdir)
-  config = config or load_config(workdir)
+  config = on_these_devices(config or load_config(workdir))
   mesh = parallel.make_mesh(config)
   model = build_model(config, model_examples(config, workdir), preprocessor(config, workdir))
   graphdef, state, _, _ = build_state(config, model, 1, mesh)

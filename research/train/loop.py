@@ -23,7 +23,7 @@ import jax
 import numpy as np
 
 from research import config as config_lib
-from research import hparams, host_memory, parallel, run_record, validate, xla_flags
+from research import hparams, host_memory, parallel, run_record, sharding, validate, xla_flags
 from research.checkpoint import Checkpointer, failed_step
 from research.data import augment, clean, ops
 from research.data import spec as data_spec
@@ -51,6 +51,7 @@ def check(config) -> None:
   clean.parse(config.data.clean)
   if config.parallel.strategy not in STRATEGIES:
     raise ConfigError(f"parallel.strategy={config.parallel.strategy!r}; choose one of {', '.join(STRATEGIES)}.")
+  sharding.rules(config)  # each regex compiles and each spec names mesh axes
   if config.xla_profile not in xla_flags.PROFILES:
     raise ConfigError(f"xla_profile={config.xla_profile!r}; choose one of {', '.join(xla_flags.PROFILES)}.")
   precision.check(config.compute_dtype)
@@ -145,7 +146,7 @@ def train(config, workdir: str | Path, preemption: PreemptionGuard | None = None
     mesh = parallel.make_mesh(config)
     parallel.check_batch_size(config.data.batch_size, mesh, "data.batch_size")
     parallel.check_batch_size(config.data.eval_batch_size, mesh, "data.eval_batch_size")
-    accumulation.check(config.data.batch_size, mesh.shape[parallel.DATA], config.train.grad_accum_steps)
+    accumulation.check(config.data.batch_size, parallel.batch_ways(mesh), config.train.grad_accum_steps)
     _make_workdir(workdir)
     if jax.process_index() == 0:  # the process that writes the workdir's files
       stack.enter_context(WorkdirLock(workdir))
@@ -179,7 +180,8 @@ def _train(config, workdir: Path, mesh, preemption: PreemptionGuard, flags_warni
   learning_rate = jax.jit(schedule)  # for the logs; run eagerly, optax's schedules took ~1 ms of small ops
   steps_with = partial(make_steps, graphdef, tx, mesh, strategy=config.parallel.strategy,
                        input_key=config.data.input_key, label_smoothing=config.label_smoothing,
-                       augment=augment.build(config.data.augment), rollback=config.nan_policy == "skip")
+                       augment=augment.build(config.data.augment), rollback=config.nan_policy == "skip",
+                       state_sharding=sharding.of(state))
   train_step, eval_step = steps_with(grad_accum_steps=config.train.grad_accum_steps)
   accumulates = config.train.grad_accum_steps > 1  # then XLA's count of a step is the step's without it
   flops = throughput.Meter(steps_with(grad_accum_steps=1)[0] if accumulates else train_step, accumulates, mesh.size,
@@ -223,7 +225,8 @@ def _train(config, workdir: Path, mesh, preemption: PreemptionGuard, flags_warni
                       tx=tx, schedule=learning_rate, abilities=abilities, start=start, stop=stop,
                       total_steps=total_steps)
   if config.hooks.confusion_matrix and abilities.loss is None and config.data.label_key in eval_arrays:
-    eval_step = evaluate_lib.with_confusion(eval_step, graphdef, mesh, config.data.input_key, config.data.label_key)
+    eval_step = evaluate_lib.with_confusion(eval_step, graphdef, mesh, sharding.of(state), config.data.input_key,
+                                            config.data.label_key)
   evaluation = lambda state, summarize: evaluate(eval_step, state, eval_arrays, config, mesh, eval_preprocess,
                                                  summarize)
   hooks = _hooks(config, run, evaluation, summary_batch, flops)

@@ -117,11 +117,22 @@ def _eval_step(state: TrainState, batch, *, graphdef, input_key, axis=None):
   return jax.lax.psum(sums, axis) if axis is not None else sums
 
 
+def _on(mesh, fn):
+  """`fn` traced with `mesh` as the current mesh, so models can constrain activations to it (sharding.py)."""
+  def traced(*args):
+    with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+      return fn(*args)
+  return traced
+
+
 def make_steps(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, mesh: jax.sharding.Mesh, *,
                strategy: str, input_key: str, label_smoothing: float = 0.0,
                augment: Callable | None = None, rollback: bool = False,
-               grad_accum_steps: int = 1) -> tuple[Callable, Callable]:
+               grad_accum_steps: int = 1, state_sharding=None) -> tuple[Callable, Callable]:
   """Returns jitted (train_step(state, batch) -> (state, metric vector), eval_step(state, batch) -> sums).
+
+  `state_sharding` (the `auto` strategy): the TrainState's NamedShardings (research/sharding.py), kept by the
+  step; default: copied to every device. Activations are kept split like the batch at block boundaries.
 
   `augment(batch, rng) -> batch` (see research.data.augment) runs inside the train step only. A step whose loss,
   gradient or updated state is not finite is flagged in its metrics; with `rollback` (nan_policy='skip') an
@@ -133,8 +144,9 @@ def make_steps(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, mesh: j
   evaluate = partial(_eval_step, graphdef=graphdef, input_key=input_key)
   if strategy == "auto":
     repl, data = parallel.replicated(mesh), parallel.batch_sharding(mesh)
-    return (jax.jit(train, in_shardings=(repl, data), out_shardings=(repl, repl), donate_argnums=0),
-            jax.jit(evaluate, in_shardings=(repl, data), out_shardings=repl))
+    placed = repl if state_sharding is None else state_sharding
+    return (jax.jit(_on(mesh, train), in_shardings=(placed, data), out_shardings=(placed, repl), donate_argnums=0),
+            jax.jit(_on(mesh, evaluate), in_shardings=(placed, data), out_shardings=repl))
   if strategy == "pmap":
     axis = parallel.DATA
     # check_vma=False: with it on, autodiff already sums the gradients of the replicated parameters over the

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from research.models.layers.attention_core import attention_weights, dot_product_attention
+from research.sharding import constrain_batch
 
 
 def sinusoidal_positions(length: int, dim: int, dtype=jnp.float32) -> jax.Array:
@@ -85,6 +86,7 @@ class TransformerBlock(nnx.Module):
 
   def __call__(self, x: jax.Array, mask: jax.Array | None = None, *, train: bool = False,
                rngs: nnx.Rngs | None = None) -> jax.Array:
+    x = constrain_batch(x)  # rows split like the batch between blocks, whatever the weights' layout
     drop = lambda y: self.dropout(y, deterministic=not train, rngs=rngs)
     x = x + drop(self.attention(self.norm1(x), mask, train=train, rngs=rngs))
     return x + drop(self.mlp_out(jax.nn.gelu(self.mlp_in(self.norm2(x)))))

@@ -1,0 +1,117 @@
+"""The (data, fsdp, tensor) mesh: placement rules, one-device equivalence, 1/fsdp memory, resharding restores."""
+
+import functools
+
+import jax
+import numpy as np
+import pytest
+from jax.sharding import PartitionSpec as P
+
+from research import parallel, sharding
+from research.checkpoint import Checkpointer
+from research.errors import ConfigError
+from tests import sharded
+
+# Every (data, fsdp, tensor) whose product is 8: the 8 simulated devices. The GPT runs them all and the CNN (no
+# tensor rules) those without tensor; the Transformer, whose rules differ from the GPT's only in their names, runs
+# each axis alone and mixed (each mesh compiles a train step: ~5 s of CPU).
+MESHES = [(d, f, 8 // (d * f)) for d in (1, 2, 4, 8) for f in (1, 2, 4, 8) if 8 % (d * f) == 0]
+FAMILY_MESHES = {"gpt": MESHES, "transformer": [(1, 8, 1), (1, 1, 8), (2, 2, 2), (4, 1, 2)],
+                 "cnn": [m for m in MESHES if m[2] == 1]}
+
+
+@functools.cache
+def matrix(family: str) -> dict:
+  """{mesh or "one": sharded.train(...)} for every mesh of `family` and one device."""
+  runs = {"one": sharded.train(sharded.config(family), jax.devices()[:1])}
+  for mesh in FAMILY_MESHES[family]:
+    runs[mesh] = sharded.train(sharded.config(family, *mesh))
+  return runs
+
+
+@pytest.mark.parametrize("family", list(FAMILY_MESHES))
+def test_every_mesh_of_8_devices_gives_the_one_device_losses(family):
+  runs = matrix(family)
+  one = runs["one"]["losses"]
+  assert one[-1] < 0.9 * one[0]  # it learns (the batch it sees every step)
+  assert len(MESHES) == 10 and len(runs) == len(FAMILY_MESHES[family]) + 1
+  for mesh in FAMILY_MESHES[family]:
+    np.testing.assert_allclose(runs[mesh]["losses"], one, rtol=2e-5, err_msg=f"data, fsdp, tensor = {mesh}")
+
+
+def test_gpt_weights_are_split_by_the_rules():
+  state = matrix("gpt")[(2, 2, 2)]["state"]
+  block = state.params["blocks"][0]
+  kernels = {"qkv": block["attn"]["qkv"], "proj": block["attn"]["proj"], "fc": block["fc"], "fc_out": block["fc_out"]}
+  # Tensor over heads / hidden units (qkv and fc outputs, proj and fc_out inputs); FSDP over the other dimension.
+  assert {name: layer["kernel"].sharding.spec for name, layer in kernels.items()} == {
+      "qkv": P("fsdp", "tensor"), "proj": P("tensor", "fsdp"), "fc": P("fsdp", "tensor"), "fc_out": P("tensor", "fsdp")}
+  adam = state.opt_state[-1][0]  # (clip, adamw's chain) -> scale_by_adam's state: moments like the parameters
+  assert adam.mu["blocks"][0]["attn"]["qkv"]["kernel"].sharding.spec == P("fsdp", "tensor")
+  assert adam.count.sharding.spec == P()
+  assert state.params["blocks"][0]["ln1"]["scale"].sharding.spec == P("fsdp")
+
+
+def test_parameter_and_optimizer_bytes_per_device_fall_as_one_over_fsdp():
+  runs = matrix("gpt")
+  state = runs["one"]["state"]
+  split = sum(x.nbytes for x in jax.tree.leaves(state.params))
+  split += sum(x.nbytes for x in jax.tree.leaves(state.opt_state) if x.ndim)  # Adam's moments
+  copied = sum(x.nbytes for x in jax.tree.leaves(state)) - split  # step, rng, step counts
+  for fsdp in (1, 2, 4, 8):
+    measured = runs[(8 // fsdp, fsdp, 1)]["state_bytes"]  # XLA's compiled memory analysis
+    assert measured == split // fsdp + copied, (fsdp, measured, split // fsdp + copied)
+
+
+def test_a_checkpoint_saved_on_one_mesh_restores_onto_others(tmp_path):
+  mesh = parallel.make_mesh(sharded.config("gpt", 2, 4))
+  _, saved, _ = sharded.build(sharded.config("gpt", 2, 4), mesh)
+  checkpoints = Checkpointer(tmp_path, every=1, keep=1)
+  checkpoints.save(1, saved, {"epoch": 0, "index": 0}, force=True)
+  checkpoints.wait()
+  expected = jax.device_get(saved)
+  for target in [(8, 1), (1, 8)]:
+    c = sharded.config("gpt", *target)
+    c.seed = 1  # other initial values: the restore must replace every one
+    _, like, _ = sharded.build(c, parallel.make_mesh(c))
+    restored, meta = checkpoints.restore(like)
+    assert meta["step"] == 1
+    assert jax.tree.map(lambda x: x.sharding, restored) == jax.tree.map(lambda x: x.sharding, like), target
+    for got, want in zip(jax.tree.leaves(jax.device_get(restored)), jax.tree.leaves(expected)):
+      np.testing.assert_array_equal(got, want)
+  checkpoints.close()
+
+
+def test_a_config_rule_overrides_the_family_defaults():
+  c = sharded.config("gpt", 1, 4, 2, rules=((r"blocks/\d+/fc/kernel", None), (r"token_embed/.*", ("tensor",))))
+  mesh = parallel.make_mesh(c)
+  rules = sharding.rules(c)
+  assert sharding.param_spec("blocks/0/fc/kernel", (32, 128), mesh, rules) == P()
+  assert sharding.param_spec("token_embed/embedding", (64, 32), mesh, rules) == P("tensor", "fsdp")
+  assert sharding.param_spec("blocks/1/fc_out/kernel", (128, 32), mesh, rules) == P("tensor", "fsdp")  # a default
+  assert sharding.param_spec("ln_f/bias", (6,), mesh, rules) == P()  # no dimension FSDP divides: whole
+
+
+@pytest.mark.parametrize("mesh, rules, message", [
+    (dict(data=3), (), "mesh.data=3, mesh.fsdp=1, mesh.tensor=1 does not divide the 8 devices"),
+    (dict(data=-1, fsdp=-1), (), "only one axis can be -1"),
+    (dict(data=1, fsdp=8), (("blocks/(", None),), "mesh.rules[0]: 'blocks/(' is not a regular expression"),
+    (dict(data=1, fsdp=8), ((".*", ("model",)),), "mesh.rules[0]: 'model' is not a mesh axis"),
+    (dict(data=1, fsdp=8), (".*",), "mesh.rules[0]='.*' is not a (regex, spec) pair"),
+    (dict(data=1, tensor=8), ((r"ln_f/scale", ("tensor",)),), "ln_f/scale has shape (12,); its dimension 0 (12) "
+                                                               "cannot be split 8 ways"),
+], ids=["product", "two rests", "regex", "axis", "pair", "divides"])
+def test_bad_meshes_and_rules_are_one_line_config_errors(mesh, rules, message):
+  c = sharded.config("gpt", **{"data": -1, **mesh}, rules=rules)
+  with pytest.raises(ConfigError) as error:
+    sharding.param_spec("ln_f/scale", (12,), parallel.make_mesh(c), sharding.rules(c))
+  assert message in str(error.value) and "\n" not in str(error.value)
+
+
+def test_the_pmap_strategy_refuses_fsdp_and_tensor():
+  c = sharded.config("gpt", 4, 2)
+  c.parallel.strategy = "pmap"
+  with pytest.raises(ConfigError, match="parallel.strategy='pmap' splits only the data axis"):
+    parallel.make_mesh(c)
+  c.mesh.update(data=8, fsdp=1)
+  assert dict(parallel.make_mesh(c).shape) == {"data": 8, "fsdp": 1, "tensor": 1}
