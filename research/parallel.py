@@ -1,10 +1,12 @@
 """Device mesh and shardings.
 
 The mesh has three axes, sized by `config.mesh`:
-  data    data parallel: batch rows are split over it, the train state is copied;
-  fsdp    fully sharded data parallel: batch rows are split over it too, and every parameter and its optimizer
-          state are split over it (research/sharding.py says which dimension);
-  tensor  tensor parallel: attention heads and MLP hidden units are split over it (the rules name the weights).
+
+- `data`: data parallel: batch rows are split over it, the train state is copied;
+- `fsdp`: fully sharded data parallel: batch rows are split over it too, and every parameter and its optimizer
+  state are split over it (research/sharding.py says which dimension);
+- `tensor`: tensor parallel: attention heads and MLP hidden units are split over it (the rules name the weights).
+
 `-1` gives one axis the devices the others leave (`config.mesh.data = -1`, the default, puts every device of
 every process on the data axis). Axes are `AxisType.Auto`, so `jit` may choose the layouts between them.
 """

@@ -122,6 +122,7 @@ def _on(mesh, fn):
   def traced(*args):
     with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
       return fn(*args)
+  traced.__name__ = traced.__qualname__ = getattr(fn, "func", fn).__name__  # profiles and caches name the step
   return traced
 
 
