@@ -90,23 +90,34 @@ def test_gpt_model_flops_agree_with_xla():
 
 
 def test_scaling_benchmark_quick(tmp_path):
-  """1 and 2 devices: on 2, each device all-reduces the float32 gradients, the bytes of the parameters."""
+  """1 and 2 devices per layout, counted against the GPT's parameters: on 2, data parallelism all-reduces the
+  float32 gradients (the bytes of the parameters) and keeps parameters and AdamW's two moments whole on each
+  device; FSDP keeps half of them; tensor parallelism splits only the attention and MLP weights."""
   import ml_collections
   from flax import nnx
 
+  from research import models  # noqa: F401  (registers the zoo)
   from research.bench import scaling
   from research.registry import MODELS
 
   text = _quick(tmp_path, "scaling")
   rows = [[c.strip() for c in line.split("|")[1:-1]] for line in text.splitlines()
-          if line.startswith("| data |")]
-  timed = {row[1]: row for row in rows[:2]}
-  assert set(timed) == {"1", "2"} and all(float(row[3].replace(",", "")) > 0 for row in timed.values())
+          if line.startswith(tuple(f"| {layout} |" for layout in scaling.LAYOUTS))]
+  number = lambda cell: float(cell.replace(",", ""))
+  timed = {(row[0], row[1]): row for row in rows if row[1].isdigit()}
+  assert set(timed) == {(layout, n) for layout in scaling.LAYOUTS for n in ("1", "2")}
+  assert all(number(row[3]) > 0 for row in timed.values())
   config = ml_collections.ConfigDict({**scaling.GPT, **{k: v for k, v in scaling.QUICK.items() if k != "batch"}})
   gpt = MODELS.get("gpt")(config, np.zeros((2, 4), np.int32), nnx.Rngs(0))
   param_mb = sum(x.size for x in jax.tree.leaves(nnx.state(gpt, nnx.Param))) * 4 / 1e6
-  assert timed["1"][4] == "0.00" and float(timed["2"][4]) == pytest.approx(param_mb, abs=0.01)
-  assert rows[2][:2] == ["data", "tiny"] and float(rows[2][5].replace(",", "")) > 0
+  assert timed["data", "1"][4] == "0.00" and number(timed["data", "2"][4]) == pytest.approx(param_mb, abs=0.01)
+  state_mb = {layout: number(timed[layout, "2"][5]) for layout in scaling.LAYOUTS}
+  assert state_mb["data"] == pytest.approx(3 * param_mb, abs=0.01)  # parameters, mu and nu, all float32
+  assert state_mb["fsdp"] == pytest.approx(state_mb["data"] / 2, abs=0.01)
+  assert state_mb["fsdp"] < state_mb["tensor"] < state_mb["data"]  # embeddings and norms stay whole
+  memory = {row[0]: row for row in rows if row[1] == "tiny"}
+  assert set(memory) == set(scaling.LAYOUTS) and all(number(row[5]) > 0 for row in memory.values())
+  assert number(memory["fsdp"][3]) < number(memory["data"][3])
 
 
 def test_serving_benchmark_quick(tmp_path_factory):

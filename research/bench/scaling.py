@@ -1,5 +1,5 @@
-"""Scaling over devices: the library's GPT train step on 1, 2, 4 and 8 devices for each layout, and the compiled
-memory of GPTs of 124M, 350M and 1.3B parameters on 8 devices.
+"""Scaling over devices: the library's GPT train step on 1, 2, 4 and 8 devices for each layout (data, fsdp,
+tensor), and the compiled memory of GPTs of 124M, 350M and 1.3B parameters on 8 devices for each layout.
 
 Each device count runs in its own process with that many simulated CPU devices
 (`--xla_force_host_platform_device_count`). The simulated devices share the machine's
@@ -7,9 +7,10 @@ cores, so step times do not scale as real chips would: the figures that carry ov
 real hardware are the bytes each device sends through collectives per step (summed over
 the all-reduce, all-gather, reduce-scatter, all-to-all and collective-permute operands of
 the compiled program) and the compiled memory. The large GPTs are compiled only, from
-abstract shapes: no parameter is ever allocated.
+abstract shapes, by research/train/compile_only.py: no parameter is ever allocated.
 
-`LAYOUTS` maps a layout to the `config.mesh` that puts every device on its axis.
+`LAYOUTS` maps a layout to the `config.mesh` that puts every device on its axis; the state and the step are
+built as the trainer builds them (experiment.build_state, make_steps with the state's shardings).
 """
 
 from __future__ import annotations
@@ -21,7 +22,9 @@ import numpy as np
 from research.bench import train as train_bench
 from research.bench.timing import machine, table
 
-LAYOUTS = {"data": {"data": -1}}  # the fsdp and tensor axes join here with their sharding rules
+# The state is placed by the trainer's rules (research/sharding.py): copied (data), split by FSDP, or split by
+# heads and MLP units with the rest copied (tensor); batch rows are split over data x fsdp.
+LAYOUTS = {"data": {"data": -1}, "fsdp": {"data": 1, "fsdp": -1}, "tensor": {"data": 1, "tensor": -1}}
 DEVICES = (1, 2, 4, 8)
 GPT = {"name": "gpt", "mlp_ratio": 4, "dropout": 0.0, "tie_embeddings": True, "sample_prompt_length": 8,
        "sample_tokens": 0, "sample_temperature": 1.0, "sample_top_k": 0}
@@ -62,32 +65,38 @@ def _config(layout: str, model: dict, compute_dtype: str = "float32"):
 
   config = config_lib.defaults()
   config.model = {**GPT, **{k: v for k, v in model.items() if k != "batch"}}
-  config.data.input_key = "tokens"
-  config.mesh = {**LAYOUTS[layout]}
+  config.data.update(input_key="tokens", batch_size=model["batch"])
+  config.mesh.update(LAYOUTS[layout])
   config.compute_dtype = compute_dtype
   config.optimizer.update(name="adamw", learning_rate=3e-4, weight_decay=0.1)
   config.schedule.update(name="constant", warmup_steps=0)
   return config
 
 
-def measure(layout: str, quick: bool) -> dict:
-  """In a process with the devices to measure: step ms, examples/s, collective bytes and compiled memory."""
+def _windows(spec: dict, rows: int) -> dict[str, np.ndarray]:
+  return {"tokens": np.random.default_rng(0).integers(0, spec["vocab_size"], (rows, spec["block_size"] + 1),
+                                                      dtype=np.int32)}
+
+
+def _measure(config, spec: dict, quick: bool) -> dict:
+  """The trainer's step of `config`: its state built and placed by the rules as the loop does, compiled, timed."""
   import time
 
   import jax
 
-  from research import parallel
+  from research import parallel, sharding
+  from research.data import augment
+  from research.models import precision
   from research.train import experiment
   from research.train.step import make_steps
 
-  spec = QUICK if quick else TIMED
-  config = _config(layout, spec)
   mesh = parallel.make_mesh(config)
-  tokens = np.random.default_rng(0).integers(0, spec["vocab_size"], (spec["batch"], spec["block_size"] + 1))
-  batch = {"tokens": tokens.astype(np.int32)}
-  model = experiment.build_model(config, batch, lambda b: b)
+  batch = _windows(spec, spec["batch"])
+  model = precision.set_compute_dtype(experiment.build_model(config, batch, lambda b: b), config.compute_dtype)
   graphdef, state, tx, _ = experiment.build_state(config, model, 10, mesh)
-  train_step, _ = make_steps(graphdef, tx, mesh, strategy="auto", input_key="tokens")
+  train_step, _ = make_steps(graphdef, tx, mesh, strategy=config.parallel.strategy, input_key=config.data.input_key,
+                             label_smoothing=config.label_smoothing, augment=augment.build(config.data.augment),
+                             rollback=config.nan_policy == "skip", state_sharding=sharding.of(state))
   batch = jax.device_put(batch, parallel.batch_sharding(mesh))
   compiled = train_step = train_step.lower(state, batch).compile()  # (calling the jitted one would compile again)
   steps = 2 if quick else 10
@@ -99,38 +108,49 @@ def measure(layout: str, quick: bool) -> dict:
     state, metrics = train_step(state, batch)
     jax.block_until_ready(metrics)  # (the CPU backend's deadlock guard: DESIGN.md)
   step_time = (time.perf_counter() - start) / steps
+  memory = compiled.memory_analysis()
+  # The state's share of XLA's arguments, as --compile_only counts it (research/train/compile_only.py).
+  batch_bytes = sum(x.addressable_shards[0].data.nbytes for x in batch.values())
   return {"step_ms": step_time * 1e3, "examples_per_sec": spec["batch"] / step_time,
           "collective_bytes": sum(collective_bytes(compiled.as_text()).values()),
-          "temp_bytes": compiled.memory_analysis().temp_size_in_bytes}
+          "state_bytes": memory.argument_size_in_bytes - batch_bytes, "temp_bytes": memory.temp_size_in_bytes}
 
 
-def compiled_memory(layout: str, size: str, quick: bool) -> dict:
-  """Per-device bytes of the compiled bfloat16 train step of a GPT of `size` (GPT-2's vocabulary and context, a
-  global batch of 8), compiled from abstract shapes: nothing is allocated or run."""
+def measure(quick: bool) -> dict[str, dict]:
+  """In a process with the devices to measure: per layout, step ms, examples/s, collective bytes and compiled
+  memory. Layouts whose meshes coincide (all of them on 1 device) are one program, measured once."""
   import jax
-  from flax import nnx
 
-  from research import optim, parallel
-  from research.models import precision
-  from research.registry import MODELS
-  from research.train import state as state_lib
-  from research.train.step import make_steps
+  from research import parallel
+
+  spec = QUICK if quick else TIMED
+  results, by_mesh = {}, {}
+  for layout in LAYOUTS:
+    config = _config(layout, spec)
+    sizes = tuple(parallel.axis_sizes(config, jax.device_count()).values())
+    if sizes not in by_mesh:
+      by_mesh[sizes] = _measure(config, spec, quick)
+    results[layout] = by_mesh[sizes]
+  return results
+
+
+def compiled_memory(size: str, quick: bool) -> dict[str, dict]:
+  """Per layout: per-device bytes of the compiled bfloat16 train step of a GPT of `size` (GPT-2's vocabulary and
+  context, a global batch of 8), compiled from abstract shapes as --compile_only does: nothing is allocated or
+  run. (One process per size: a 1.3B compile takes 40-80 s of a busy 2-core machine, docs/sharding.md.)"""
+  import dataclasses
+
+  import jax
+
+  from research.train import compile_only
 
   spec = QUICK if quick else {**GPT2, **SIZES[size]}
-  config = _config(layout, spec, "bfloat16")
-  mesh = parallel.make_mesh(config)
-  tx, _ = optim.build(config, 10)
-  sample = np.zeros((2, spec["block_size"]), np.int32)
-  build = lambda: precision.set_compute_dtype(MODELS.get("gpt")(config.model, sample, nnx.Rngs(0)), "bfloat16")
-  graphdef = nnx.split(nnx.eval_shape(build), nnx.Param, ...)[0]
-  shapes = jax.eval_shape(lambda: state_lib.create(build(), tx, 0)[1])
-  state = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=parallel.replicated(mesh)), shapes)
-  batch = {"tokens": jax.ShapeDtypeStruct((spec["batch"], spec["block_size"] + 1), np.int32,
-                                          sharding=parallel.batch_sharding(mesh))}
-  train_step, _ = make_steps(graphdef, tx, mesh, strategy="auto", input_key="tokens")
-  memory = train_step.lower(state, batch).compile().memory_analysis()
-  return {"params": sum(int(np.prod(x.shape)) for x in jax.tree.leaves(shapes.params)),
-          "argument_bytes": memory.argument_size_in_bytes, "temp_bytes": memory.temp_size_in_bytes}
+  results = {}
+  for layout in LAYOUTS:
+    report = compile_only.compile_step(_config(layout, spec, "bfloat16"), _windows(spec, 2), lambda b: b,
+                                       jax.device_count())
+    results[layout] = {**dataclasses.asdict(report), "device_state_bytes": report.device_state_bytes}
+  return results
 
 
 def _in_process(function: str, devices: int, *args) -> dict:
@@ -147,29 +167,34 @@ def _in_process(function: str, devices: int, *args) -> dict:
 
 def run(quick: bool = False) -> str:
   devices = (1, 2) if quick else DEVICES
-  rows = []
-  for layout in LAYOUTS:
-    for n in devices:
-      r = _in_process("measure", n, layout, quick)
-      rows.append([layout, n, f"{r['step_ms']:.1f}", f"{r['examples_per_sec']:,.1f}",
-                   f"{r['collective_bytes'] / 1e6:,.2f}", f"{r['temp_bytes'] / 1e6:,.1f}"])
-  memory_rows = []
-  for layout in LAYOUTS:
-    for size in (("tiny",) if quick else SIZES):
-      r = _in_process("compiled_memory", 8, layout, size, quick)
-      memory_rows.append([layout, size, f"{r['params'] / 1e6:,.2f}M", f"{r['argument_bytes'] / 2**20:,.1f}",
-                          f"{r['temp_bytes'] / 2**20:,.1f}", f"{(r['argument_bytes'] + r['temp_bytes']) / 2**20:,.1f}"])
+  measured = {n: _in_process("measure", n, quick) for n in devices}
+  mb = lambda b: f"{b / 1e6:,.2f}"
+  rows = [[layout, n, f"{r['step_ms']:.1f}", f"{r['examples_per_sec']:,.1f}", mb(r["collective_bytes"]),
+           mb(r["state_bytes"]), mb(r["temp_bytes"])]
+          for layout in LAYOUTS for n in devices for r in [measured[n][layout]]]
+  memory = {size: _in_process("compiled_memory", 8, size, quick) for size in (("tiny",) if quick else SIZES)}
+  mib = lambda b: f"{b / 2**20:,.1f}"
+  memory_rows = [[layout, size, f"{r['parameters'] / 1e6:,.2f}M", mib(r["device_state_bytes"]),
+                  mib(r["temp_bytes"]), mib(r["peak_bytes"])]
+                 for layout in LAYOUTS for size in memory for r in [memory[size][layout]]]
   spec = QUICK if quick else TIMED
+  layouts = "; ".join(f"`{layout}`: mesh {', '.join(f'{a}={s}' for a, s in mesh.items())}"
+                      for layout, mesh in LAYOUTS.items())
   return (f"The library's GPT train step (AdamW, float32) at a fixed global batch of {spec['batch']} windows of "
-          f"{spec['block_size']} tokens ({spec['num_layers']} layers, width {spec['embed_dim']}, vocabulary "
-          f"{spec['vocab_size']}) on simulated CPU devices in one process per count. The devices share the "
-          f"machine's cores: the collective bytes and the memory carry over to real chips, the times do not.\n"
-          f"Machine: {machine()}.\n\n"
+          f"{spec['block_size']} tokens ({spec['num_layers']} layers, {spec['num_heads']} heads, width "
+          f"{spec['embed_dim']}, vocabulary {spec['vocab_size']}) on simulated CPU devices in one process per "
+          f"count, the state placed by the trainer's sharding rules (research/sharding.py) for each layout "
+          f"({layouts}; -1: the devices the other axes leave). On 1 device the layouts are one program, measured "
+          f"once. The devices share the machine's cores: the collective bytes and the memory carry over to real "
+          f"chips, the times do not.\nMachine: {machine()}.\n\n"
           + table(["layout", "devices", "step ms", "examples/s", "collective MB per device per step",
-                   "compiled temp MB per device"], rows)
+                   "parameters + optimizer MB per device", "compiled temp MB per device"], rows)
           + "\n\nCompiled memory per device on 8 devices, MiB: the bfloat16 train step (AdamW, float32 parameters "
           f"and moments) of GPTs with a vocabulary of {GPT2['vocab_size']:,}, {GPT2['block_size']:,} tokens of "
           f"context and a global batch of {GPT2['batch']} windows{' (--quick: a tiny GPT)' if quick else ''}, "
-          "compiled from abstract shapes. Arguments: the train state and the batch (the state is donated, so the "
-          "new state reuses them); temporaries: activations, gradients and the optimizer's work.\n\n"
-          + table(["layout", "GPT", "parameters", "arguments MiB", "temporaries MiB", "total MiB"], memory_rows))
+          "compiled from abstract shapes by `scripts/train.py --compile_only`'s code with the same rules. "
+          "Parameters + optimizer: each device's shards of them; temporaries: activations, gradients, gathered "
+          "weights and the optimizer's work (XLA:CPU's, an estimate for other compilers); peak: arguments, "
+          "outputs not written over the donated state, and temporaries.\n\n"
+          + table(["layout", "GPT", "parameters", "parameters + optimizer MiB", "temporaries MiB", "peak MiB"],
+                  memory_rows))
