@@ -13,6 +13,7 @@ MEMORY_GIB = {"h100": 80, "h200": 141, "a100-40": 40, "a100-80": 80, "v4": 32, "
 
 
 def memory_bytes(name: str) -> int:
+  """The memory of one chip of accelerator `name` (a key of MEMORY_GIB), in bytes; ConfigError for another name."""
   if name not in MEMORY_GIB:
     raise ConfigError(f"--accelerator {name!r} is not known; choose one of {', '.join(MEMORY_GIB)}.")
   return MEMORY_GIB[name] * GIB

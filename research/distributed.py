@@ -23,7 +23,7 @@ import sys
 import threading
 import time
 
-from research.errors import CheckpointError, ConfigError, TrainingError, WorkdirWriteError
+from research.errors import ConfigError, TrainingError, WorkdirWriteError
 
 AUTO = "auto"
 LOST_EXIT_CODE = 1
@@ -67,7 +67,8 @@ def finish(error: BaseException | None) -> None:
   """
   if _watchdog is None:
     return
-  if error is not None and not isinstance(error, (ConfigError, CheckpointError, TrainingError, WorkdirWriteError)):
+  # (A CheckpointError is waited on too: a save is a collective of every process, and a lost peer breaks it.)
+  if error is not None and not isinstance(error, (ConfigError, TrainingError, WorkdirWriteError)):
     time.sleep(_watchdog.bound_s * 1.5)  # the watchdog's verdict, if a peer was lost, ends the process meanwhile
   _watchdog.finish(failed=error is not None)
   if error is not None:

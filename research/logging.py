@@ -55,13 +55,15 @@ class MetricWriter:
       self.jsonl.write(json.dumps({"step": step, **record}) + "\n")
       self.jsonl.flush()
 
-  def scalars(self, step: int, values: dict[str, float]) -> None:
+  def scalars(self, step: int, values: dict[str, float], *, jsonl: bool = True) -> None:
+    """`jsonl=False`: TensorBoard only, for values logged ahead of the run (metrics.jsonl is what the run did)."""
     if not self.active:
       return
     with _naming(self.tb_path, step):
       for tag, value in values.items():
         self.tb.add_scalar(tag, value, step)
-    self._write(step, values)
+    if jsonl:
+      self._write(step, values)
 
   def summaries(self, step: int, values: dict) -> None:
     """Writes text (str) and images (float [H, W, C] in [0, 1]) to TensorBoard, and their tags to the jsonl."""

@@ -106,9 +106,6 @@ def curves(workdir: Path) -> dict[str, list[tuple[int, float]]]:
   return out
 
 
-PLANNED = "schedule/"  # tags a run logs ahead for the whole run (the learning-rate schedule): not progress
-
-
 def total_steps(config: dict, dataset: dict | None) -> int | None:
   """The step a run ends at, as the training loop counts it: train.steps, else epochs x full batches."""
   if config.get("train.steps", 0) > 0:
@@ -152,8 +149,7 @@ def read(workdir: str | Path) -> Run:
   finished = bool(steps) and ((total is not None and steps[-1] >= total) or _stopped_early(workdir, steps[-1]))
   metrics_file = workdir / "metrics.jsonl"
   end_time = metrics_file.stat().st_mtime if metrics_file.exists() else None
-  progress = [points[-1][0] for tag, points in logged.items() if not tag.startswith(PLANNED)]
-  last_step = max(progress, default=0)
+  last_step = max((points[-1][0] for points in logged.values()), default=0)
   return Run(workdir, config, logged, last_step, total, finished, _start_time(workdir), end_time)
 
 

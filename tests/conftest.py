@@ -28,10 +28,4 @@ host_memory.apply()
 
 import jax  # noqa: E402
 
-from research.train import compilation  # noqa: E402
-
 assert jax.device_count() == 8, "conftest must run before jax is imported"
-# The test processes share that cache too: model initializers and steps compiled by one worker (or by a training
-# subprocess) are read back by the others, not compiled again (each compile of a small random initializer takes
-# ~0.3 s on 2 busy cores, and a zoo model has dozens).
-compilation.enable(os.environ["RESEARCH_COMPILATION_CACHE"], None)

@@ -20,7 +20,7 @@ GPT = {"name": "gpt", "vocab_size": 64, "block_size": 16, "num_layers": 2, "num_
 def _gpt_step(strategy: str, grad_accum_steps: int, tokens: np.ndarray):
   """The library's train step for a tiny GPT on all 8 devices; its state at step 0 and the sharded batch."""
   config = config_lib.defaults()
-  config.model, config.data.input_key = {GPT}, "tokens"
+  config.model, config.data.input_key = dict(GPT), "tokens"
   mesh = parallel.make_mesh(config)
   model = experiment.build_model(config, {"tokens": tokens}, lambda b: b)
   graphdef, state, tx, _ = experiment.build_state(config, model, 10, mesh)

@@ -131,7 +131,7 @@ def test_batches_are_global_arrays_sharded_over_8_devices(mnist, mesh):
 
 
 def test_batches_on_one_device_match_the_host_rows_and_are_built_ahead(mnist):
-  one = jax.make_mesh((1,), ("data",), devices=jax.devices()[:1])
+  one = parallel.make_mesh(config_lib.defaults(), devices=jax.devices()[:1])
   pipeline = _pipeline(mnist, one)
   batches = pipeline.iterate(3, 2)
   for step, batch in zip((3, 4), batches):

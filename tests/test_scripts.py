@@ -87,7 +87,7 @@ def test_tensorboard_server_serves_the_logged_scalars(smoke_run):
 # Every flag of each script, as its --help must describe it.
 FLAGS = {
     "train.py": ["--config", "--workdir", "--coordinator_address", "--num_processes", "--process_id", "--init_timeout_s",
-                 "--heartbeat_timeout_s", "--verbose"],
+                 "--heartbeat_timeout_s", "--compile_only", "--devices", "--accelerator", "--verbose"],
     "evaluate.py": ["--workdir", "--step", "--split", "--json", "--verbose"],
     "export.py": ["--workdir", "--step", "--format", "--out", "--parity-batch-sizes", "--tolerance",
                   "--max-accuracy-drop", "--accuracy-examples", "--tflite-batch", "--verify", "--verbose"],

@@ -148,7 +148,7 @@ def test_batch_statistics_live_in_model_state_not_params():
 
 @pytest.mark.parametrize("strategy", ["auto", "pmap"])
 def test_batch_statistics_update_in_training_and_are_identical_on_all_devices(strategy):
-  config = ml_collections.ConfigDict(dict(mesh=dict(data=-1)))
+  config = config_lib.defaults()  # every device on the data axis
   mesh = parallel.make_mesh(config)
   assert mesh.shape[parallel.DATA] == 8
   x = _images(32, 12, 12, 1) * 2.0 + 0.5
@@ -181,7 +181,7 @@ def test_pmap_step_with_batchnorm_applies_the_mean_of_per_device_gradients():
   from research.models.layers import fast_paths
   from research.models.layers.norm import BatchNorm
 
-  config = ml_collections.ConfigDict(dict(mesh=dict(data=-1)))
+  config = config_lib.defaults()  # every device on the data axis
   mesh = parallel.make_mesh(config)
   x = _images(32, 12, 12, 1) + np.repeat(np.arange(8, dtype=np.float32), 4)[:, None, None, None]
   labels = np.arange(32, dtype=np.int32) % 10

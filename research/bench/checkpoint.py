@@ -26,6 +26,7 @@ import numpy as np
 import optax
 from flax import nnx
 
+from research import config as config_lib
 from research import parallel
 from research.bench.timing import machine, table
 from research.checkpoint import Checkpointer, checksums, to_string_tree
@@ -41,8 +42,7 @@ def _nbytes(tree) -> int:
 def run(quick: bool = False, directory: str | None = None) -> str:
   hidden = (256, 256) if quick else (4096, 4096, 4096, 4096)
   batch_size, repeats = (32, 2) if quick else (32, 3)
-  mesh = jax.make_mesh((1,), (parallel.DATA,), devices=jax.devices()[:1],
-                       axis_types=(jax.sharding.AxisType.Auto,))
+  mesh = parallel.make_mesh(config_lib.defaults(), devices=jax.devices()[:1])
   model = MLP(784, hidden, 10, rngs=nnx.Rngs(0))
   tx = optax.adam(1e-4)
   graphdef, state = state_lib.create(model, tx, 0)

@@ -122,7 +122,7 @@ class Schedule(Hook):
       return
     rates = np.asarray(jax.vmap(run.schedule)(jnp.asarray(steps - 1)))
     for step, rate in zip(steps.tolist(), rates.tolist()):
-      run.writer.scalars(step, {"schedule/learning_rate": rate})
+      run.writer.scalars(step, {"schedule/learning_rate": rate}, jsonl=False)  # future steps: not progress
 
 
 class ParamNorm(Hook):
