@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Iterator
 
 from research import accelerators, console, host_memory, xla_flags
-from research.errors import CheckpointError, ConfigError, DataUnavailableError, TrainingError, WorkdirWriteError
+from research.errors import (CheckpointError, ConfigError, DataUnavailableError, TrainingError, WorkdirWriteError,
+                             exit_code)
 
 CONFIGS_DIR = Path(__file__).resolve().parents[1] / "configs"
 
@@ -193,6 +194,13 @@ def compile_only(config, devices: int | None, accelerator: str | None) -> None:
 # --- evaluate ----------------------------------------------------------------------------------------------
 
 
+def check_workdir(workdir: str) -> None:
+  """A --workdir that must hold a training run: a one-line error when there is no such directory."""
+  if not Path(workdir).is_dir():
+    raise ConfigError(f"--workdir {workdir} does not exist: give the workdir of a training run "
+                      f"(the --workdir it was trained with).")
+
+
 def evaluate_parser() -> Parser:
   p = script_parser("evaluate.py", "Evaluate a checkpoint of a training run on a whole split, exactly as training "
                     "evaluates.",
@@ -215,9 +223,7 @@ def evaluate(argv: list[str]) -> None:
   """Evaluates a checkpoint of a run, prints the report and writes WORKDIR/eval/<split>_<step>.json (+ PNG)."""
   args = evaluate_parser().parse_args(argv)
   step = parse_step(args.step)
-  if not Path(args.workdir).is_dir():
-    raise ConfigError(f"--workdir {args.workdir} does not exist: give the workdir of a training run "
-                      f"(the --workdir it was trained with).")
+  check_workdir(args.workdir)
   from research.train import evaluate as evaluate_lib
 
   result = evaluate_lib.evaluate_checkpoint(args.workdir, step, args.split)
@@ -265,16 +271,16 @@ def main(command: str, argv: list[str]) -> int:
     return 0
   except (ConfigError, DataUnavailableError) as e:
     print(f"error: {e}", file=sys.stderr)
-    return 2
+    return exit_code(e)
   except (CheckpointError, TrainingError, WorkdirWriteError) as e:
     print(f"error: {e}", file=sys.stderr)
-    return 1
+    return exit_code(e)
   except BrokenPipeError:  # e.g. `evaluate.py ... | head` (an OSError: caught before the one below)
     return stdout_closed()
   except OSError as e:  # a full disk or lost permissions where no step is involved (config.json, dataset.json)
     where = f"Writing {e.filename}" if e.filename else "Reading or writing a file"
     print(f"error: {where} failed: {e.strerror or e}. Free space or fix permissions, then rerun.", file=sys.stderr)
-    return 1
-  except KeyboardInterrupt:  # Ctrl-C twice in training, or once in evaluate/export
+    return exit_code(e)
+  except KeyboardInterrupt as e:  # Ctrl-C twice in training, or once in evaluate/export
     print("error: interrupted; checkpoints already written are intact.", file=sys.stderr)
-    return 130
+    return exit_code(e)

@@ -55,3 +55,13 @@ def read_json_object(path: str | os.PathLike, what: str, question: str) -> dict:
 class InputError(ValueError):
   """Inputs to a served model that do not fit its signature (shape, dtype, range, text length); the message names
   the input and the rule. A script exits 2 on it; the server answers 400."""
+
+
+def exit_code(error: BaseException | None) -> int:
+  """The exit code of a script whose command ended with `error`: 0 done, 2 bad input (the user's to fix), 130
+  interrupted, 1 a failed run (scripts/train.py records it in run.json too)."""
+  if error is None:
+    return 0
+  if isinstance(error, KeyboardInterrupt):
+    return 130
+  return 2 if isinstance(error, (ConfigError, DataUnavailableError)) else 1

@@ -31,7 +31,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Iterator
 
-from research import atomic
+from research import atomic, errors
 
 FILE = "run.json"
 PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy", "tensorboardX", "tensorboard", "datasets")
@@ -83,17 +83,6 @@ def describe() -> dict:
           "start_time": _now(), "end_time": None, "status": "running", "exit_code": None, "exception": None}
 
 
-def exit_code(error: BaseException | None) -> int:
-  """The exit code scripts/train.py returns for a run that ended with `error` (research/cli.py's rules)."""
-  from research.errors import ConfigError, DataUnavailableError
-
-  if error is None:
-    return 0
-  if isinstance(error, KeyboardInterrupt):
-    return 130
-  return 2 if isinstance(error, (ConfigError, DataUnavailableError)) else 1
-
-
 class Record:
   """The run.json of one invocation; the loop sets `status` to "stopped" when it stops before the end."""
 
@@ -107,7 +96,7 @@ class Record:
 
   def finish(self, error: BaseException | None) -> None:
     self.fields.update(end_time=_now(), status="failed" if error is not None else self.status,
-                       exit_code=exit_code(error),
+                       exit_code=errors.exit_code(error),
                        exception=None if error is None else {"type": type(error).__name__, "message": str(error)})
     self.write()
 

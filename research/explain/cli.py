@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from research.cli import Parser, parse_step, script_parser
+from research.cli import Parser, check_workdir, parse_step, script_parser
 from research.errors import ConfigError
 
 METHODS = ("gausslegendre", "trapezoid")  # research/explain/attribution.py (not imported here: it imports JAX)
@@ -46,9 +46,7 @@ def parser() -> Parser:
 def explain(argv: list[str]) -> None:
   args = parser().parse_args(argv)
   step = parse_step(args.step)
-  if not Path(args.workdir).is_dir():
-    raise ConfigError(f"--workdir {args.workdir} does not exist: give the workdir of a training run "
-                      f"(the --workdir it was trained with).")
+  check_workdir(args.workdir)
   if args.misclassified < 0 or args.steps < 2 or args.batch_points < 1:
     raise ConfigError("--misclassified must be >= 0, --steps >= 2 and --batch_points >= 1.")
   from research.explain.run import explain as run

@@ -123,8 +123,8 @@ class Sweep:
   def _ended(self, running: Running, position: str) -> None:
     run, workdir = running.run, self.out / running.run.name
     code, seconds = running.process.returncode, time.time() - running.started
-    if (workdir / "config.json").is_file():
-      hparams.record_run(workdir)  # a stopped run too: the dashboard shows it as running
+    if code != 0 and (workdir / "config.json").is_file():
+      hparams.record_run(workdir)  # a run that failed (a finished or stopped run registered itself)
     if code == 0 and self._finished(run):
       self.say(f"{position} {run.name}: done in {seconds:.0f} s: {_summary(workdir)}")
       return
