@@ -137,6 +137,8 @@ def test_profile_traces_the_configured_window_of_steps(tmp_path):
   trace = json.loads(gzip.decompress((runs[0] / "perfetto_trace.json.gz").read_bytes()))
   steps = _traced_calls(trace, "PjitFunction(_train_step)")
   assert len(steps) == 3  # steps 5-7: after the skipped ones, before the rest
+  marked = [e["args"]["step_num"] for e in trace["traceEvents"] if e.get("name") == "train" and "dur" in e]
+  assert marked == ["5", "6", "7"]  # the step markers the Profile tab's step-time graph is drawn from
   threads = {(e["pid"], e["tid"]): e["args"]["name"] for e in trace["traceEvents"] if e.get("name") == "thread_name"}
   xla_work = [e for e in trace["traceEvents"] if e.get("ph") == "X" and "XLA" in threads.get((e["pid"], e.get("tid")), "")]
   assert max(e["ts"] + e["dur"] for e in xla_work) > steps[-1][0]  # the last traced step's computation is in it

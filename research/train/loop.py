@@ -263,7 +263,8 @@ def _train(config, workdir: Path, mesh, preemption: PreemptionGuard, flags_warni
       for step, batch in zip(range(start + 1, stop + 1), batches):
         profiler.before(step)
         dispatched = time.perf_counter()
-        state, step_metrics = train_step(state, batch)
+        with profiler.annotate(step):
+          state, step_metrics = train_step(state, batch)
         profiler.after(step, step_metrics)
         if step == start + 1:  # The first step compiles (or loads from the compilation cache): time it.
           jax.block_until_ready(step_metrics)

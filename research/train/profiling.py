@@ -6,7 +6,9 @@
 `profile_skip` keeps the first step's compilation and the warm-up out of the
 window. The JAX profiler writes WORKDIR/tensorboard/plugins/profile/<time>/:
 `<host>.xplane.pb` (TensorBoard's Profile tab, with `pip install xprof`) and
-`perfetto_trace.json.gz` (ui.perfetto.dev opens it). The window
+`perfetto_trace.json.gz` (ui.perfetto.dev opens it). Each traced step runs
+under a `StepTraceAnnotation` named `train` with its step number, which the
+Profile tab's overview page groups into its step-time graph. The window
 ends once the last traced step's results are ready, so it holds all the device
 work of the traced steps. With several processes, process 0 traces: they share
 the workdir, and the profiler names its files by host.
@@ -14,6 +16,7 @@ the workdir, and the profiler names its files by host.
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import jax
@@ -45,6 +48,10 @@ class StepProfiler:
     if self.enabled and step == self.first:
       jax.profiler.start_trace(self.logdir, create_perfetto_trace=True)
       self.active = True
+
+  def annotate(self, step: int):
+    """The context to dispatch step `step` in: a step marker for the profiler while it traces."""
+    return jax.profiler.StepTraceAnnotation("train", step_num=step) if self.active else contextlib.nullcontext()
 
   def after(self, step: int, outputs) -> None:
     if self.active and step == self.last:
