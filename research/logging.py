@@ -41,7 +41,7 @@ class MetricWriter:
     self.active = jax.process_index() == 0
     if not self.active:
       return
-    SummaryWriter = _summary_writer_class()
+    SummaryWriter = summary_writer_class()
     workdir = Path(workdir)
     self.jsonl_path, self.tb_path = workdir / "metrics.jsonl", workdir / "tensorboard"
     with _naming(self.jsonl_path, resume_step):
@@ -101,7 +101,7 @@ class MetricWriter:
         self.jsonl.close()
 
 
-def _summary_writer_class():
+def summary_writer_class():
   """tensorboardX's SummaryWriter, imported lazily (keeps `import research` light) and without PyTorch.
 
   tensorboardX imports torch, when it is installed, only to accept torch tensors: ~2 s of every run's

@@ -3,11 +3,12 @@
 
     python scripts/screenshots.py hparams --logdir runs/sweep --out docs/images/hparams_table.png
     python scripts/screenshots.py profile --logdir runs/mnist_cnn_profile --out docs/images/cnn_profile.png
+    python scripts/screenshots.py images --logdir runs/mnist_cnn/explain --out docs/images/ig_misclassified.png
 
 A development tool (docs/development.md, "Screenshots"), not run by the tests. It needs Debian's
 `chromium` (`apt-get install chromium`) and, for the profile, the Profile tab's plugin (`pip install xprof`)
 in the environment whose Python runs this script: TensorBoard is started with that Python. It waits until
-the server has loaded what the page shows (every run's HParams session, or a profile run), then lets
+the server has loaded what the page shows (every run's HParams session, a profile run, an image), then lets
 Chromium render the page and keeps the PNG small (a 256-colour palette).
 """
 
@@ -29,6 +30,7 @@ from pathlib import Path
 PAGES = {
     "hparams": ("hparams", "/data/plugin/hparams/session_groups", (1600, 640)),
     "profile": ("profile", "/data/plugin/profile/runs", (1600, 900)),
+    "images": ("images", "/data/plugin/images/tags", (1600, 700)),
 }
 SESSION_GROUPS = {"experimentName": "", "allowedStatuses": ["STATUS_UNKNOWN", "STATUS_SUCCESS", "STATUS_FAILURE",
                   "STATUS_RUNNING"], "colParams": [], "startIndex": 0, "sliceSize": 100}
@@ -49,8 +51,10 @@ def ready(base: str, path: str, expected: int) -> bool:
       answer = json.loads(gzip.decompress(data) if response.headers.get("Content-Encoding") == "gzip" else data)
   except (OSError, ValueError):
     return False
-  if isinstance(answer, dict):
-    answer = [g for g in answer.get("sessionGroups", []) if g.get("metricValues")]
+  if isinstance(answer, dict) and "sessionGroups" in answer:  # hparams: the sessions with metrics
+    answer = [g for g in answer["sessionGroups"] if g.get("metricValues")]
+  elif isinstance(answer, dict):  # images: run -> its tags
+    answer = [tag for tags in answer.values() for tag in tags]
   return len(answer) >= expected
 
 

@@ -21,9 +21,11 @@ command is classified; one that fits no class fails its test, so none is silentl
 - `NAME=$(command)`: the command is run as its class says, and its output is $NAME for the page's later
   commands (e.g. `KEY=$(... --add_key ...)`, then `curl -H "Authorization: Bearer $KEY" ...`).
 - anything else that runs `.venv/bin/python scripts/*.py` (evaluate, export, --verify, --help, benchmark
-  --quick) or `.venv/bin/python -m module` (the Sphinx build): as written; a command identical to one that
-  already ran here, alone or in a `&&` chain (e.g. the quick start's export, repeated in docs/export.md), is
-  not run twice.
+  --quick) or `.venv/bin/python -m module` (the Sphinx build): as written.
+
+A command identical to one that already ran here, alone or in a `&&` chain (e.g. the quick start's training
+and export, repeated in docs/training.md and docs/export.md; the runs docs/tensorboard.md's tour revisits), is
+not run twice; only a training command repeated on its own page runs again, since that shows a resume.
 
 `.venv/bin/<tool>` becomes the tool beside sys.executable. Every command runs through bash (so `&`,
 `;` and `wait` work as written) with 1 simulated CPU device per process.
@@ -307,8 +309,9 @@ def test_documented_command(command: Command, scratch: Path):
   assert len(re.findall(r"--config[ =]configs/\w+\.py:\w+", smoke)) == len(trainings), (
       f"a training command this test cannot bring to smoke scale (--config configs/X.py[:variant]): {rest}")
   for part in local_tools(smoke).split(" && "):  # in order, each to exit 0: the chain as bash runs it
-    if part in ALREADY_RUN and not re.search(TRAINING, part) and not name:
-      continue  # the same command ran at ALREADY_RUN[...] in this directory (a training runs again: it resumes)
+    repeated_here = ALREADY_RUN.get(part, "").startswith(command.page + ":")
+    if part in ALREADY_RUN and not name and not (re.search(TRAINING, part) and repeated_here):
+      continue  # it ran at ALREADY_RUN[part] in this directory (a training repeated on its own page resumes)
     out = run(part, scratch, timeout=900 if "benchmark.py" in part else TIMEOUT_S, variables=VARIABLES.get(command.page))
     ALREADY_RUN[part] = command.id
     if built := re.search(r"-m sphinx .* docs (\S+)$", part):

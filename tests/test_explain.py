@@ -3,7 +3,9 @@ model's own probabilities, and scripts/explain.py writes readable overlays, esca
 
 from __future__ import annotations
 
+import io
 import json
+from pathlib import Path
 
 import jax.numpy as jnp
 import numpy as np
@@ -122,6 +124,8 @@ def test_gpt_attention_maps_are_its_causal_probabilities(tmp_path_factory):
 
 
 def test_explain_writes_overlays_for_misclassified_digits(cnn, tmp_path):
+  from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
   workdir, *_ = cnn
   written = run.explain(workdir, misclassified=2, out=tmp_path, log=lambda _: None)
   summary = json.loads((tmp_path / "summary.json").read_text())
@@ -131,6 +135,11 @@ def test_explain_writes_overlays_for_misclassified_digits(cnn, tmp_path):
     assert abs(example["completeness_error"]) <= 0.01 * abs(example["target_logit"] - example["baseline_logit"])
     with Image.open(tmp_path / example["file"]) as image:
       assert image.width >= 3 * 28 * 8 and image.height >= 28 * 8
+      panel = np.asarray(image.convert("RGB"))
+    events = EventAccumulator(str(tmp_path / "tensorboard"), size_guidance={"images": 0}).Reload()
+    shown, = events.Images(f"explain/{Path(example['file']).stem}")  # TensorBoard's Images tab: the same panel
+    with Image.open(io.BytesIO(shown.encoded_image_string)) as image:
+      np.testing.assert_array_equal(np.asarray(image.convert("RGB")), panel)
   arrays = np.load(tmp_path / "attributions.npz")
   assert arrays["integrated_gradients"].shape == arrays["images"].shape == (2, 28, 28, 1)
 

@@ -15,7 +15,8 @@ def parser() -> Parser:
       "explain.py", "Show what a trained model looks at: integrated gradients and saliency over images, token\n"
       "attributions of texts, attention maps per layer and head (Transformer, GPT).",
       "Writes into WORKDIR/explain (or --out):\n"
-      "  image classifier: <example>.png (input | integrated gradients | saliency), attributions.npz, summary.json\n"
+      "  image classifier: <example>.png (input | integrated gradients | saliency), tensorboard/ (the same images),\n"
+      "                    attributions.npz, summary.json\n"
       "  text classifier:  tokens.html (highlighted tokens), tensorboard/ (text), summary.json,\n"
       "                    and for a Transformer attention/<example>/layer<i>.png, attention.npy, tokens.json\n"
       "  language model:   attention/<example>/layer<i>.png, attention.npy, tokens.json\n\n"

@@ -3,7 +3,8 @@
 The baseline is the all-black image (raw pixels 0) run through the run's preprocessing; the target is the
 predicted class. Attributions are computed on the model's input (after e.g. normalize or flatten, which act
 pixel by pixel) and drawn on the raw image: integrated gradients summed over channels (red: toward the
-predicted class, blue: against it), saliency as the largest |gradient| over channels.
+predicted class, blue: against it), saliency as the largest |gradient| over channels. Each example's panel is a
+PNG and a TensorBoard image (tag `explain/<name>`, in OUT/tensorboard, at the checkpoint's step).
 """
 
 from __future__ import annotations
@@ -19,12 +20,14 @@ from research.errors import ConfigError
 from research.explain import attribution, render
 from research.explain import model as model_lib
 from research.explain.inputs import Examples
+from research.logging import summary_writer_class
 
 
-def explain(model, examples: Examples, preprocess, input_key: str, class_names: list[str], out: Path,
+def explain(model, examples: Examples, preprocess, input_key: str, class_names: list[str], out: Path, step: int,
             **options) -> list[Path]:
-  """Writes OUT/<name>.png (input, integrated gradients, saliency) per example, OUT/attributions.npz and
-  OUT/summary.json; returns the paths. `options`: steps, method, batch_points of integrated gradients."""
+  """Writes OUT/<name>.png (input, integrated gradients, saliency) per example, the same panels to
+  OUT/tensorboard at `step`, OUT/attributions.npz and OUT/summary.json; returns the paths. `options`: steps,
+  method, batch_points of integrated gradients."""
   (key, raw), = examples.raw.items()
   x = np.asarray(preprocess({key: raw})[input_key], np.float32)
   baseline = np.asarray(preprocess({key: np.zeros_like(raw)})[input_key], np.float32)
@@ -39,7 +42,7 @@ def explain(model, examples: Examples, preprocess, input_key: str, class_names: 
   on_pixels = lambda a: a.reshape(raw.shape).astype(np.float32)
   ig_map, saliency_map = on_pixels(ig.attributions).sum(-1), np.abs(on_pixels(gradient)).max(-1)
   out.mkdir(parents=True, exist_ok=True)
-  written, summary = [], []
+  written, summary, panels = [], [], {}
   for i, (name, stem) in enumerate(zip(examples.names, slugs(examples.names))):
     predicted = class_names[target[i]]
     truth = "" if examples.labels is None else f"true {class_names[int(examples.labels[i])]}, "
@@ -52,17 +55,24 @@ def explain(model, examples: Examples, preprocess, input_key: str, class_names: 
     with atomic.replacing(path) as tmp:
       panel.save(tmp, format="PNG")
     written.append(path)
+    panels[stem] = np.asarray(panel.convert("RGB"))
     summary.append({"name": name, "file": path.name, "predicted": predicted,
                     "probability": round(float(probabilities[i, target[i]]), 6),
                     "label": None if examples.labels is None else class_names[int(examples.labels[i])],
                     "target_logit": float(ig.score[i]), "baseline_logit": float(ig.baseline_score[i]),
                     "attribution_sum": float(ig.attributions[i].sum()), "completeness_error": float(ig.delta[i]),
                     "steps": int(ig.steps[i])})
+  tensorboard = summary_writer_class()(str(out / "tensorboard"))
+  try:
+    for stem, pixels in panels.items():
+      tensorboard.add_image(f"explain/{stem}", pixels, step, dataformats="HWC")
+  finally:
+    tensorboard.close()
   arrays = out / "attributions.npz"
   with atomic.replacing(arrays) as tmp, open(tmp, "wb") as file:
     np.savez(file, names=np.array(examples.names), images=raw, integrated_gradients=on_pixels(ig.attributions),
              saliency=on_pixels(gradient), target=target)
-  return [*written, arrays, write_summary(out, {"method": "integrated gradients", **options}, summary)]
+  return [*written, arrays, out / "tensorboard", write_summary(out, {"method": "integrated gradients", **options}, summary)]
 
 
 def write_summary(out: Path, settings: dict, examples: list[dict]) -> Path:

@@ -51,7 +51,7 @@ def explain(workdir: str | Path, *, inputs: list[str] = (), misclassified: int =
   names = evaluate.class_names(config, workdir, int(config.model.num_classes))
   step_number = int(meta["step"])
   if not text_model:
-    return images.explain(model, examples, prepare, config.data.input_key, names, out, **options)
+    return images.explain(model, examples, prepare, config.data.input_key, names, out, step_number, **options)
   written = texts.explain(model, examples, clean, preprocess, config, workdir, names, out, step_number, **options)
   if attention.attention_layers(model):
     tokenizer, text_key = tokens_lib.tokenizer(config, workdir)

@@ -18,7 +18,7 @@ from research.explain import render
 from research.explain import tokens as tokens_lib
 from research.explain.images import slugs, write_summary
 from research.explain.inputs import Examples
-from research.logging import _summary_writer_class
+from research.logging import summary_writer_class
 
 
 def explain(model, examples: Examples, clean, preprocess, config, workdir: Path, class_names: list[str], out: Path,
@@ -35,7 +35,7 @@ def explain(model, examples: Examples, clean, preprocess, config, workdir: Path,
   spans = tokens_lib.spans(tokenizer, texts, tokens)
   sections, summary = [], []
   out.mkdir(parents=True, exist_ok=True)
-  tensorboard = _summary_writer_class()(str(out / "tensorboard"))
+  tensorboard = summary_writer_class()(str(out / "tensorboard"))
   try:
     for i, (name, stem) in enumerate(zip(examples.names, slugs(examples.names))):
       n = len(spans[i])

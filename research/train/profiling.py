@@ -5,18 +5,18 @@
 
 `profile_skip` keeps the first step's compilation and the warm-up out of the
 window. The JAX profiler writes WORKDIR/tensorboard/plugins/profile/<time>/:
-`<host>.xplane.pb` (TensorBoard's Profile tab, with `pip install xprof`) and
+`<host>.xplane.pb` (TensorBoard's Profile tab, with the `profile` extra) and
 `perfetto_trace.json.gz` (ui.perfetto.dev opens it). Each traced step runs
 under a `StepTraceAnnotation` named `train` with its step number, which the
-Profile tab's overview page groups into its step-time graph. The window
-ends once the last traced step's results are ready, so it holds all the device
-work of the traced steps. With several processes, process 0 traces: they share
-the workdir, and the profiler names its files by host.
+Profile tab's overview page draws its step-time graph from, and waits for its
+results inside it: the traced window holds all the device work of its steps,
+and a step's time is its computation, not its asynchronous dispatch. With
+several processes, process 0 traces: they share the workdir, and the profiler
+names its files by host.
 """
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 
 import jax
@@ -49,13 +49,16 @@ class StepProfiler:
       jax.profiler.start_trace(self.logdir, create_perfetto_trace=True)
       self.active = True
 
-  def annotate(self, step: int):
-    """The context to dispatch step `step` in: a step marker for the profiler while it traces."""
-    return jax.profiler.StepTraceAnnotation("train", step_num=step) if self.active else contextlib.nullcontext()
+  def run(self, step: int, train_step, *args):
+    """`train_step(*args)`; while tracing, marked as step `step` of `train` and awaited inside the marker, so
+    that the profiler's step time is the step's computation rather than its asynchronous dispatch."""
+    if not self.active:
+      return train_step(*args)
+    with jax.profiler.StepTraceAnnotation("train", step_num=step):
+      return jax.block_until_ready(train_step(*args))
 
-  def after(self, step: int, outputs) -> None:
+  def after(self, step: int) -> None:
     if self.active and step == self.last:
-      jax.block_until_ready(outputs)
       self.stop()
 
   def stop(self) -> None:
