@@ -5,12 +5,14 @@
 
 `record_run` writes one event file, WORKDIR/tensorboard/events.out.tfevents.hparams
 (replaced whole on every call, so calling it again never duplicates anything):
+
 - the session start: every config key, flattened (`optimizer.learning_rate`),
   with tuples and lists as their JSON text (`[512, 256]`);
 - `best/eval/<metric>` scalars: each eval metric's best value, at the step it
   was reached (research/runs.py says which direction is best);
 - the session end (status success) once the run is finished; a run stopped
   half-way, or still going, shows status unknown until then.
+
 The final metrics are the scalars the run logged itself (`eval/accuracy`,
 `train/loss`, ...): the dashboard shows each tag's last value. No experiment
 summary is written, so TensorBoard builds the table's columns from all runs'

@@ -26,6 +26,9 @@ NAMED = {
     "api/checkpoint.html": ["research.checkpoint.Checkpointer"],
     "api/export.html": ["research.export.api.export", "research.export.manifest.verify"],
     "api/serve.html": ["research.serve.predictor.Predictor", "research.serve.inputs.check"],
+    "api/runs.html": ["research.runs.read", "research.hparams.record_run", "research.sweep.plan.make"],
+    "api/explain.html": ["research.explain.run.explain", "research.explain.attribution.integrated_gradients",
+                         "research.explain.attention.attention_maps"],
 }
 
 

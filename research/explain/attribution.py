@@ -92,7 +92,7 @@ class Attribution:
     return (total - (self.score.astype(np.float64) - self.baseline_score)).astype(np.float32)
 
   def outside(self, tolerance: float) -> np.ndarray:
-    """bool[N]: examples whose completeness error exceeds `tolerance` times |f(x) - f(baseline)|."""
+    """bool[N]: examples whose completeness error exceeds `tolerance` times abs(f(x) - f(baseline))."""
     return np.abs(self.delta) > tolerance * np.abs(self.score - self.baseline_score)
 
 

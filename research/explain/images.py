@@ -3,7 +3,7 @@
 The baseline is the all-black image (raw pixels 0) run through the run's preprocessing; the target is the
 predicted class. Attributions are computed on the model's input (after e.g. normalize or flatten, which act
 pixel by pixel) and drawn on the raw image: integrated gradients summed over channels (red: toward the
-predicted class, blue: against it), saliency as the largest |gradient| over channels. Each example's panel is a
+predicted class, blue: against it), saliency as the largest absolute gradient over channels. Each example's panel is a
 PNG and a TensorBoard image (tag `explain/<name>`, in OUT/tensorboard, at the checkpoint's step).
 """
 

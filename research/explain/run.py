@@ -4,6 +4,7 @@
 - a text classifier: token attributions as HTML, TensorBoard text and JSON (research/explain/texts.py), and,
   for a Transformer, its attention maps per layer and head;
 - a language model with attention (the GPT): attention maps of given texts (their UTF-8 bytes).
+
 Everything is written under OUT (default WORKDIR/explain).
 """
 

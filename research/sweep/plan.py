@@ -1,4 +1,4 @@
-"""A sweep's plan: its runs, each a name and the `--config.KEY=VALUE` overrides that make it.
+"""A sweep's plan: its runs, each a name and the `--config.KEY=VALUE` overrides that make it. Its flags::
 
     --grid 'optimizer.learning_rate=1e-3,3e-3'        every combination of the listed values
     --grid 'model.hidden_sizes=(512,256),(256,)'       values are split at commas outside brackets and quotes
