@@ -125,14 +125,24 @@ class Checkpointer:
     if best_metric and keep_best > 0:
       policies.append(BestN(get_metric_fn=lambda m: m[best_metric], reverse=best_mode == "min", n=keep_best,
                             keep_checkpoints_without_metrics=False))
-    self.manager = ocp.CheckpointManager(
+    self.manager = self._listing(lambda: ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(
             create=not read_only, read_only=read_only, enable_async_checkpointing=True,
             cleanup_tmp_directories=not read_only,  # Leftovers of a killed save.
             preservation_policy=AnyPreservationPolicy(policies) if not read_only else None),
         item_names=("state", "meta"),
-    )
+    ))
+
+  def _listing(self, list_steps):
+    """`list_steps()`, which reads every step's metadata; a reader lists again when a live run deleted a step
+    (checkpoint.keep) between seeing its directory and reading its metadata."""
+    for attempt in range(10):
+      try:
+        return list_steps()
+      except FileNotFoundError:
+        if not self.read_only or attempt == 9:
+          raise
 
   def steps(self) -> list[int]:
     return sorted(self.manager.all_steps())
@@ -271,7 +281,7 @@ class Checkpointer:
 
   def _deleted_meanwhile(self, step: int) -> bool:
     """Whether `step` is gone because a live run's keep policy removed it (not damage)."""
-    self.manager.reload()
+    self._listing(self.manager.reload)
     return step not in self.manager.all_steps() and not (self.directory / str(step)).exists()
 
   def _set_aside(self, steps: list[int]) -> None:

@@ -278,7 +278,7 @@ def main(command: str, argv: list[str]) -> int:
   except BrokenPipeError:  # e.g. `evaluate.py ... | head` (an OSError: caught before the one below)
     return stdout_closed()
   except OSError as e:  # a full disk or lost permissions where no step is involved (config.json, dataset.json)
-    where = f"Writing {e.filename}" if e.filename else "Reading or writing a file"
+    where = f"Reading or writing {e.filename}" if e.filename else "Reading or writing a file"
     print(f"error: {where} failed: {e.strerror or e}. Free space or fix permissions, then rerun.", file=sys.stderr)
     return exit_code(e)
   except KeyboardInterrupt as e:  # Ctrl-C twice in training, or once in evaluate/export

@@ -350,3 +350,23 @@ def test_a_disk_full_from_the_start_is_one_line_naming_the_file(tmp_path, limit)
   assert proc.returncode == 1 and "Traceback" not in err, err[-3000:]
   line = err.strip().splitlines()[-1]
   assert line.startswith("error: ") and str(tmp_path / "run") in line and "File too large" in line, line
+
+
+def test_a_reader_lists_the_checkpoints_again_when_the_run_deletes_one_meanwhile(finished_run, tmp_path, monkeypatch):
+  """A live run's keep policy may delete a step between a reader listing its directory and reading its commit
+  time (seen in evaluate.py on a live run): here the step is deleted at exactly that moment, inside Orbax's read."""
+  from orbax.checkpoint._src.path import step as orbax_step
+
+  from research.checkpoint import Checkpointer
+
+  workdir = shutil.copytree(finished_run, tmp_path / "run")
+  directory = workdir / "checkpoints"
+
+  def deleted_while_listed(metadata):
+    if metadata.step == 10:
+      shutil.rmtree(directory / "10")  # what the writer's checkpoint.keep does; Orbax then stats the directory
+    return None
+
+  monkeypatch.setattr(orbax_step.Metadata, "commit_timestamp_nsecs", property(deleted_while_listed))
+  assert Checkpointer(directory, every=0, keep=0, read_only=True).steps() == [20]
+  assert not (directory / "10").exists()
