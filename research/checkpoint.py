@@ -137,12 +137,13 @@ class Checkpointer:
   def _listing(self, list_steps):
     """`list_steps()`, which reads every step's metadata; a reader lists again when a live run deleted a step
     (checkpoint.keep) between seeing its directory and reading its metadata."""
-    for attempt in range(10):
+    for _ in range(9):
       try:
         return list_steps()
       except FileNotFoundError:
-        if not self.read_only or attempt == 9:
+        if not self.read_only:
           raise
+    return list_steps()
 
   def steps(self) -> list[int]:
     return sorted(self.manager.all_steps())

@@ -269,10 +269,7 @@ def main(command: str, argv: list[str]) -> int:
     with entry_point(argv, console.flag_value(argv, "--workdir"), creates_workdir=command == "train"):
       COMMANDS[command](argv)
     return 0
-  except (ConfigError, DataUnavailableError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return exit_code(e)
-  except (CheckpointError, TrainingError, WorkdirWriteError) as e:
+  except (ConfigError, DataUnavailableError, CheckpointError, TrainingError, WorkdirWriteError) as e:
     print(f"error: {e}", file=sys.stderr)
     return exit_code(e)
   except BrokenPipeError:  # e.g. `evaluate.py ... | head` (an OSError: caught before the one below)

@@ -6,7 +6,7 @@
     python scripts/screenshots.py images --logdir runs/mnist_cnn/explain --out docs/images/ig_misclassified.png
 
 A development tool (docs/development.md, "Screenshots"), not run by the tests. It needs Debian's
-`chromium` (`apt-get install chromium`) and, for the profile, the Profile tab's plugin (`pip install xprof`)
+`chromium` (`apt-get install chromium`) and, for the profile, the Profile tab's plugin (the `profile` extra)
 in the environment whose Python runs this script: TensorBoard is started with that Python. It waits until
 the server has loaded what the page shows (every run's HParams session, a profile run, an image), then lets
 Chromium render the page and keeps the PNG small (a 256-colour palette).

@@ -72,7 +72,8 @@ def explain(model, examples: Examples, preprocess, input_key: str, class_names: 
   with atomic.replacing(arrays) as tmp, open(tmp, "wb") as file:
     np.savez(file, names=np.array(examples.names), images=raw, integrated_gradients=on_pixels(ig.attributions),
              saliency=on_pixels(gradient), target=target)
-  return [*written, arrays, out / "tensorboard", write_summary(out, {"method": "integrated gradients", **options}, summary)]
+  summary_file = write_summary(out, {"method": "integrated gradients", **options}, summary)
+  return [*written, arrays, out / "tensorboard", summary_file]
 
 
 def write_summary(out: Path, settings: dict, examples: list[dict]) -> Path:

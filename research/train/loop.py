@@ -264,7 +264,6 @@ def _train(config, workdir: Path, mesh, preemption: PreemptionGuard, flags_warni
         profiler.before(step)
         dispatched = time.perf_counter()
         state, step_metrics = profiler.run(step, train_step, state, batch)
-        profiler.after(step)
         if step == start + 1:  # The first step compiles (or loads from the compilation cache): time it.
           jax.block_until_ready(step_metrics)
           writer.scalars(step, {"perf/first_step_sec": time.perf_counter() - dispatched})

@@ -51,15 +51,15 @@ class StepProfiler:
 
   def run(self, step: int, train_step, *args):
     """`train_step(*args)`; while tracing, marked as step `step` of `train` and awaited inside the marker, so
-    that the profiler's step time is the step's computation rather than its asynchronous dispatch."""
+    that the profiler's step time is the step's computation rather than its asynchronous dispatch. The trace
+    ends after the last step of the window."""
     if not self.active:
       return train_step(*args)
     with jax.profiler.StepTraceAnnotation("train", step_num=step):
-      return jax.block_until_ready(train_step(*args))
-
-  def after(self, step: int) -> None:
-    if self.active and step == self.last:
+      outputs = jax.block_until_ready(train_step(*args))
+    if step == self.last:
       self.stop()
+    return outputs
 
   def stop(self) -> None:
     """Ends the trace (also when the run ends inside the window: the steps traced so far are kept)."""
