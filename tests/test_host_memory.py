@@ -9,12 +9,14 @@ import sys
 
 from tests import helpers
 
-# A jitted call whose 80 MB temporary buffer (the matmul's output, reduced afterwards) XLA allocates and frees
+# A jitted call whose 80 MB temporary buffer (the first matmul's output, the second's input) XLA allocates and frees
 # at every call; prints, per call after warm-up, the minor page faults and the size of malloc's heap. XLA frees a
 # call's buffer on a worker thread, sometimes after the next call has allocated its own: the heap then grows to a
 # new peak (fresh pages, so faults), a few times at most. Reuse is judged on the calls that did not grow it.
+# Some sandboxes (gVisor) report no minor faults at all, and with transparent huge pages a first touch faults
+# once per 2 MiB: the first line printed is the faults of first-touching 64 MiB, which says whether faults count.
 _FAULTS_PER_CALL = """
-import ctypes, json, resource
+import ctypes, json, mmap, resource
 from research import host_memory
 host_memory.apply()
 import jax, jax.numpy as jnp
@@ -23,8 +25,13 @@ class Info(ctypes.Structure):  # glibc's struct mallinfo2: arena is the heap's s
                                               "fsmblks", "uordblks", "fordblks", "keepcost")]
 libc = ctypes.CDLL(None)
 libc.mallinfo2.restype = Info
+fresh = mmap.mmap(-1, 64 << 20)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for offset in range(0, len(fresh), 4096):
+  fresh[offset] = 1
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 x, w = jnp.ones((40000, 128)), jnp.ones((128, 512))
-f = jax.jit(lambda x, w: jnp.sum(jnp.tanh(x @ w), axis=0))
+f = jax.jit(lambda x, w: (lambda h: h.T @ h)(jnp.tanh(x @ w)))  # h cannot fuse into a matmul
 calls = []
 for _ in range(24):
   before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
@@ -34,22 +41,31 @@ print(json.dumps(calls[3:]))
 """
 
 
-def _calls(defaults: str) -> list[tuple[int, int]]:
+def _calls(defaults: str) -> tuple[int, list[tuple[int, int]]]:
+  """The faults of first-touching 64 MiB, and (faults, heap size) per call."""
   env = {**os.environ, "RESEARCH_MALLOC_DEFAULTS": defaults}
   done = subprocess.run([sys.executable, "-c", _FAULTS_PER_CALL], capture_output=True, text=True, env=env,
                         timeout=300, cwd=str(helpers.ROOT))
   assert done.returncode == 0, done.stderr[-2000:]
-  return json.loads(done.stdout.strip().splitlines()[-1])
+  touch, calls = done.stdout.strip().splitlines()[-2:]
+  return int(touch), json.loads(calls)
 
 
 def test_the_temporary_buffer_is_reused_without_page_faults():
-  glibc = statistics.median(faults for faults, _ in _calls("0"))
-  tuned = _calls("1")
-  assert glibc > 10_000, glibc  # 80 MB of fresh pages (4 KiB each) touched again at every call
+  touch, glibc_calls = _calls("0")
+  _, tuned = _calls("1")
+  # The mechanism, seen by malloc: by default the 80 MB buffer is mmapped per call and never joins the heap;
+  # tuned, it stays in the heap, which most calls reuse without growing.
+  assert max(heap for _, heap in glibc_calls) < 80 << 20, glibc_calls
+  assert tuned[-1][1] >= 80 << 20, tuned
+  assert tuned[-1][1] < 1 << 30, tuned  # the heap stops at a few buffers' worth
   reused = [faults for (faults, heap), (_, previous) in zip(tuned[1:], tuned) if heap == previous]
   assert len(reused) >= len(tuned) // 2, tuned
-  assert statistics.median(reused) < glibc / 20, (reused, glibc)
-  assert tuned[-1][1] < 1 << 30, tuned  # the heap stops at a few buffers' worth
+  # The effect, seen by the kernel, where it counts a fault per 4 KiB page first touched.
+  if touch >= 16_000:
+    glibc = statistics.median(faults for faults, _ in glibc_calls)
+    assert glibc > 10_000, glibc  # 80 MB of fresh pages touched again at every call
+    assert statistics.median(reused) < glibc / 20, (reused, glibc)
 
 
 def test_switched_off_by_the_environment():
