@@ -9,7 +9,7 @@ import sys
 
 from tests import helpers
 
-# A jitted call whose 80 MB temporary buffer (the first matmul's output, the second's input) XLA allocates and frees
+# A jitted call whose 80 MB temporary buffer (tanh(x @ w), the second matmul's input) XLA allocates and frees
 # at every call; prints, per call after warm-up, the minor page faults and the size of malloc's heap. XLA frees a
 # call's buffer on a worker thread, sometimes after the next call has allocated its own: the heap then grows to a
 # new peak (fresh pages, so faults), a few times at most. Reuse is judged on the calls that did not grow it.
@@ -30,12 +30,12 @@ before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 for offset in range(0, len(fresh), 4096):
   fresh[offset] = 1
 print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
-x, w = jnp.ones((40000, 128)), jnp.ones((128, 512))
-f = jax.jit(lambda x, w: (lambda h: h.T @ h)(jnp.tanh(x @ w)))  # h cannot fuse into a matmul
+x, w, v = jnp.ones((40000, 128)), jnp.ones((128, 512)), jnp.ones((512, 8))
+f = jax.jit(lambda x, w, v: jnp.tanh(x @ w) @ v)  # the 80 MB tanh(x @ w) cannot fuse into the second matmul
 calls = []
 for _ in range(24):
   before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-  f(x, w).block_until_ready()
+  f(x, w, v).block_until_ready()
   calls.append((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before, libc.mallinfo2().arena))
 print(json.dumps(calls[3:]))
 """
