@@ -45,10 +45,14 @@ def batch(family: str, seed: int = 0) -> dict[str, np.ndarray]:
   return {"image": rng.normal(size=(BATCH, 8, 8, 1)).astype(np.float32), "label": labels}
 
 
+def factory(c):
+  """A function that builds the model of `c` (experiment.model_factory) for `batch`'s shapes."""
+  return experiment.model_factory(c, batch(c.model.name), lambda b: b)
+
+
 def build(c, mesh, steps: int = 10):
   """(graphdef, TrainState placed on `mesh` by the config's rules, optimizer) of a fresh model."""
-  model = experiment.build_model(c, batch(c.model.name), lambda b: b)
-  graphdef, state, tx, _ = experiment.build_state(c, model, steps, mesh)
+  graphdef, state, tx, _ = experiment.build_state(c, factory(c), steps, mesh)
   return graphdef, state, tx
 
 

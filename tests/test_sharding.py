@@ -5,11 +5,13 @@ import functools
 import jax
 import numpy as np
 import pytest
+from flax import nnx
 from jax.sharding import PartitionSpec as P
 
 from research import parallel, sharding
 from research.checkpoint import Checkpointer
 from research.errors import ConfigError
+from research.train import experiment
 from tests import sharded
 
 # Every (data, fsdp, tensor) whose product is 8: the 8 simulated devices. The GPT and the Transformer run them all,
@@ -113,3 +115,24 @@ def test_the_pmap_strategy_refuses_fsdp_and_tensor():
     parallel.make_mesh(c)
   c.mesh.update(data=8, fsdp=1)
   assert dict(parallel.make_mesh(c).shape) == {"data": 8, "fsdp": 1, "tensor": 1}
+
+
+def test_initialization_computes_only_each_device_s_shards():
+  """The TrainState is initialized by one program whose outputs are split by the rules: with fsdp=8 each device
+  computes and holds an eighth of what one device does (XLA's memory analysis), and the values are the eager ones."""
+  analyses, states = {}, {}
+  for fsdp in (1, 8):
+    c = sharded.config("gpt", 8 // fsdp, fsdp)
+    mesh = parallel.make_mesh(c)
+    _, init, _, _ = experiment.state_initializer(c, sharded.factory(c), 10, mesh)
+    analyses[fsdp], states[fsdp] = init.lower().compile().memory_analysis(), init()
+  whole = sum(x.nbytes for x in jax.tree.leaves(states[1]))
+  assert analyses[1].output_size_in_bytes >= whole
+  own = sum(x.addressable_shards[0].data.nbytes for x in jax.tree.leaves(states[8]))  # one device's shards
+  assert own < whole / 8 * 1.05  # (the step, rng and counts are copied: a few bytes)
+  assert own <= analyses[8].output_size_in_bytes <= own * 1.05
+  assert 0 < analyses[8].temp_size_in_bytes <= analyses[1].temp_size_in_bytes / 5  # random bits: per shard too
+  assert sharding.of(states[8]) == sharding.state_shardings(states[8], parallel.make_mesh(c), sharding.rules(c))
+  eager = experiment.build_model(c, sharded.batch("gpt"), lambda b: b)  # op by op, unsplit
+  for mine, theirs in zip(jax.tree.leaves(states[8].params), jax.tree.leaves(nnx.to_pure_dict(nnx.state(eager, nnx.Param)))):
+    np.testing.assert_allclose(np.asarray(mine), np.asarray(theirs), rtol=1e-6, atol=1e-7)

@@ -64,13 +64,12 @@ def _config_and_batch(name: str, quick: bool):
 def measure(name: str, quick: bool = False) -> dict:
   """Trains `name` for a few steps on one batch; returns rates, FLOPs per step and the parameter count."""
   from research import parallel
-  from research.models import precision
   from research.train import experiment, throughput
   from research.train.step import make_steps
 
   config, batch = _config_and_batch(name, quick)
   mesh = parallel.make_mesh(config)
-  model = precision.set_compute_dtype(experiment.build_model(config, batch, lambda b: b), config.compute_dtype)
+  model = experiment.model_factory(config, batch, lambda b: b, config.compute_dtype)
   graphdef, state, tx, _ = experiment.build_state(config, model, 10_000, mesh)
   train_step, _ = make_steps(graphdef, tx, mesh, strategy="auto", input_key=config.data.input_key)
   batch = jax.device_put(batch, parallel.batch_sharding(mesh))

@@ -39,7 +39,7 @@ def measure(name: str, blocks: int, steps: int, calls: int) -> dict:
   config = train_bench.trainer_config(name, steps=1)
   config.data.augment = "random_crop(pad=2)" if x.ndim == 4 else ""  # as the zoo's CNN: the input grid shows it
   mesh = parallel.make_mesh(config)
-  model = experiment.build_model(config, experiment.load_split(config, "train"), lambda batch: batch)
+  model = experiment.model_factory(config, experiment.load_split(config, "train"), lambda batch: batch)
   graphdef, state, tx, schedule = experiment.build_state(config, model, 1, mesh)
   train_step, _ = make_steps(graphdef, tx, mesh, strategy="auto", input_key=spec["input_key"],
                              augment=augment.build(config.data.augment))

@@ -86,13 +86,12 @@ def _measure(config, spec: dict, quick: bool) -> dict:
 
   from research import parallel, sharding
   from research.data import augment
-  from research.models import precision
   from research.train import experiment
   from research.train.step import make_steps
 
   mesh = parallel.make_mesh(config)
   batch = _windows(spec, spec["batch"])
-  model = precision.set_compute_dtype(experiment.build_model(config, batch, lambda b: b), config.compute_dtype)
+  model = experiment.model_factory(config, batch, lambda b: b, config.compute_dtype)
   graphdef, state, tx, _ = experiment.build_state(config, model, 10, mesh)
   train_step, _ = make_steps(graphdef, tx, mesh, strategy=config.parallel.strategy, input_key=config.data.input_key,
                              label_smoothing=config.label_smoothing, augment=augment.build(config.data.augment),

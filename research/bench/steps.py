@@ -35,7 +35,7 @@ def trainer_loop(name: str):
   DATASETS.register("bench")(lambda split: {spec["input_key"]: x, "label": y})
   config = train_bench.trainer_config(name, steps=1)
   mesh = parallel.make_mesh(config)
-  model = experiment.build_model(config, experiment.load_split(config, "train"), lambda batch: batch)
+  model = experiment.model_factory(config, experiment.load_split(config, "train"), lambda batch: batch)
   graphdef, state, tx, _ = experiment.build_state(config, model, 1, mesh)
   step, _ = make_steps(graphdef, tx, mesh, strategy=config.parallel.strategy, input_key=spec["input_key"],
                        label_smoothing=config.label_smoothing, augment=augment.build(config.data.augment))

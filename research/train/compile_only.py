@@ -19,13 +19,11 @@ import tempfile
 import jax
 import numpy as np
 
-from research import optim, parallel, sharding
+from research import parallel, sharding
 from research.accelerators import GIB, memory_bytes
 from research.data import augment
 from research.errors import ConfigError, TrainingError
-from research.models import precision
 from research.train import experiment
-from research.train import state as state_lib
 from research.train.step import make_steps
 
 
@@ -46,22 +44,6 @@ class Report:
     return self.argument_bytes - self.batch_bytes
 
 
-def abstract_state(config, examples: dict[str, np.ndarray], preprocess, mesh):
-  """(graphdef, TrainState of ShapeDtypeStructs with the rules' shardings, optimizer), computing no value."""
-  tx, _ = optim.build(config, max(config.train.steps, 1))
-  built = {}
-
-  def init():
-    model = precision.set_compute_dtype(experiment.build_model(config, examples, preprocess), config.compute_dtype)
-    built["graphdef"], state = state_lib.create(model, tx, config.seed)
-    return state
-
-  shapes = jax.eval_shape(init)
-  placed = sharding.state_shardings(shapes, mesh, sharding.rules(config))
-  state = jax.tree.map(lambda s, where: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=where), shapes, placed)
-  return built["graphdef"], state, tx
-
-
 def abstract_batch(config, examples: dict[str, np.ndarray], preprocess, mesh) -> dict:
   """The shapes of a global train batch of `data.batch_size` rows, split like the pipeline splits it."""
   parallel.check_batch_size(config.data.batch_size, mesh, "data.batch_size")
@@ -77,7 +59,8 @@ def compile_step(config, examples: dict[str, np.ndarray], preprocess, num_device
     raise ConfigError(f"{num_devices} devices are needed and {jax.device_count()} are visible; "
                       f"scripts/train.py --compile_only --devices {num_devices} simulates them.")
   mesh = parallel.make_mesh(config, jax.devices()[:num_devices])
-  graphdef, state, tx = abstract_state(config, examples, preprocess, mesh)
+  make_model = experiment.model_factory(config, examples, preprocess, config.compute_dtype)
+  graphdef, state, tx, _ = experiment.abstract_state(config, make_model, max(config.train.steps, 1), mesh)
   batch = abstract_batch(config, examples, preprocess, mesh)
   train_step, _ = make_steps(graphdef, tx, mesh, strategy=config.parallel.strategy, input_key=config.data.input_key,
                              label_smoothing=config.label_smoothing, augment=augment.build(config.data.augment),

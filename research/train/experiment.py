@@ -8,6 +8,7 @@ onto exactly the structure that saved it.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import jax
 import ml_collections
@@ -21,6 +22,7 @@ from research.data import clean, ops, token_windows
 from research.data import spec as data_spec
 from research.data.sources import get_split
 from research.errors import ConfigError, DataUnavailableError, read_json_object
+from research.models import precision
 from research.models.layers import fast_paths, remat
 from research.registry import MODELS
 from research.train import state as state_lib
@@ -38,19 +40,62 @@ def preprocessor(config, workdir: str | Path, train_arrays: dict[str, np.ndarray
   return ops.build(config.data.preprocess, fit_on=train_arrays, assets_dir=workdir)
 
 
-def build_model(config, arrays: dict[str, np.ndarray], preprocess) -> nnx.Module:
-  """The registered model, sized by two preprocessed examples of `arrays`, with `config.fast_paths` and
-  `config.remat`."""
+def model_factory(config, arrays: dict[str, np.ndarray], preprocess,
+                  compute_dtype: str | None = None) -> Callable[[], nnx.Module]:
+  """A function that builds the registered model anew at each call, sized by two preprocessed examples of `arrays`,
+  with `config.fast_paths`, `config.remat` and (if given) `compute_dtype`. Called under `jax.jit` it initializes
+  every parameter in one compiled program (see `build_state`); called as is, op by op."""
   sample = preprocess({k: v[:2] for k, v in arrays.items()})[config.data.input_key]
-  model = MODELS.get(config.model.name)(config.model, sample, nnx.Rngs(config.seed))
-  return remat.configure(fast_paths.configure(model, config.fast_paths), config.remat)
+
+  def make() -> nnx.Module:
+    model = MODELS.get(config.model.name)(config.model, sample, nnx.Rngs(config.seed))
+    model = remat.configure(fast_paths.configure(model, config.fast_paths), config.remat)
+    return precision.set_compute_dtype(model, compute_dtype) if compute_dtype else model
+
+  return make
 
 
-def build_state(config, model: nnx.Module, total_steps: int, mesh):
-  """Returns (graphdef, TrainState at step 0 placed on `mesh` by the config's rules, optimizer, schedule)."""
+def build_model(config, arrays: dict[str, np.ndarray], preprocess) -> nnx.Module:
+  """The registered model, built and initialized now (see `model_factory`)."""
+  return model_factory(config, arrays, preprocess)()
+
+
+def abstract_state(config, make_model: Callable[[], nnx.Module], total_steps: int, mesh):
+  """(graphdef, TrainState of ShapeDtypeStructs carrying the config's shardings, optimizer, schedule): the state's
+  layout, computing no value."""
   tx, schedule = optim.build(config, total_steps)
-  graphdef, state = state_lib.create(model, tx, config.seed)
-  return graphdef, jax.device_put(state, sharding.state_shardings(state, mesh, sharding.rules(config))), tx, schedule
+  graphdefs = []
+
+  def init():
+    graphdef, state = state_lib.create(make_model(), tx, config.seed)
+    graphdefs.append(graphdef)  # static: the same at every trace
+    return state
+
+  shapes = jax.eval_shape(init)
+  placed = sharding.state_shardings(shapes, mesh, sharding.rules(config))
+  state = jax.tree.map(lambda s, where: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=where), shapes, placed)
+  return graphdefs[0], state, tx, schedule
+
+
+def state_initializer(config, make_model: Callable[[], nnx.Module], total_steps: int, mesh):
+  """(graphdef, init, optimizer, schedule): `init()` returns the TrainState at step 0, computed by one compiled
+  program whose outputs are already split by the config's rules. Each device computes only its own shards, so no
+  device ever holds a whole model that it cannot fit (eagerly, each parameter's initializer would also compile on
+  its own)."""
+  graphdef, layout, tx, schedule = abstract_state(config, make_model, total_steps, mesh)
+  init = jax.jit(lambda: state_lib.create(make_model(), tx, config.seed)[1], out_shardings=sharding.of(layout))
+  return graphdef, init, tx, schedule
+
+
+def build_state(config, model: Callable[[], nnx.Module] | nnx.Module, total_steps: int, mesh):
+  """Returns (graphdef, TrainState at step 0 placed on `mesh` by the config's rules, optimizer, schedule): from a
+  `model_factory`, initialized as `state_initializer` does; a model built already is placed as it is."""
+  if isinstance(model, nnx.Module):
+    tx, schedule = optim.build(config, total_steps)
+    graphdef, state = state_lib.create(model, tx, config.seed)
+    return graphdef, jax.device_put(state, sharding.state_shardings(state, mesh, sharding.rules(config))), tx, schedule
+  graphdef, init, tx, schedule = state_initializer(config, model, total_steps, mesh)
+  return graphdef, init(), tx, schedule
 
 
 def load_config(workdir: str | Path) -> ml_collections.ConfigDict:
@@ -114,10 +159,10 @@ def restore(workdir: str | Path, step: str | int | None = "latest", config=None)
   workdir = Path(workdir)
   config = on_these_devices(config or load_config(workdir))
   mesh = parallel.make_mesh(config)
-  model = build_model(config, model_examples(config, workdir), preprocessor(config, workdir))
-  graphdef, state, _, _ = build_state(config, model, 1, mesh)
+  make_model = model_factory(config, model_examples(config, workdir), preprocessor(config, workdir))
+  graphdef, layout, _, _ = abstract_state(config, make_model, 1, mesh)  # restored into: nothing to initialize
   checkpoints = Checkpointer(workdir / "checkpoints", every=0, keep=0, read_only=True)
-  restored = checkpoints.restore(state, resolve_step(checkpoints, step))
+  restored = checkpoints.restore(layout, resolve_step(checkpoints, step))
   checkpoints.close()
   state, meta = restored
   return config, graphdef, state, meta

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import jax
 import numpy as np
+from flax import nnx
 
 from research import config as config_lib
 from research import hparams, host_memory, parallel, run_record, sharding, validate, xla_flags
@@ -172,11 +173,10 @@ def _train(config, workdir: Path, mesh, preemption: PreemptionGuard, flags_warni
   eval_arrays, eval_preprocess = prepared(test_arrays, preprocess)  # tokenized once, not at every eval
 
   # --- Model, optimizer, state. -------------------------------------------------------------------
-  model = precision.set_compute_dtype(experiment.build_model(config, train_arrays, preprocess),
-                                     config.compute_dtype)
-  abilities = abilities_of(model)  # its own loss, summaries, ...: research/models/interface.py
+  make_model = experiment.model_factory(config, train_arrays, preprocess, config.compute_dtype)
   summary_batch = preprocess({k: v[:16] for k, v in test_arrays.items()})  # fixed examples for summaries
-  graphdef, state, tx, schedule = experiment.build_state(config, model, total_steps, mesh)
+  graphdef, state, tx, schedule = experiment.build_state(config, make_model, total_steps, mesh)
+  abilities = abilities_of(nnx.merge(graphdef, state.params, state.model_state))  # its loss, summaries, ...: interface.py
   learning_rate = jax.jit(schedule)  # for the logs; run eagerly, optax's schedules took ~1 ms of small ops
   steps_with = partial(make_steps, graphdef, tx, mesh, strategy=config.parallel.strategy,
                        input_key=config.data.input_key, label_smoothing=config.label_smoothing,
