@@ -244,13 +244,15 @@ HISTORY_FILE = "config_history.jsonl"
 
 
 def changes(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[str, list]:
-  """{key: [old, new]} for every key that differs from WORKDIR/config.json; {} if there is none yet."""
+  """{key: [old, new]} for every key that differs from WORKDIR/config.json; {} if there is none yet. A key added to
+  the defaults since that file was written counts as its default there (as `with_defaults` reads it back), so
+  resuming a run written by an older version reports only what the config really changes."""
   path = Path(workdir) / "config.json"
   if not path.exists():
     return {}
   try:
-    old = _flat(json.loads(path.read_text()))
-  except (OSError, ValueError):
+    old = _flat(to_dict(with_defaults(json.loads(path.read_text()))))
+  except (OSError, ValueError, TypeError, AttributeError):
     return {"<unreadable config.json>": [None, None]}
   new = _flat(to_dict(config))
   return {k: [old.get(k), new.get(k)] for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)}

@@ -68,6 +68,18 @@ def test_resolved_config_is_written_and_changes_are_reported(tmp_path):
   assert [h["step"] for h in config_lib.history(tmp_path)] == [10]
 
 
+def test_keys_added_since_a_workdir_was_written_are_not_changes(tmp_path):
+  """config.json of an older version lacks the keys added since: at their defaults they are no change."""
+  config = config_lib.load(SPEC)
+  config_lib.save(config, tmp_path)
+  saved = json.loads((tmp_path / "config.json").read_text())
+  del saved["train"]["grad_accum_steps"], saved["hooks"]
+  (tmp_path / "config.json").write_text(json.dumps(saved))
+  assert config_lib.changes(config, tmp_path) == {}
+  config.train.grad_accum_steps = 2
+  assert config_lib.changes(config, tmp_path) == {"train.grad_accum_steps": [1, 2]}
+
+
 def test_processes_saving_one_workdir_at_once_never_clash(tmp_path):
   """Every process of a multi-host run writes config.json; a shared temporary name made one fail."""
   config, errors = config_lib.load(SPEC), []
