@@ -13,6 +13,8 @@ import time
 
 import pytest
 
+from research.errors import InputError
+from research.serve.generate import check_request
 from tests import helpers
 from tests import serving
 from tests.serving import Server
@@ -211,3 +213,18 @@ def test_bad_requests_are_400s_that_name_the_field_and_keys_apply(server, keys):
   codes = [server.call("/v1/models/plain:generate", {"prompt": "a"}, key=keys[1]["plain"])[0] for _ in range(3)]
   assert codes[0] == 400 and 429 in codes  # one request a second
   assert server.call("/healthz")[0] == 200  # still up
+
+
+def test_the_openapi_bounds_of_a_generation_are_the_server_s():
+  """Each bounded number of GenerateRequest in the served schema is accepted at its bound and refused past it."""
+  from research.serve import openapi
+
+  fields = openapi.SCHEMAS["GenerateRequest"]["properties"]
+  valid = {"prompt": "a", "max_tokens": 1, "temperature": 1.0, "top_k": 0, "seed": 0}
+  for name in ("max_tokens", "temperature", "top_k", "seed"):
+    low, high = fields[name]["minimum"], fields[name]["maximum"]
+    for value in (low, high):
+      check_request(**{**valid, name: value})
+    for value in (low - 1, high + 1):
+      with pytest.raises(InputError, match=name):
+        check_request(**{**valid, name: value})

@@ -68,7 +68,7 @@ SCHEMAS = {
         ("prompt",), prompt={**STR, "minLength": 1, "maxLength": MAX_TEXT_CHARS},
         max_tokens={**INT, "minimum": 1, "maximum": MAX_TOKENS, "default": 200},
         temperature={**NUM, "minimum": 0, "maximum": 100, "default": 1.0, "description": "0: greedy"},
-        top_k={**INT, "minimum": 0, "default": 0, "description": "0: no cut"},
+        top_k={**INT, "minimum": 0, "maximum": 2**31 - 1, "default": 0, "description": "0: no cut"},
         seed={**INT, "minimum": 0, "maximum": 2**32 - 1, "default": 0},
         stream={**BOOL, "default": False, "description": "true: the text as server-sent events as it is made"}),
     "Generation": obj(("model", "version", "text", "tokens"), model=STR, version=INT, text=STR,
