@@ -116,3 +116,30 @@ def test_a_signal_to_one_process_of_a_multi_process_run_stops_all_at_one_step(tm
   assert last.startswith("Stopped by ") and "after step " in last and "checkpoint saved" in last
   step = int(last.split("after step ")[1].split(";")[0])
   assert (workdir / "checkpoints" / str(step)).is_dir()
+
+
+def test_a_signal_that_cancels_a_download_is_the_stop_not_missing_data(tmp_path, capsys):
+  """pyarrow cancels a download under way on SIGTERM (a first run's MNIST): the run stops cleanly, and the same
+  failure without a signal is still the data error."""
+  import os
+
+  from research import config as config_lib
+  from research.data.sources import DATASETS
+  from research.errors import DataUnavailableError
+  from research.train.loop import train
+  from research.train.preemption import PreemptionGuard
+
+  def cancelled(split):
+    os.kill(os.getpid(), signal.SIGTERM)  # caught by the guard; then the download fails as pyarrow's does
+    raise DataUnavailableError(f"Dataset 'cancelled' ({split}) could not be loaded from any source. Tried: ...")
+
+  DATASETS.register("cancelled_download")(cancelled)
+  config = config_lib.apply_overrides(config_lib.load(SMOKE), ["--config.data.name=cancelled_download"])
+  with PreemptionGuard() as guard:
+    assert train(config, tmp_path / "run", preemption=guard) == {}
+  assert capsys.readouterr().err.strip().splitlines()[-1].startswith("Stopped by SIGTERM while loading data;")
+  assert json.loads((tmp_path / "run/run.json").read_text())["status"] == "stopped"
+  DATASETS.register("unavailable")(lambda split: (_ for _ in ()).throw(DataUnavailableError("no source")))
+  config.data.name = "unavailable"
+  with PreemptionGuard() as guard, pytest.raises(DataUnavailableError, match="no source"):
+    train(config, tmp_path / "run2", preemption=guard)

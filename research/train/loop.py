@@ -29,7 +29,7 @@ from research.checkpoint import Checkpointer, failed_step
 from research.data import augment, clean, ops
 from research.data import spec as data_spec
 from research.data.pipeline import Pipeline, WaitTimer, prepared
-from research.errors import CheckpointError, ConfigError, TrainingError, brief
+from research.errors import CheckpointError, ConfigError, DataUnavailableError, TrainingError, brief
 from research.logging import MetricWriter, Progress
 from research.models import precision
 from research.models.interface import abilities as abilities_of
@@ -161,8 +161,13 @@ def _train(config, workdir: Path, mesh, preemption: PreemptionGuard, flags_warni
   compilation.enable(config.compilation_cache, workdir)
 
   # --- Data. --------------------------------------------------------------------------------------
-  train_arrays = experiment.load_split(config, "train")
-  test_arrays = experiment.load_split(config, "test")
+  try:
+    train_arrays, test_arrays = experiment.load_split(config, "train"), experiment.load_split(config, "test")
+  except DataUnavailableError:  # a stop signal cancels a download under way (pyarrow stops on it): that is the stop
+    if _stopped_before_training(preemption, Progress(0, 0, config.data.batch_size), "while loading data"):
+      record.status = "stopped"
+      return {}
+    raise
   sizes = {"train": len(next(iter(train_arrays.values()))), "test": len(next(iter(test_arrays.values())))}
   validate.against_data(config, sizes)  # e.g. a batch larger than the train split
   preprocess = experiment.preprocessor(config, workdir, train_arrays)
