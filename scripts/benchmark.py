@@ -15,6 +15,7 @@
 """
 
 import argparse
+import contextlib
 import importlib
 import sys
 from pathlib import Path
@@ -38,13 +39,17 @@ def main() -> int:
   parser.add_argument("--quick", action="store_true", help="tiny sizes: checks the benchmark runs, not the numbers")
   parser.add_argument("--out", default=None, help="markdown file (default docs/benchmarks/<section>.md; "
                                                   "--quick writes nothing unless --out is given)")
+  parser.add_argument("--verbose", action="store_true", help="print other libraries' warnings and logs on the console "
+                                                              "(by default they go to research-<uid>-warnings.log in "
+                                                              "the temp dir, as the other scripts' do)")
   args = parser.parse_args()
-  from research import host_memory, xla_flags
+  from research import console, host_memory, xla_flags
 
   xla_flags.apply()  # the library's process settings, before a section starts JAX (as scripts/train.py does)
   host_memory.apply()
   module, options = SECTIONS[args.section]
-  report = importlib.import_module(module).run(quick=args.quick, **options)
+  with contextlib.nullcontext() if args.verbose else console.quiet(console.temp_log_path()):
+    report = importlib.import_module(module).run(quick=args.quick, **options)
   command = f"python scripts/benchmark.py {args.section}{' --quick' if args.quick else ''}"
   text = f"# Benchmark: {args.section}\n\nCommand: `{command}`\n\n{report}\n"
   print(text)
