@@ -39,6 +39,11 @@ FORMAT_VERSION = 2  # 1: variables were stored with a trailing `/value` (nnx.Sta
 BEST_FILE = "best.json"
 UNREADABLE = re.compile(r"\d+\.unreadable-\d+")  # a damaged checkpoint set aside by `restore`
 ORBAX_TEMPORARY = ".orbax-checkpoint-tmp"  # a save in progress, or one a killed run left behind
+# Parameters renamed when their layout changed (same shape, another meaning), so that a checkpoint holding the old
+# name cannot restore: its failure is then reported with this reason, and nothing is set aside as damaged.
+# (The qkv kernel's columns were [q | k | v] of all heads; they are each head's q, k, v in turn since.)
+RETIRED_PATHS = ((re.compile(r"/(attn|attention)/qkv/"), "written before the attention's qkv kernel was laid out by "
+                  "head"),)
 
 
 def key_name(key) -> str:
@@ -93,6 +98,10 @@ def verify(nested: dict, expected: dict[str, str]) -> None:
   for path, actual in checksums(nested).items():
     if path in expected and expected[path] != actual:
       raise ValueError(f"array {path} does not match its checksum (its bytes changed on disk since the save)")
+
+
+class _RetiredLayout(ValueError):
+  """A checkpoint of a layout this version no longer reads (RETIRED_PATHS): not damage, so nothing is set aside."""
 
 
 def failed_step(error: BaseException, default: int) -> int:
@@ -205,10 +214,7 @@ class Checkpointer:
     """How the arrays saved at `step` differ from `like`'s (paths missing, added or reshaped); [] if the same
     or if the checkpoint's metadata cannot be read (restore then reports it)."""
     try:
-      metadata = ocp.PyTreeCheckpointer().metadata(self.directory / str(step) / "state")
-      metadata = getattr(getattr(metadata, "item_metadata", metadata), "tree", metadata)
-      saved = {"/".join(key_name(k) for k in path): tuple(leaf.shape)
-               for path, leaf in jax.tree_util.tree_flatten_with_path(metadata)[0]}
+      saved = self._saved_shapes(step)
     except Exception:  # noqa: BLE001  (a damaged checkpoint: restore names the problem)
       return []
     wanted = {"/".join(key_name(k) for k in path): tuple(np.shape(leaf))
@@ -217,6 +223,25 @@ class Checkpointer:
               if saved[k] != wanted[k]]
     differ += [f"{k}: not in the checkpoint" for k in sorted(set(wanted) - set(saved))]
     return differ + [f"{k}: only in the checkpoint" for k in sorted(set(saved) - set(wanted))]
+
+  def _saved_shapes(self, step: int) -> dict[str, tuple[int, ...]]:
+    """{path: shape} of the arrays saved at `step`, from the checkpoint's metadata (no array is read)."""
+    metadata = ocp.PyTreeCheckpointer().metadata(self.directory / str(step) / "state")
+    metadata = getattr(getattr(metadata, "item_metadata", metadata), "tree", metadata)
+    return {"/".join(key_name(k) for k in path): tuple(leaf.shape)
+            for path, leaf in jax.tree_util.tree_flatten_with_path(metadata)[0]}
+
+  def _retired(self, step: int) -> str | None:
+    """Why this version cannot read the arrays saved at `step` (RETIRED_PATHS), or None."""
+    try:
+      paths = self._saved_shapes(step)
+    except Exception:  # noqa: BLE001  (damage: the restore's own error names it)
+      return None
+    for path in paths:
+      for pattern, reason in RETIRED_PATHS:
+        if pattern.search(path):
+          return f"{reason} ({path})"
+    return None
 
   def restore(self, like, step: int | None = None, *, partial: bool = False) -> tuple[Any, dict] | None:
     """Restores `step` (default: the newest readable one) onto the shardings of `like`.
@@ -249,6 +274,9 @@ class Checkpointer:
       tried.add(s)
       try:
         result = self._read(s, like, state_args)
+      except _RetiredLayout as e:  # Older steps were written by the same or an older version: stop here.
+        raise CheckpointError(f"The checkpoint of step {s} in {self.directory} was {e}; retrain in a new workdir, "
+                              f"or use the version of research that wrote it.") from None
       except Exception as e:  # Orbax raises many types for damaged files; each is reported.
         if self.read_only and self._deleted_meanwhile(s):
           if step is not None:
@@ -276,7 +304,13 @@ class Checkpointer:
                        f"research reads format {FORMAT_VERSION} (retrain, or use the version that wrote it)")
     if meta.get("step") != step:
       raise ValueError(f"bad metadata {meta!r}")
-    restored = self.manager.restore(step, args=ocp.args.Composite(state=state_args))
+    try:
+      restored = self.manager.restore(step, args=ocp.args.Composite(state=state_args))
+    except Exception:
+      retired = self._retired(step)  # Orbax's error for a renamed parameter names no parameter
+      if retired:
+        raise _RetiredLayout(retired) from None
+      raise
     verify(restored["state"], meta.get("checksums", {}))
     return from_string_tree(restored["state"], like), meta
 

@@ -1,7 +1,7 @@
 """Where each array of the train state lives on the mesh: rules from parameter paths to PartitionSpecs.
 
 A rule is `(regex, spec)`. The regex must match a parameter's whole path, written with slashes as in a
-checkpoint (`blocks/0/attn/qkv/kernel`); the first rule that matches decides. Its spec has one entry per
+checkpoint (`blocks/0/attn/qkv_heads/kernel`); the first rule that matches decides. Its spec has one entry per
 dimension, from the front: None (not split), a mesh axis ("tensor") or a tuple of axes. Then, unless the spec
 names `fsdp` itself, FSDP takes the largest dimension that is still whole and that the fsdp axis divides (a
 parameter that no dimension of fits stays whole on that axis). A spec of None keeps the parameter whole on
@@ -36,12 +36,15 @@ _COLUMNS = (None, "tensor")  # a kernel [in, out] split over its output units
 _ROWS = ("tensor", None)  # a kernel [in, out] split over its input units
 # Tensor parallelism, Megatron style: the first matmul of attention and of the MLP is split over its outputs
 # (heads, hidden units), the second over its inputs, so each device computes its own heads and units and one
-# all-reduce per block joins them. Everything else is split by FSDP alone.
+# all-reduce per block joins them. The fused qkv kernel's columns are laid out by head (split_heads in
+# research/models/layers/attention_core.py), so with `tensor` dividing the heads each device's columns are whole
+# heads. Everything else is split by FSDP alone.
 FAMILY_RULES: dict[str, tuple[tuple[str, Any], ...]] = {
-    "gpt": ((r"blocks/\d+/(attn/qkv|fc)/kernel", _COLUMNS), (r"blocks/\d+/(attn/qkv|fc)/bias", ("tensor",)),
+    "gpt": ((r"blocks/\d+/(attn/qkv_heads|fc)/kernel", _COLUMNS),
+            (r"blocks/\d+/(attn/qkv_heads|fc)/bias", ("tensor",)),
             (r"blocks/\d+/(attn/proj|fc_out)/kernel", _ROWS)),
-    "transformer": ((r"blocks/\d+/(attention/qkv|mlp_in)/kernel", _COLUMNS),
-                    (r"blocks/\d+/(attention/qkv|mlp_in)/bias", ("tensor",)),
+    "transformer": ((r"blocks/\d+/(attention/qkv_heads|mlp_in)/kernel", _COLUMNS),
+                    (r"blocks/\d+/(attention/qkv_heads|mlp_in)/bias", ("tensor",)),
                     (r"blocks/\d+/(attention/out|mlp_out)/kernel", _ROWS)),
 }
 
@@ -84,7 +87,7 @@ def rules(config) -> list[Rule]:
 
 
 def path_name(path) -> str:
-  """A pytree key path as a checkpoint names it: `blocks/0/attn/qkv/kernel`."""
+  """A pytree key path as a checkpoint names it: `blocks/0/attn/qkv_heads/kernel`."""
   return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
 
 

@@ -56,15 +56,20 @@ def build(c, mesh, steps: int = 10):
   return graphdef, state, tx
 
 
-def train(c, devices=None, steps: int = 10) -> dict:
-  """Trains `steps` steps on one batch on the mesh of `c` over `devices`: {"losses": per step, "state": the last,
-  "state_bytes": per device, XLA's compiled arguments less the batch's}."""
+def compile_step(c, devices=None, steps: int = 10):
+  """(the train step of `c` compiled for its mesh over `devices`, a fresh TrainState, `batch` placed on the mesh)."""
   mesh = parallel.make_mesh(c, devices)
   graphdef, state, tx = build(c, mesh, steps)
   train_step, _ = make_steps(graphdef, tx, mesh, strategy=c.parallel.strategy, input_key=c.data.input_key,
                              state_sharding=sharding.of(state))
   placed = jax.device_put(batch(c.model.name), parallel.batch_sharding(mesh))
-  compiled = train_step.lower(state, placed).compile()
+  return train_step.lower(state, placed).compile(), state, placed
+
+
+def train(c, devices=None, steps: int = 10) -> dict:
+  """Trains `steps` steps on one batch on the mesh of `c` over `devices`: {"losses": per step, "state": the last,
+  "state_bytes": per device, XLA's compiled arguments less the batch's}."""
+  compiled, state, placed = compile_step(c, devices, steps)
   batch_bytes = sum(x.addressable_shards[0].data.nbytes for x in placed.values())
   losses = []
   for _ in range(steps):

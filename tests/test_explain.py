@@ -86,10 +86,11 @@ def _softmax(logits):
 
 
 def _probabilities(layer, x, mask):
-  """softmax(q k^T / sqrt(d)) in float64 numpy from the layer's own qkv projection; mask bool[B or 1, 1, L, L]."""
-  kernel, bias = (np.asarray(p[...], np.float64) for p in (layer.qkv.kernel, layer.qkv.bias))
+  """softmax(q k^T / sqrt(d)) in float64 numpy from the layer's own qkv projection (each head's q, k, v in turn);
+  mask bool[B or 1, 1, L, L]."""
+  kernel, bias = (np.asarray(p[...], np.float64) for p in (layer.qkv_heads.kernel, layer.qkv_heads.bias))
   b, length, _ = x.shape
-  q, k, v = np.split((np.asarray(x, np.float64) @ kernel + bias).reshape(b, length, 3 * layer.num_heads, -1), 3, 2)
+  q, k, v = np.split((np.asarray(x, np.float64) @ kernel + bias).reshape(b, length, layer.num_heads, -1), 3, 3)
   logits = np.einsum("bqhd,bkhd->bhqk", q, k) / np.sqrt(layer.head_dim)
   return _softmax(np.where(mask, logits, -np.inf)), v
 

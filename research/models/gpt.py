@@ -31,7 +31,7 @@ from flax import nnx
 from research import metrics
 from research.errors import ConfigError
 from research.models.layers import remat
-from research.models.layers.attention_core import attention_weights, dot_product_attention
+from research.models.layers.attention_core import attention_weights, dot_product_attention, split_heads
 from research.sharding import constrain_batch
 from research.registry import MODELS
 
@@ -54,14 +54,14 @@ class CausalSelfAttention(nnx.Module):
       raise ConfigError(f"model.embed_dim={dim} must be divisible by model.num_heads={num_heads}.")
     init = nnx.initializers.normal(0.02)
     self.num_heads, self.head_dim = num_heads, dim // num_heads
-    self.qkv = nnx.Linear(dim, 3 * dim, kernel_init=init, rngs=rngs)
+    self.qkv_heads = nnx.Linear(dim, 3 * dim, kernel_init=init, rngs=rngs)  # laid out by head: split_heads
     self.proj = nnx.Linear(dim, dim, kernel_init=residual_init, rngs=rngs)
     self.attn_dropout = nnx.Dropout(dropout)
     self.resid_dropout = nnx.Dropout(dropout)
 
   def __call__(self, x, *, train=False, rngs=None, cache=None, index=0):
     b, t, dim = x.shape
-    q, k, v = jnp.split(self.qkv(x).reshape(b, t, 3 * self.num_heads, self.head_dim), 3, axis=2)
+    q, k, v = split_heads(self.qkv_heads(x), self.num_heads)
     if cache is None:  # Full pass: attend within x, causally.
       keys, values, mask = k, v, None
     else:  # Write this step's keys/values at each row's `index`, attend to the whole cache (future slots masked).

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from research.models.layers.attention_core import attention_weights, dot_product_attention
+from research.models.layers.attention_core import attention_weights, dot_product_attention, split_heads
 from research.sharding import constrain_batch
 
 
@@ -53,14 +53,14 @@ class MultiHeadAttention(nnx.Module):
       raise ValueError(f"attention: dim={dim} is not divisible by num_heads={num_heads}.")
     self.num_heads = num_heads
     self.head_dim = dim // num_heads
-    self.qkv = nnx.Linear(dim, 3 * dim, rngs=rngs)
+    self.qkv_heads = nnx.Linear(dim, 3 * dim, rngs=rngs)  # laid out by head: split_heads
     self.out = nnx.Linear(dim, dim, rngs=rngs)
     self.dropout = nnx.Dropout(dropout)
 
   def __call__(self, x: jax.Array, mask: jax.Array | None = None, *, train: bool = False,
                rngs: nnx.Rngs | None = None) -> jax.Array:
     b, length, dim = x.shape
-    q, k, v = jnp.split(self.qkv(x).reshape(b, length, 3 * self.num_heads, self.head_dim), 3, axis=2)
+    q, k, v = split_heads(self.qkv_heads(x), self.num_heads)
     mask = _broadcast_mask(mask)
     if self.capture_weights:
       self.sow(nnx.Intermediate, "attention_weights", attention_weights(q, k, mask))

@@ -58,6 +58,14 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Ar
   return heads_first(_attend(heads_first(q * scale), keys_t, heads_first(v), mask, keep))
 
 
+def split_heads(qkv: jax.Array, num_heads: int) -> list[jax.Array]:
+  """q, k, v float[B, L, H, d] of a fused projection float[B, L, H * 3 * d] laid out by head (head 0's q, k, v, then
+  head 1's, ...): its columns split contiguously over the `tensor` axis (which divides H) give each device whole
+  heads, so attention needs nothing from the other devices (research/sharding.py)."""
+  b, length, width = qkv.shape
+  return jnp.split(qkv.reshape(b, length, num_heads, width // num_heads), 3, axis=3)
+
+
 def attention_weights(q: jax.Array, k: jax.Array, mask: jax.Array | None = None, *,
                       is_causal: bool = False) -> jax.Array:
   """The attention probabilities `softmax(q k^T / sqrt(d))` of q float[B, Lq, H, d] over k float[B, Lk, H, d]:
