@@ -12,7 +12,8 @@ reuses it: no faults, and the Transformer and CNN steps run 1.5-1.7x faster
 heap instead of returning it to the OS.
 
 The scripts and `research.train.loop.train` call `apply()`; importing the
-library does not. Only glibc (Linux) has these knobs; elsewhere this does nothing.
+library does not. `environment()` adds glibc tunables that only take effect
+at a process's start, for the processes the library starts (the benchmarks). Only glibc (Linux) has these knobs; elsewhere this does nothing.
 `RESEARCH_MALLOC_DEFAULTS=0` in the environment turns it off. The
 MALLOC_ARENA_MAX / MALLOC_MMAP_MAX_ / MALLOC_TRIM_THRESHOLD_ environment
 variables read by glibc at start-up do the same for any process.
@@ -30,6 +31,13 @@ M_TRIM_THRESHOLD, M_MMAP_MAX, M_ARENA_MAX = -1, -4, -8
 SETTINGS = ((M_ARENA_MAX, 1),  # one arena: threads' blocks come from the main heap, which can grow without mmap
             (M_MMAP_MAX, 0),  # large blocks from the heap too, not from a fresh mmap each time
             (M_TRIM_THRESHOLD, 2**31 - 1))  # never hand the heap's free top back to the OS
+# XLA allocates the buffer with posix_memalign(64). glibc before 2.38 serves that by a malloc 96 bytes larger and
+# frees the unaligned ends (32-96 bytes) into the thread's tcache (or a fastbin), where they count as in use: the
+# freed buffer cannot coalesce with them, is 96 bytes short of the next step's request, and the heap grows by a
+# buffer unless other free memory adjoins it. Small blocks allocated between steps (a trainer's metrics, logs,
+# batches) take those ends and hold them: the benchmark Transformer's trainer kept 4-5 buffers instead of 2-3.
+# Without tcache and fastbins the ends are coalesced when freed. glibc reads these only at start-up.
+TUNABLES = "glibc.malloc.tcache_count=0:glibc.malloc.mxfast=0"
 
 
 def apply(environ: Mapping[str, str] = os.environ) -> bool:
@@ -38,3 +46,11 @@ def apply(environ: Mapping[str, str] = os.environ) -> bool:
     return False
   libc = ctypes.CDLL(None)  # the process's own symbols, glibc's among them (find_library would run ldconfig)
   return all(libc.mallopt(option, value) == 1 for option, value in SETTINGS)
+
+
+def environment(environ: Mapping[str, str] = os.environ) -> dict[str, str]:
+  """`environ` for a child process: with `TUNABLES` added to GLIBC_TUNABLES, unless RESEARCH_MALLOC_DEFAULTS=0."""
+  env = dict(environ)
+  if env.get("RESEARCH_MALLOC_DEFAULTS", "1") != "0" and platform.libc_ver()[0] == "glibc":
+    env["GLIBC_TUNABLES"] = ":".join(filter(None, (env.get("GLIBC_TUNABLES"), TUNABLES)))
+  return env

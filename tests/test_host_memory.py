@@ -9,22 +9,27 @@ import sys
 
 from tests import helpers
 
+# glibc's struct mallinfo2 (arena is the heap's size) and libc, for the scripts below.
+_MALLINFO2 = """
+import ctypes
+class Info(ctypes.Structure):  # glibc's struct mallinfo2: arena is the heap's size
+  _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                              "fsmblks", "uordblks", "fordblks", "keepcost")]
+libc = ctypes.CDLL(None)
+libc.mallinfo2.restype = Info
+"""
+
 # A jitted call whose 80 MB temporary buffer (tanh(x @ w), the second matmul's input) XLA allocates and frees
 # at every call; prints, per call after warm-up, the minor page faults and the size of malloc's heap. XLA frees a
 # call's buffer on a worker thread, sometimes after the next call has allocated its own: the heap then grows to a
 # new peak (fresh pages, so faults), a few times at most. Reuse is judged on the calls that did not grow it.
 # Some sandboxes (gVisor) report no minor faults at all, and with transparent huge pages a first touch faults
 # once per 2 MiB: the first line printed is the faults of first-touching 64 MiB, which says whether faults count.
-_FAULTS_PER_CALL = """
-import ctypes, json, mmap, resource
+_FAULTS_PER_CALL = _MALLINFO2 + """
+import json, mmap, resource
 from research import host_memory
 host_memory.apply()
 import jax, jax.numpy as jnp
-class Info(ctypes.Structure):  # glibc's struct mallinfo2: arena is the heap's size
-  _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
-                                              "fsmblks", "uordblks", "fordblks", "keepcost")]
-libc = ctypes.CDLL(None)
-libc.mallinfo2.restype = Info
 fresh = mmap.mmap(-1, 64 << 20)
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 for offset in range(0, len(fresh), 4096):
@@ -116,3 +121,47 @@ def test_importing_the_library_leaves_malloc_alone():
                         cwd=str(helpers.ROOT), env={k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")})
   assert done.returncode == 0, done.stderr[-2000:]
   assert json.loads(done.stdout.strip().splitlines()[-1]) >= 1  # with M_MMAP_MAX=0 (host_memory.apply) it is 0
+
+
+# A step's buffer as XLA:CPU allocates it (posix_memalign, 64-byte alignment), with small blocks allocated between
+# steps that outlive them (a trainer's metrics and batches); prints malloc's heap size (MB) after each step.
+_SMALL_BLOCKS_BETWEEN_STEPS = _MALLINFO2 + """
+import json
+from research import host_memory
+host_memory.apply()
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
+libc.posix_memalign.argtypes = [ctypes.POINTER(ctypes.c_void_p), ctypes.c_size_t, ctypes.c_size_t]
+kept, heaps = [], []
+for step in range(12):
+  buffer = ctypes.c_void_p()
+  assert libc.posix_memalign(ctypes.byref(buffer), 64, 80 << 20) == 0
+  kept += [libc.malloc(size) for size in (24, 40, 100, 2000)]
+  libc.free(buffer)
+  heaps.append(libc.mallinfo2().arena >> 20)
+print(json.dumps(heaps))
+"""
+
+
+def _heaps(env: dict[str, str]) -> list[int]:
+  done = subprocess.run([sys.executable, "-c", _SMALL_BLOCKS_BETWEEN_STEPS], capture_output=True, text=True,
+                        env=env, timeout=300, cwd=str(helpers.ROOT))
+  assert done.returncode == 0, done.stderr[-2000:]
+  return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_small_blocks_between_steps_do_not_grow_the_heap_by_a_buffer_per_step():
+  import platform
+
+  from research import host_memory
+
+  if platform.libc_ver()[0] != "glibc":
+    return
+  env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
+  # host_memory.environment's tunables: the buffer's freed ends coalesce with it, and the heap holds two at most.
+  assert max(_heaps(host_memory.environment(env))) <= 2 * 81, host_memory.environment(env).get("GLIBC_TUNABLES")
+  # Without them, glibc before 2.38 (whose memalign does not look for an aligned free chunk first) keeps the
+  # ends in the thread's tcache: the freed buffer is 96 bytes short of the next request, and the heap grows.
+  version = tuple(int(part) for part in platform.libc_ver()[1].split(".")[:2])
+  if version < (2, 38):
+    assert _heaps(env)[-1] >= 6 * 80, _heaps(env)

@@ -227,8 +227,10 @@ def training_profile(model: str) -> dict[str, str]:
 def run_python(code: str, env: dict[str, str]) -> dict:
   """Runs `code` in a fresh Python (with `env` added); the JSON of its last output line, or {"error"}."""
   code = f"from research import host_memory, xla_flags; xla_flags.apply(); host_memory.apply(); {code}"
+  from research import host_memory  # (its glibc tunables act only from a process's start)
+
   done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=900,
-                        env={**os.environ, **env})
+                        env=host_memory.environment({**os.environ, **env}))
   if done.returncode != 0:
     last = (done.stderr.strip().splitlines() or ["failed"])[-1]
     return {"error": "not installed" if "ModuleNotFoundError" in last else last[:80]}
