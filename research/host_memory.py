@@ -12,8 +12,11 @@ reuses it: no faults, and the Transformer and CNN steps run 1.5-1.7x faster
 heap instead of returning it to the OS.
 
 The scripts and `research.train.loop.train` call `apply()`; importing the
-library does not. `environment()` adds glibc tunables that only take effect
-at a process's start, for the processes the library starts (the benchmarks). Only glibc (Linux) has these knobs; elsewhere this does nothing.
+library does not. glibc tunables that act only from a process's start
+(`TUNABLES`, below) are added by `environment()` for the processes the
+library starts (the benchmarks), and `scripts/train.py` restarts itself with
+them (`restart_with_tunables`). Only glibc (Linux) has these knobs; elsewhere
+this does nothing.
 `RESEARCH_MALLOC_DEFAULTS=0` in the environment turns it off. The
 MALLOC_ARENA_MAX / MALLOC_MMAP_MAX_ / MALLOC_TRIM_THRESHOLD_ environment
 variables read by glibc at start-up do the same for any process.
@@ -24,6 +27,7 @@ from __future__ import annotations
 import ctypes
 import os
 import platform
+import sys
 from typing import Mapping
 
 # mallopt(3) parameters, from glibc's malloc.h.
@@ -48,9 +52,25 @@ def apply(environ: Mapping[str, str] = os.environ) -> bool:
   return all(libc.mallopt(option, value) == 1 for option, value in SETTINGS)
 
 
+def _needs_tunables(environ: Mapping[str, str]) -> bool:
+  """Whether a process started with `environ` lacks `TUNABLES` and needs them (glibc before 2.38, settings on)."""
+  libc, version = platform.libc_ver()
+  return (environ.get("RESEARCH_MALLOC_DEFAULTS", "1") != "0" and libc == "glibc"
+          and tuple(int(v) for v in version.split(".")[:2]) < (2, 38)
+          and TUNABLES not in environ.get("GLIBC_TUNABLES", ""))
+
+
 def environment(environ: Mapping[str, str] = os.environ) -> dict[str, str]:
-  """`environ` for a child process: with `TUNABLES` added to GLIBC_TUNABLES, unless RESEARCH_MALLOC_DEFAULTS=0."""
+  """`environ` for a child process: with `TUNABLES` added to GLIBC_TUNABLES where `_needs_tunables`."""
   env = dict(environ)
-  if env.get("RESEARCH_MALLOC_DEFAULTS", "1") != "0" and platform.libc_ver()[0] == "glibc":
+  if _needs_tunables(env):
     env["GLIBC_TUNABLES"] = ":".join(filter(None, (env.get("GLIBC_TUNABLES"), TUNABLES)))
   return env
+
+
+def restart_with_tunables() -> None:
+  """Starts this script again in place (the same process id, arguments and open files) with `TUNABLES` in its
+  environment, where they are needed and missing: glibc reads them only at start-up. scripts/train.py calls it
+  before anything else; a process that has them returns at once."""
+  if _needs_tunables(os.environ):
+    os.execve(sys.executable, sys.orig_argv, environment())

@@ -13,7 +13,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # Run from a checkout without installing.
 
+from research import host_memory  # noqa: E402
 from research.cli import main  # noqa: E402
 
 if __name__ == "__main__":
+  host_memory.restart_with_tunables()  # glibc's malloc tunables for the step's buffers (research/host_memory.py)
   sys.exit(main("train", sys.argv[1:]))

@@ -3,10 +3,14 @@
 
 import json
 import os
+import platform
 import statistics
 import subprocess
 import sys
 
+import pytest
+
+from research import host_memory
 from tests import helpers
 
 # glibc's struct mallinfo2 (arena is the heap's size) and libc, for the scripts below.
@@ -165,3 +169,22 @@ def test_small_blocks_between_steps_do_not_grow_the_heap_by_a_buffer_per_step():
   version = tuple(int(part) for part in platform.libc_ver()[1].split(".")[:2])
   if version < (2, 38):
     assert _heaps(env)[-1] >= 6 * 80, _heaps(env)
+
+
+def test_a_script_restarts_itself_once_in_place_with_the_tunables(tmp_path):
+  """scripts/train.py's first call: the same process (pid) starts again, once, with TUNABLES in its environment;
+  with the library's malloc settings off it does not restart."""
+  if not host_memory._needs_tunables({}):
+    pytest.skip(f"{platform.libc_ver()}: glibc 2.38 and later (or another libc) need no tunables")
+  script = tmp_path / "script.py"
+  script.write_text(f"import os, sys\nsys.path.insert(0, {str(helpers.ROOT)!r})\nfrom research import host_memory\n"
+                    "print('start', os.getpid(), flush=True)\nhost_memory.restart_with_tunables()\n"
+                    "print('main', os.getpid(), os.environ.get('GLIBC_TUNABLES'))\n")
+  env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", "RESEARCH_MALLOC_DEFAULTS")}
+  lines = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True,
+                         timeout=60).stdout.split("\n")
+  pid = lines[0].split()[1]
+  assert lines[:3] == [f"start {pid}", f"start {pid}", f"main {pid} {host_memory.TUNABLES}"], lines
+  lines = subprocess.run([sys.executable, str(script)], env={**env, "RESEARCH_MALLOC_DEFAULTS": "0"},
+                         capture_output=True, text=True, timeout=60).stdout.split("\n")
+  assert lines[1] == f"main {lines[0].split()[1]} None", lines
