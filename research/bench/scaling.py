@@ -29,7 +29,7 @@ DEVICES = (1, 2, 4, 8)
 GPT = {"name": "gpt", "mlp_ratio": 4, "dropout": 0.0, "tie_embeddings": True, "sample_prompt_length": 8,
        "sample_tokens": 0, "sample_temperature": 1.0, "sample_top_k": 0}
 # The timed GPT (a global batch of 32 windows, strong scaling) and GPT-2's sizes for the memory table.
-TIMED = {"vocab_size": 8192, "block_size": 128, "num_layers": 4, "num_heads": 4, "embed_dim": 256, "batch": 32}
+TIMED = {"vocab_size": 8192, "block_size": 128, "num_layers": 4, "num_heads": 8, "embed_dim": 256, "batch": 32}
 QUICK = {"vocab_size": 256, "block_size": 32, "num_layers": 2, "num_heads": 2, "embed_dim": 64, "batch": 8}
 SIZES = {"124M": {"num_layers": 12, "num_heads": 12, "embed_dim": 768},
          "350M": {"num_layers": 24, "num_heads": 16, "embed_dim": 1024},
