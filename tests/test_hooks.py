@@ -131,8 +131,8 @@ def _replay(config) -> dict:
   train_arrays = experiment.load_split(config, "train")
   preprocess = experiment.preprocessor(config, None, train_arrays)
   mesh = parallel.make_mesh(config)
-  model = experiment.build_model(config, train_arrays, preprocess)
-  graphdef, state, tx, _ = experiment.build_state(config, model, config.train.steps, mesh)
+  make_model = experiment.model_factory(config, train_arrays, preprocess, config.compute_dtype)  # as the loop does
+  graphdef, state, tx, _ = experiment.build_state(config, make_model, config.train.steps, mesh)
   step, _ = make_steps(graphdef, tx, mesh, strategy="auto", input_key="image", augment=augment.build(config.data.augment))
   pipeline = Pipeline(train_arrays, batch_size=config.data.batch_size, sharding=parallel.batch_sharding(mesh),
                       preprocess=preprocess, seed=config.seed, shuffle=config.data.shuffle)
