@@ -155,19 +155,14 @@ def _heaps(env: dict[str, str]) -> list[int]:
 
 
 def test_small_blocks_between_steps_do_not_grow_the_heap_by_a_buffer_per_step():
-  import platform
-
-  from research import host_memory
-
   if platform.libc_ver()[0] != "glibc":
-    return
-  env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
+    pytest.skip(f"{platform.libc_ver()}: the malloc settings are glibc's")
+  env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", "RESEARCH_MALLOC_DEFAULTS")}
   # host_memory.environment's tunables: the buffer's freed ends coalesce with it, and the heap holds two at most.
   assert max(_heaps(host_memory.environment(env))) <= 2 * 81, host_memory.environment(env).get("GLIBC_TUNABLES")
   # Without them, glibc before 2.38 (whose memalign does not look for an aligned free chunk first) keeps the
   # ends in the thread's tcache: the freed buffer is 96 bytes short of the next request, and the heap grows.
-  version = tuple(int(part) for part in platform.libc_ver()[1].split(".")[:2])
-  if version < (2, 38):
+  if host_memory._needs_tunables(env):
     assert _heaps(env)[-1] >= 6 * 80, _heaps(env)
 
 

@@ -185,7 +185,7 @@ def test_initialization_computes_only_each_device_s_shards():
   assert own < whole / 8 * 1.05  # (the step, rng and counts are copied: a few bytes)
   assert own <= analyses[8].output_size_in_bytes <= own * 1.05
   assert 0 < analyses[8].temp_size_in_bytes <= analyses[1].temp_size_in_bytes / 5  # random bits: per shard too
-  assert sharding.of(states[8]) == sharding.state_shardings(states[8], parallel.make_mesh(c), sharding.rules(c))
+  assert sharding.of(states[8]) == sharding.state_shardings(states[8], mesh, sharding.rules(c))
   eager = experiment.build_model(c, sharded.batch("gpt"), lambda b: b)  # op by op, unsplit
   for mine, theirs in zip(jax.tree.leaves(states[8].params), jax.tree.leaves(nnx.to_pure_dict(nnx.state(eager, nnx.Param)))):
     np.testing.assert_allclose(np.asarray(mine), np.asarray(theirs), rtol=1e-6, atol=1e-7)

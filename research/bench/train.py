@@ -23,6 +23,7 @@ import time
 
 import numpy as np
 
+from research import host_memory
 from research.bench.timing import machine, table
 
 # The three architectures of the performance issue. `model` is the library's config.model; peers.py builds
@@ -227,10 +228,8 @@ def training_profile(model: str) -> dict[str, str]:
 def run_python(code: str, env: dict[str, str]) -> dict:
   """Runs `code` in a fresh Python (with `env` added); the JSON of its last output line, or {"error"}."""
   code = f"from research import host_memory, xla_flags; xla_flags.apply(); host_memory.apply(); {code}"
-  from research import host_memory  # (its glibc tunables act only from a process's start)
-
   done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=900,
-                        env=host_memory.environment({**os.environ, **env}))
+                        env=host_memory.environment({**os.environ, **env}))  # tunables: read at start-up
   if done.returncode != 0:
     last = (done.stderr.strip().splitlines() or ["failed"])[-1]
     return {"error": "not installed" if "ModuleNotFoundError" in last else last[:80]}
