@@ -183,3 +183,34 @@ def test_a_script_restarts_itself_once_in_place_with_the_tunables(tmp_path):
   lines = subprocess.run([sys.executable, str(script)], env={**env, "RESEARCH_MALLOC_DEFAULTS": "0"},
                          capture_output=True, text=True, timeout=60).stdout.split("\n")
   assert lines[1] == f"main {lines[0].split()[1]} None", lines
+
+
+# A freed block below a live one (a hole, as compiling leaves) and a freed block at the heap's top, each 100 MB and
+# touched; prints RSS (MB) before and after `release_free_pages`.
+_HOLE_AND_TOP = _MALLINFO2 + """
+import json
+from research import host_memory
+host_memory.apply()
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
+libc.memset.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_size_t]
+rss = lambda: int(next(l for l in open("/proc/self/status") if l.startswith("VmRSS")).split()[1]) >> 10
+blocks = [libc.malloc(size) for size in (100 << 20, 1 << 20, 100 << 20)]  # hole, wall, top
+for block, size in zip(blocks, (100 << 20, 1 << 20, 100 << 20)):
+  libc.memset(block, 1, size)
+libc.free(blocks[0])
+libc.free(blocks[2])
+before = rss()
+print(json.dumps([host_memory.release_free_pages(), before, rss()]))
+"""
+
+
+def test_release_free_pages_returns_holes_and_keeps_the_top():
+  if platform.libc_ver()[0] != "glibc":
+    pytest.skip(f"{platform.libc_ver()}: the malloc settings are glibc's")
+  done = subprocess.run([sys.executable, "-c", _HOLE_AND_TOP], capture_output=True, text=True, timeout=120,
+                        cwd=str(helpers.ROOT), env={k: v for k, v in os.environ.items() if k != "RESEARCH_MALLOC_DEFAULTS"})
+  assert done.returncode == 0, done.stderr[-2000:]
+  released, before, after = json.loads(done.stdout.strip().splitlines()[-1])
+  assert released and 90 <= before - after <= 110, (before, after)  # the hole's 100 MB, not the top's too
+  assert not host_memory.release_free_pages({"RESEARCH_MALLOC_DEFAULTS": "0"})

@@ -272,6 +272,7 @@ def _train(config, workdir: Path, mesh, preemption: PreemptionGuard, flags_warni
         if step == start + 1:  # The first step compiles (or loads from the compilation cache): time it.
           jax.block_until_ready(step_metrics)
           writer.scalars(step, {"perf/first_step_sec": time.perf_counter() - dispatched})
+          host_memory.release_free_pages()  # what compiling freed, which the steps never reuse
         pending.append(step_metrics)
         hooks_due = hooks.due(step, run)
         preempted = preemption.requested(step, hooks_due or len(pending) == MAX_UNAWAITED_STEPS)
