@@ -11,8 +11,9 @@ command is classified; one that fits no class fails its test, so none is silentl
   checked page by page (tests/api_docs.py).
 - training (`scripts/train.py`, `scripts/sweep.py` or `scripts/launch.py TARGET` with `--config configs/X.py ...`):
   at smoke scale, `configs/X.py:smoke`, with every documented override kept as written.
-- a real SLURM run (`research.launch.slurm_cluster` or `scripts/launch.py slurm` without `--dry_run`): skipped,
-  saying why, only where slurm-wlm is not installed (.ci/run installs it).
+- a real SLURM run (`research.launch.slurm_cluster` or `scripts/launch.py slurm` without `--dry_run`; the
+  documented demo runs in tests/test_slurm.py): skipped, saying why, only where slurm-wlm is not installed
+  (.ci/run installs it).
 - a server (`.venv/bin/tensorboard --logdir DIR`, `.venv/bin/python scripts/serve.py ...`, a trailing `&`
   allowed): started on a free port, asked over HTTP for its logdir or its readiness. It stays up for the
   `curl` commands that follow it on its page, then gets SIGTERM (scripts/serve.py must then exit 0).
@@ -22,6 +23,10 @@ command is classified; one that fits no class fails its test, so none is silentl
   commands (e.g. `KEY=$(... --add_key ...)`, then `curl -H "Authorization: Bearer $KEY" ...`).
 - anything else that runs `.venv/bin/python scripts/*.py` (evaluate, export, --verify, --help, benchmark
   --quick) or `.venv/bin/python -m module` (the Sphinx build): as written.
+
+A command that another test runs as documented and checks more closely (`RUN_ELSEWHERE`: the SLURM demo, whose
+parameters tests/test_slurm.py compares with one process's) runs there and not here; that test finds it with
+`documented()`, so it runs what the page says.
 
 A command identical to one that already ran here, alone or in a `&&` chain (e.g. the quick start's training
 and export, repeated in docs/training.md and docs/export.md; the runs docs/tensorboard.md's tour revisits), is
@@ -99,6 +104,28 @@ def extract(page: str) -> list[Command]:
 
 
 COMMANDS = [c for page in PAGES for c in extract(page)]
+# A marker of each documented command another test runs as written -> that test (which calls `documented(marker)`).
+RUN_ELSEWHERE = {"research.launch.slurm_cluster start": "tests/test_slurm.py",
+                 "scripts/launch.py slurm --tasks_per_node 2": "tests/test_slurm.py",
+                 "research.launch.slurm_cluster stop": "tests/test_slurm.py"}
+
+
+def runs_elsewhere(command: Command) -> bool:
+  return any(marker in command.text for marker in RUN_ELSEWHERE)
+
+
+def documented(marker: str) -> str:
+  """The text of the one documented command that contains `marker` (one of `RUN_ELSEWHERE`'s)."""
+  found = [c.text for c in COMMANDS if marker in c.text]
+  assert marker in RUN_ELSEWHERE and len(found) == 1, f"{marker!r} is in {len(found)} documented commands"
+  return found[0]
+
+
+def make_scratch(directory: Path) -> Path:
+  """`directory` with the repository's configs, scripts, research and docs linked in: relative paths work."""
+  for name in ("configs", "scripts", "research", "docs"):
+    (directory / name).symlink_to(ROOT / name)
+  return directory
 
 
 # ---- set-up commands: checked, not run
@@ -252,9 +279,7 @@ CURL_ADDRESS = "127.0.0.1:8000"  # the documented server's address, in the docs'
 @pytest.fixture(scope="module")
 def scratch(tmp_path_factory) -> Path:
   """One directory for every command, in document order: later commands use the runs of earlier ones."""
-  directory = tmp_path_factory.mktemp("docs")
-  for name in ("configs", "scripts", "research", "docs"):
-    (directory / name).symlink_to(ROOT / name)
+  directory = make_scratch(tmp_path_factory.mktemp("docs"))
   yield directory
   while LIVE:
     LIVE.pop().stop()
@@ -264,13 +289,18 @@ def test_commands_were_found():
   ids = [c.id for c in COMMANDS]
   assert len(ids) == len(set(ids)), "two commands on one line"
   assert any(c.page == "README.md" for c in COMMANDS) and any(c.page.startswith("docs/") for c in COMMANDS)
+  for marker, test in RUN_ELSEWHERE.items():  # each is one documented command, and its test runs it
+    assert documented(marker) and f'documented("{marker}")' in (ROOT / test).read_text(), (marker, test)
 
 
 def is_curl(command: Command) -> bool:
   return command.text.startswith("curl ")
 
 
-@pytest.mark.parametrize("command", COMMANDS, ids=[c.id for c in COMMANDS])
+HERE = [c for c in COMMANDS if not runs_elsewhere(c)]
+
+
+@pytest.mark.parametrize("command", HERE, ids=[c.id for c in HERE])
 def test_documented_command(command: Command, scratch: Path):
   assert command.fence in COMMAND_FENCES, (
       f"a ```{command.fence} fence: write shell commands in ```bash fences (run by this test), and output or "
