@@ -112,7 +112,8 @@ def run(quick: bool = False) -> str:
     r = measure(name, quick)
     mfu = lambda flops: "n/a" if peak is None else f"{flops / (r['step_ms'] / 1e3) / (peak * r['devices']):.1%}"
     rows.append([name, f"{r['params'] / 1e6:.1f}M", f"{r['items_per_sec']:,.0f} {unit}", f"{r['step_ms']:.1f}",
-                 mfu(r["model_flops"]), mfu(r["xla_flops"]), f"{r['loss']:.3f}"])
+                 mfu(r["model_flops"]), mfu(r["xla_flops"]), f"{r['xla_flops'] / r['model_flops']:.2f}",
+                 f"{r['loss']:.3f}"])
   shapes = ("GPT: " + ("tiny (--quick)" if quick else "GPT-2 small shape, 12 layers, d 768, 12 heads, 1,024 tokens, "
                         f"batch {SPECS['gpt']['batch']}")
             + "; ResNet: " + ("tiny (--quick)" if quick else f"ResNet-18, 224 x 224, batch {SPECS['resnet']['batch']}"))
@@ -121,4 +122,4 @@ def run(quick: bool = False) -> str:
           f"{'n/a' if peak is None else f'{peak / 1e12:.0f} TFLOP/s dense bf16'} "
           f"({jax.devices()[0].device_kind}).\nMachine: {machine()}.\n\n"
           + table(["model", "parameters", "throughput", "step ms", "MFU (model FLOPs)", "MFU (XLA FLOPs)",
-                   "loss after the timed steps"], rows))
+                   "XLA / model FLOPs", "loss after the timed steps"], rows))
