@@ -8,6 +8,7 @@ import time
 from typing import Callable
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
@@ -20,14 +21,22 @@ from research.train.hooks import Context, Hook, Run
 MAX_UNAWAITED_STEPS = 16  # see research/train/loop.py
 
 
+# The running sums plus a batch's, as one program: added leaf by leaf, eagerly, each leaf was a multi-device program of
+# its own, and with ~6 leaves 16 batches dispatched ~110 programs between waits, past the ~30 at which XLA:CPU's
+# rendezvous deadlocks (DESIGN.md): a 2-process evaluation hung, an 8-device one aborted.
+accumulate = jax.jit(lambda sums, new: jax.tree.map(jnp.add, sums, new))
+BATCHES_BETWEEN_WAITS = MAX_UNAWAITED_STEPS // 2  # two programs per batch: the evaluation step and `accumulate`
+
+
 def evaluate(eval_step, state, arrays, config, mesh, preprocess, summarize=metrics.summarize) -> dict[str, float]:
   """Metrics over a whole split, as exact sums over all its examples, summarized by the model's rule."""
   sums = None
   batches = eval_batches(arrays, config.data.eval_batch_size, parallel.batch_sharding(mesh), preprocess)
   with contextlib.closing(batches):
     for i, batch in enumerate(batches, 1):
-      sums = metrics.add(sums, eval_step(state, batch))
-      if i % MAX_UNAWAITED_STEPS == 0:
+      new = eval_step(state, batch)
+      sums = new if sums is None else accumulate(sums, new)
+      if i % BATCHES_BETWEEN_WAITS == 0:
         jax.block_until_ready(sums)
   return summarize(jax.device_get(sums))
 
