@@ -44,9 +44,14 @@ SETTINGS = ((M_ARENA_MAX, 1),  # one arena: threads' blocks come from the main h
 TUNABLES = "glibc.malloc.tcache_count=0:glibc.malloc.mxfast=0"
 
 
+def _settings_on(environ: Mapping[str, str]) -> bool:
+  """glibc (the only libc with these knobs), and RESEARCH_MALLOC_DEFAULTS not 0."""
+  return environ.get("RESEARCH_MALLOC_DEFAULTS", "1") != "0" and platform.libc_ver()[0] == "glibc"
+
+
 def apply(environ: Mapping[str, str] = os.environ) -> bool:
   """Sets the malloc options; True if they were set. Call before JAX starts its threads."""
-  if environ.get("RESEARCH_MALLOC_DEFAULTS", "1") == "0" or platform.libc_ver()[0] != "glibc":
+  if not _settings_on(environ):
     return False
   libc = ctypes.CDLL(None)  # the process's own symbols, glibc's among them (find_library would run ldconfig)
   return all(libc.mallopt(option, value) == 1 for option, value in SETTINGS)
@@ -59,7 +64,7 @@ def release_free_pages(environ: Mapping[str, str] = os.environ) -> bool:
   trimming off (`SETTINGS`) they stay resident. The trainer calls this once, after its first step (its peak went
   from 1.11-1.13x of the hand-written loop's to 0.95x: docs/performance.md). The huge pad keeps the heap's top,
   where the step's buffers live, so they are not faulted in again."""
-  if environ.get("RESEARCH_MALLOC_DEFAULTS", "1") == "0" or platform.libc_ver()[0] != "glibc":
+  if not _settings_on(environ):
     return False
   ctypes.CDLL(None).malloc_trim(ctypes.c_size_t(1 << 40))
   return True
@@ -67,9 +72,7 @@ def release_free_pages(environ: Mapping[str, str] = os.environ) -> bool:
 
 def _needs_tunables(environ: Mapping[str, str]) -> bool:
   """Whether a process started with `environ` lacks `TUNABLES` and needs them (glibc before 2.38, settings on)."""
-  libc, version = platform.libc_ver()
-  return (environ.get("RESEARCH_MALLOC_DEFAULTS", "1") != "0" and libc == "glibc"
-          and tuple(int(v) for v in version.split(".")[:2]) < (2, 38)
+  return (_settings_on(environ) and tuple(int(v) for v in platform.libc_ver()[1].split(".")[:2]) < (2, 38)
           and TUNABLES not in environ.get("GLIBC_TUNABLES", ""))
 
 

@@ -7,7 +7,7 @@ between runs, or "off".
 
 The store is `FileCache`, not JAX's own bounded cache. JAX's takes a file lock
 around every read and write and, at every write, reads the size and access
-time of every entry to decide what to evict: 155 ms per compiled program in a
+time of every entry to decide what to evict: 163 ms per compiled program in a
 cache of 2,946 entries (docs/performance.md), and runs sharing the cache wait
 on each other's lock. JAX's unbounded one writes entries in place, so a run
 reading one meanwhile (parallel runs, a sweep, a multi-process run) can load
@@ -84,11 +84,6 @@ class FileCache:
         break
       path.unlink(missing_ok=True)
       self._total -= size
-
-  def clear(self) -> None:
-    for _, _, path in self._entries():
-      path.unlink(missing_ok=True)
-    self._total = 0
 
 
 def _install(path: Path) -> None:

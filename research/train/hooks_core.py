@@ -8,7 +8,6 @@ import time
 from typing import Callable
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
@@ -24,7 +23,7 @@ MAX_UNAWAITED_STEPS = 16  # see research/train/loop.py
 # The running sums plus a batch's, as one program: added leaf by leaf, eagerly, each leaf was a multi-device program of
 # its own, and with ~6 leaves 16 batches dispatched ~110 programs between waits, past the ~30 at which XLA:CPU's
 # rendezvous deadlocks (DESIGN.md): a 2-process evaluation hung, an 8-device one aborted.
-accumulate = jax.jit(lambda sums, new: jax.tree.map(jnp.add, sums, new))
+accumulate = jax.jit(metrics.add)
 BATCHES_BETWEEN_WAITS = MAX_UNAWAITED_STEPS // 2  # two programs per batch: the evaluation step and `accumulate`
 
 
