@@ -85,7 +85,7 @@ def test_accelerator_benchmark_quick(tmp_path):
 
 
 def test_scaling_benchmark_quick(tmp_path):
-  """1 and 2 devices per layout, counted against the GPT's parameters: on 2, data parallelism all-reduces the
+  """2 devices per layout, counted against the GPT's parameters: on 2, data parallelism all-reduces the
   float32 gradients (the bytes of the parameters) and keeps parameters and AdamW's two moments whole on each
   device; FSDP keeps half of them; tensor parallelism splits only the attention and MLP weights."""
   import ml_collections
@@ -100,12 +100,12 @@ def test_scaling_benchmark_quick(tmp_path):
           if line.startswith(tuple(f"| {layout} |" for layout in scaling.LAYOUTS))]
   number = lambda cell: float(cell.replace(",", ""))
   timed = {(row[0], row[1]): row for row in rows if row[1].isdigit()}
-  assert set(timed) == {(layout, n) for layout in scaling.LAYOUTS for n in ("1", "2")}
+  assert set(timed) == {(layout, "2") for layout in scaling.LAYOUTS}
   assert all(number(row[3]) > 0 for row in timed.values())
   config = ml_collections.ConfigDict({**scaling.GPT, **{k: v for k, v in scaling.QUICK.items() if k != "batch"}})
   gpt = MODELS.get("gpt")(config, np.zeros((2, 4), np.int32), nnx.Rngs(0))
   param_mb = sum(x.size for x in jax.tree.leaves(nnx.state(gpt, nnx.Param))) * 4 / 1e6
-  assert timed["data", "1"][4] == "0.00" and number(timed["data", "2"][4]) == pytest.approx(param_mb, abs=0.01)
+  assert number(timed["data", "2"][4]) == pytest.approx(param_mb, abs=0.01)
   state_mb = {layout: number(timed[layout, "2"][5]) for layout in scaling.LAYOUTS}
   assert state_mb["data"] == pytest.approx(3 * param_mb, abs=0.01)  # parameters, mu and nu, all float32
   assert state_mb["fsdp"] == pytest.approx(state_mb["data"] / 2, abs=0.01)

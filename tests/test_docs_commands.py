@@ -255,7 +255,7 @@ def serve(command: str, cwd: Path, page: str, timeout: float = 90) -> Live:
       with urllib.request.urlopen(url, timeout=5) as response:
         answer = json.loads(response.read())
     except OSError:
-      time.sleep(1)
+      time.sleep(0.2)
   if answer is None:
     live.stop()
     pytest.fail(f"{command} never answered on port {port}:\n{proc.stderr.read()[-3000:] if proc.stderr else ''}")

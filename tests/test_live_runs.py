@@ -98,26 +98,6 @@ def test_a_second_ctrl_c_during_saves_leaves_the_last_checkpoint_intact(tmp_path
   assert "Resuming from step" in resumed and "unreadable" not in resumed
 
 
-def test_a_signal_to_one_process_of_a_multi_process_run_stops_all_at_one_step(tmp_path):
-  workdir = tmp_path / "run"
-  procs = helpers.start_processes(workdir, "--config", SMOKE, "--config.train.steps=100000",
-                                  "--config.train.log_every=1", "--config.train.eval_every=0",
-                                  "--config.checkpoint.best_metric=")
-  try:
-    _wait_for_steps(procs[0], workdir, 3)
-    procs[1].send_signal(signal.SIGTERM)  # as a scheduler that preempts one host
-    outputs = [p.communicate(timeout=120) for p in procs]
-  finally:
-    for p in procs:
-      p.kill()  # a hung multi-process JAX run ignores SIGTERM
-  assert [p.returncode for p in procs] == [0, 0], "\n".join(err[-2000:] for _, err in outputs)
-  last = outputs[0][1].strip().splitlines()[-1]
-  # Process 0 learns of the stop from JAX's preemption service (which hears the SIGTERM) or at a sync point.
-  assert last.startswith("Stopped by ") and "after step " in last and "checkpoint saved" in last
-  step = int(last.split("after step ")[1].split(";")[0])
-  assert (workdir / "checkpoints" / str(step)).is_dir()
-
-
 def test_a_signal_that_cancels_a_download_is_the_stop_not_missing_data(tmp_path, capsys):
   """pyarrow cancels a download under way on SIGTERM (a first run's MNIST): the run stops cleanly, and the same
   failure without a signal is still the data error."""

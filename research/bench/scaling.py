@@ -165,7 +165,7 @@ def _in_process(function: str, devices: int, *args) -> dict:
 
 
 def run(quick: bool = False) -> str:
-  devices = (1, 2) if quick else DEVICES
+  devices = (2,) if quick else DEVICES
   measured = {n: _in_process("measure", n, quick) for n in devices}
   mb = lambda b: f"{b / 1e6:,.2f}"
   rows = [[layout, n, f"{r['step_ms']:.1f}", f"{r['examples_per_sec']:,.1f}", mb(r["collective_bytes"]),

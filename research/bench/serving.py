@@ -250,7 +250,7 @@ def _generation(export: Path | None, warmup_s: float, duration_s: float) -> list
 def run(quick: bool = False, exports: dict[str, Path] | None = None, peers: tuple[str, ...] | None = None) -> str:
   """`exports` ({name: export dir}) replaces the trained MODELS (tests pass the test run's shared smoke export);
   `peers` picks among servers.PEERS (default all)."""
-  repeats, warmup_s, duration_s, budget_s = (1, 0.3, 0.7, 0.3) if quick else (3, 0.5, 2.0, 0.5)
+  repeats, warmup_s, duration_s, budget_s = (1, 0.1, 0.3, 0.2) if quick else (3, 0.5, 2.0, 0.5)
   load_before = os.getloadavg()[0]
   names = list(exports or MODELS)[:1 if quick else None]  # --quick: the CNN (each server and peer is still started)
   from research.serve.predictor import Predictor
