@@ -214,9 +214,34 @@ def test_bad_flags_are_one_line(export_dir):
   for args, words in [((f"--model=mnist={export_dir}",), "API keys are required"),
                       ((f"--model=mnist={export_dir}", "--no_auth", "--host", "0.0.0.0"), "loopback"),
                       (("--model", "mnist", "--no_auth"), "NAME=EXPORT_DIR"),
-                      (("--models", "/nonexistent", "--no_auth"), "is not a directory")]:
+                      (("--models", "/nonexistent", "--no_auth"), "is not a directory"),
+                      ((f"--model=mnist={export_dir}", "--no_auth", "--model_threads", "-1"), "--model_threads")]:
     done = helpers.run_script("serve.py", *args)
     assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1 and words in done.stderr, done.stderr
+
+
+def test_model_threads_sleep_when_idle_and_give_the_default_sessions_answers(export_dir, digits, monkeypatch):
+  """The server's model calls run on --model_threads threads (default: the cores less the event loop's) that sleep
+  when idle; onnxruntime's own default (0) spins. Either way the answers are the same."""
+  from research.export import onnx
+  from research.serve import Predictor
+  from research.serve.server import default_model_threads
+
+  for threads in (0, 1, 3):
+    options = onnx.session(export_dir / onnx.FILE, threads).get_session_options()
+    assert options.intra_op_num_threads == threads
+    try:
+      spinning = options.get_session_config_entry("session.intra_op.allow_spinning")
+    except RuntimeError:  # not set: onnxruntime spins
+      spinning = None
+    assert spinning == ("0" if threads else None)
+  pixels = digits[:32]
+  own, sleeping = (Predictor.load(export_dir, threads=t).predict({"image": pixels})["probabilities"] for t in (0, 1))
+  np.testing.assert_allclose(sleeping, own, rtol=1e-5, atol=1e-7)
+  monkeypatch.setattr("os.sched_getaffinity", lambda _: {0, 1, 2, 3})
+  assert default_model_threads() == 3
+  monkeypatch.setattr("os.sched_getaffinity", lambda _: {0})
+  assert default_model_threads() == 1
 
 
 def test_sigterm_finishes_the_requests_in_flight_then_exits_zero(export_dir, digits):

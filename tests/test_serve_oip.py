@@ -6,10 +6,12 @@ Rotten Tomatoes Transformer as `reviews`; every answer is compared with the offl
 """
 
 import concurrent.futures
+import gzip
 import json
 import struct
 import urllib.error
 import urllib.request
+import zlib
 
 import numpy as np
 import pytest
@@ -79,7 +81,7 @@ def test_a_triton_client_gets_the_offline_answers_in_json_and_binary_for_every_d
   assert meta["name"] == "mnist" and meta["versions"] == ["1"] and meta["platform"] == "research/onnx"
   assert meta["inputs"] == [{"name": "image", "datatype": "UINT8", "shape": [-1, 28, 28, 1]}]
   assert meta["outputs"][0] == {"name": "probabilities", "datatype": "FP32", "shape": [-1, 10]}
-  want = _offline(exports["mnist"], {"image": digits})
+  want = want_uint8 = _offline(exports["mnist"], {"image": digits})
 
   for binary_in in (True, False):
     for binary_out in (True, False):
@@ -111,6 +113,11 @@ def test_a_triton_client_gets_the_offline_answers_in_json_and_binary_for_every_d
       np.testing.assert_allclose(result.as_numpy("probabilities"), want["probabilities"], atol=1e-6,
                                  err_msg=f"{kind} binary={binary_in}")
       np.testing.assert_array_equal(result.as_numpy("predictions"), want["predictions"])
+  for algorithm in ("gzip", "deflate"):  # the client's request compression: the same answers
+    image = httpclient.InferInput("image", list(digits.shape), "UINT8")
+    image.set_data_from_numpy(digits)
+    result = client.infer("mnist", [image], request_compression_algorithm=algorithm)
+    np.testing.assert_allclose(result.as_numpy("probabilities"), want_uint8["probabilities"], atol=1e-6)
   client.close()
 
 
@@ -128,8 +135,19 @@ def test_the_binary_extension_byte_by_byte_and_its_errors(server, exports, digit
     return _post(server, f"/v2/models/{model}/infer", head + data,
                  {"Content-Type": "application/octet-stream", **({HEADER: str(len(head))} if data else {}), **headers})
 
+  def body_of(document, data) -> bytes:
+    return json.dumps(document).encode() + data
+
+  def zipped(compressed: bytes, encoding: str) -> tuple[int, dict, bytes]:
+    """A body sent compressed: Inference-Header-Content-Length counts the JSON of the decompressed body."""
+    return _post(server, "/v2/models/mnist/infer", compressed, {
+        "Content-Type": "application/octet-stream", HEADER: str(len(json.dumps(header))), "Content-Encoding": encoding})
+
   status, headers, body = infer(header, pixels.tobytes())
   assert status == 200 and headers["content-type"] == "application/octet-stream"
+  for encoding, compress in (("gzip", gzip.compress), ("deflate", zlib.compress)):  # the same answer, compressed in
+    compressed = zipped(compress(body_of(header, pixels.tobytes())), encoding)
+    assert compressed[0] == 200 and compressed[2] == body, (encoding, compressed[2][:300])
   length = int(headers[HEADER.lower()])
   document = json.loads(body[:length])
   assert document["id"] == "b1" and document["model_name"] == "mnist" and document["model_version"] == "1"
@@ -180,7 +198,11 @@ def test_the_binary_extension_byte_by_byte_and_its_errors(server, exports, digit
       (infer({**header, "outputs": [{"name": "logits"}]}, pixels.tobytes()), "unknown output 'logits'"),
       (infer({**header, "id": 7}, pixels.tobytes()), "id must be a string"),
       (infer(b'{"inputs": [', pixels.tobytes()), "not valid JSON"),
-      (infer(header, pixels.tobytes(), **{"Content-Encoding": "gzip"}), "Content-Encoding"),
+      (infer(header, pixels.tobytes(), **{"Content-Encoding": "gzip"}), "the body is not gzip data"),
+      (zipped(gzip.compress(body_of(header, pixels.tobytes()))[:-9], "gzip"), "the gzip body is cut short"),
+      (zipped(zlib.compress(body_of(header, pixels.tobytes())) + b"x", "deflate"), "followed by other bytes"),
+      (zipped(gzip.compress(b"\0" * (17 << 20)), "gzip"), "decompresses to more than"),  # 17 MB in 17 kB
+      (infer(header, pixels.tobytes(), **{"Content-Encoding": "br"}), "Content-Encoding 'br' is not accepted"),
       # BYTES framing: a length past the end, too few elements, bytes left over, not UTF-8, an absurd count.
       (text(2, struct.pack("<I", 100) + b"abcd"), "says 100 bytes but 4"),
       (text(2, struct.pack("<I", 3) + b"abc" + b"\1\0"), "ends after 1 of 2"),
@@ -190,8 +212,8 @@ def test_the_binary_extension_byte_by_byte_and_its_errors(server, exports, digit
       (text(1, struct.pack("<I", 2) + b"ab", "UINT8"), "takes BYTES, not UINT8"),
   ]
   for i, ((status, _, body), words) in enumerate(bad):
-    assert status in (400, 415) and words in json.loads(body)["error"], (i, words, body[:300])
-  assert [s for (s, _, _), _ in bad].count(415) == 1  # only the compressed body
+    assert status in (400, 413, 415) and words in json.loads(body)["error"], (i, words, body[:300])
+  assert [s for (s, _, _), _ in bad].count(415) == 1 and [s for (s, _, _), _ in bad].count(413) == 1
   assert server.call("/v2/health/ready")[0] == 200
   assert server.call("/v2")[2] == {"name": "research", "version": research.__version__,
                                    "extensions": ["binary_tensor_data"]}

@@ -12,7 +12,8 @@ each called by research/bench/loadgen.py (asyncio, keep-alive, a separate proces
 64, one example per request, closed loop, over the Open Inference Protocol: JSON tensors, and (the server as
 shipped) binary tensors. A GPT (configs/shakespeare_gpt.py:smoke) is served for generation at 1 and 16
 concurrent streams. The limit is the same ONNX model called in-process at batch 1, 16
-and 64: onnxruntime alone, and the server's own model call (preprocessing, onnxruntime, softmax). Systems are
+and 64: onnxruntime alone, and the server's own model call (preprocessing, onnxruntime, softmax), both with the
+server's onnxruntime threads (`--model_threads`, its default). Systems are
 interleaved at each concurrency, so a slow moment of the machine hits them alike; the table gives the median
 over repeats. The library's server takes raw inputs (pixels 0-255, text) and preprocesses them; peers get the
 ONNX model's inputs (normalized floats, token ids), so they do less work per request.
@@ -255,11 +256,13 @@ def run(quick: bool = False, exports: dict[str, Path] | None = None, peers: tupl
   names = list(exports or MODELS)[:1 if quick else None]  # --quick: the CNN (each server and peer is still started)
   from research.serve.predictor import Predictor
   from research.serve.repository import Version
+  from research.serve.server import default_model_threads
 
   notes: list[str] = []
   with tempfile.TemporaryDirectory(prefix="research-serving-bench-") as tmp:
     exports = {m: Path(exports[m]) if exports else _export(m, MODELS[m], Path(tmp)) for m in names}
-    entries = {m: Version(m, 1, Predictor.load(exports[m]), None) for m in names}
+    # the in-process limit runs onnxruntime as the server does (scripts/serve.py's default --model_threads)
+    entries = {m: Version(m, 1, Predictor.load(exports[m], threads=default_model_threads()), None) for m in names}
     examples = {m: _examples(entries[m].predictor) for m in names}
     peers = _peers(servers.PEERS if peers is None else peers, quick, notes)
     running, calls = _start(exports, examples, peers, Path(tmp))
@@ -293,7 +296,9 @@ def run(quick: bool = False, exports: dict[str, Path] | None = None, peers: tupl
             f"interleaved repeat(s). Server, peers and load generator share this machine's cores, so at high "
             f"concurrency the client takes CPU time the server would otherwise have. Batching: at most {MAX_BATCH} "
             f"rows per model call, waiting at most {MAX_WAIT_MS:g} ms (peers configured alike). Peers: "
-            f"{versions or 'none'}; they take the ONNX model's inputs, the library's server raw inputs.\n"
+            f"{versions or 'none'}; they take the ONNX model's inputs, the library's server raw inputs. The library's "
+            f"server and the in-process calls run onnxruntime on {default_model_threads()} thread(s) per call "
+            f"(`--model_threads`, its default here), peers with onnxruntime's own default.\n"
             f"Machine: {machine()}; load average {load_before:.1f} at the start, {os.getloadavg()[0]:.1f} at the end "
             f"(other jobs running when it is over the core count).\n\n"
             + table(["model", "target", "measured", "holds"], targets))

@@ -2,7 +2,7 @@
 
 A format names an exporter `export(ex, out, **options) -> artifact dict` (the
 dict lists the files it wrote and goes into manifest.json) and a loader
-`load(out, artifact) -> run`, where `run(*numpy inputs) -> list of numpy
+`load(out, artifact, **options) -> run`, where `run(*numpy inputs) -> list of numpy
 outputs` runs the artifact in its own runtime. Float formats are held to the
 parity tolerance; quantized ones to an accuracy bound against their float base.
 """
@@ -42,8 +42,8 @@ class Format:
   def export(self, ex, out, **options) -> dict:
     return self._resolve(self.exporter)(ex, out, **options)
 
-  def load(self, out, artifact):
-    return self._resolve(self.loader)(out, artifact)
+  def load(self, out, artifact, **options):
+    return self._resolve(self.loader)(out, artifact, **options)
 
 
 _ONNX = ("jax2onnx", "onnx", "onnxruntime")

@@ -57,16 +57,21 @@ def export(ex: Exportable, out: Path, *, opset: int = OPSET) -> dict:
 
 
 def session(path: Path | str, threads: int = 0):
+  """An onnxruntime session on the CPU. `threads`: 0, onnxruntime's default (a thread per core, spinning while
+  idle); N, N threads per call that sleep while idle, so they leave the cores to the rest of the process (a server's
+  event loop: docs/performance.md, serving)."""
   import onnxruntime as ort
 
   options = ort.SessionOptions()
-  options.intra_op_num_threads = threads  # 0: onnxruntime's default (all cores)
+  options.intra_op_num_threads = threads
+  if threads:
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
   options.log_severity_level = 3  # errors only
   return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def load(out: Path, artifact: dict):
-  """Runs the artifact: a function of numpy inputs returning a list of numpy outputs."""
-  sess = session(out / artifact["path"])
+def load(out: Path, artifact: dict, threads: int = 0):
+  """Runs the artifact: a function of numpy inputs returning a list of numpy outputs (`threads`: as `session`)."""
+  sess = session(out / artifact["path"], threads)
   names = [i.name for i in sess.get_inputs()]
   return lambda *inputs: [np.asarray(y) for y in sess.run(None, dict(zip(names, inputs)))]

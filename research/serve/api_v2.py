@@ -19,7 +19,7 @@ from research.serve import binary, oip
 
 
 def routes(service) -> list[Route]:
-  from research.serve.app import HTTPError, parse_json_object
+  from research.serve.app import parse_json_object
 
   repo = service.repo
 
@@ -43,8 +43,6 @@ def routes(service) -> list[Route]:
 
   async def infer(request: Request) -> Response:
     entry = service.version_of(request)
-    if request.headers.get("content-encoding", "identity").lower() != "identity":
-      raise HTTPError(415, "compressed request bodies (Content-Encoding) are not accepted: send the body as is")
     header, tail = binary.split(await service.body(request), request.headers.get(binary.HEADER))
     call = oip.decode_request(parse_json_object(header), entry, tail)
     outputs = await service.infer(request, entry, entry.predictor.check(call.inputs))

@@ -21,6 +21,7 @@ import os
 import re
 import sys
 import time
+import zlib
 from typing import Callable
 
 import numpy as np
@@ -114,6 +115,8 @@ class Service:
     return entry
 
   async def body(self, request: Request) -> bytes:
+    """The request's body, decompressed if its Content-Encoding is gzip or deflate (as tritonclient sends with
+    request compression on); the limit holds for what is sent and for what it decompresses to."""
     length = request.headers.get("content-length")
     if length is not None and (not length.isdigit() or int(length) > self.max_body_bytes):
       raise HTTPError(413, f"the body is larger than {self.max_body_bytes} bytes")
@@ -122,7 +125,7 @@ class Service:
       body += chunk
       if len(body) > self.max_body_bytes:
         raise HTTPError(413, f"the body is larger than {self.max_body_bytes} bytes")
-    return bytes(body)
+    return decompressed(bytes(body), request.headers.get("content-encoding", "identity"), self.max_body_bytes)
 
   async def body_json(self, request: Request) -> dict:
     return parse_json_object(await self.body(request))
@@ -197,6 +200,30 @@ def parse_json_object(body: bytes) -> dict:
   if not isinstance(document, dict):
     raise HTTPError(400, f"the body must be a JSON object, not {type(document).__name__}")
   return document
+
+
+# Content-Encoding -> zlib's wbits for it (HTTP's "deflate" is the zlib format).
+ENCODINGS = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
+
+
+def decompressed(body: bytes, encoding: str, limit: int) -> bytes:
+  """`body` as sent with Content-Encoding `encoding` (identity, gzip or deflate), at most `limit` bytes once
+  decompressed; HTTPError 415 (another encoding), 413 (larger) or 400 (not that encoding's data)."""
+  encoding = encoding.strip().lower()
+  if encoding == "identity":
+    return body
+  if encoding not in ENCODINGS:
+    raise HTTPError(415, f"Content-Encoding {encoding!r} is not accepted: send gzip, deflate or the body as is")
+  decoder = zlib.decompressobj(ENCODINGS[encoding])
+  try:
+    data = decoder.decompress(body, limit + 1)
+  except zlib.error as e:
+    raise HTTPError(400, f"the body is not {encoding} data ({e})") from None
+  if len(data) > limit:
+    raise HTTPError(413, f"the body decompresses to more than {limit} bytes")
+  if not decoder.eof or decoder.unused_data:
+    raise HTTPError(400, f"the {encoding} body is {'cut short' if not decoder.eof else 'followed by other bytes'}")
+  return data
 
 
 def create_app(repo: Repository, *, keys: KeyRing | None, open_metrics: bool, max_body_bytes: int = 16 << 20,

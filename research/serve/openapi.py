@@ -135,8 +135,7 @@ OPERATIONS = {
         "Typed tensors in, typed tensors out", {**json_body(ref("InferResponse")), **BINARY}, infer=True,
         body={**json_body(ref("InferRequest"), {"id": "1", "inputs": [
             {"name": "text", "shape": [1], "datatype": "BYTES", "data": ["a gripping, funny film"]}]}), **BINARY},
-        params=(HEADER_LENGTH,), also={415: ("a compressed body (Content-Encoding): send it as is",
-                                             json_body(ref("Error")))},
+        params=(HEADER_LENGTH,),
         description="JSON, or the binary tensor data extension (application/octet-stream)."),
     ("POST", "/v2/repository/index"): op(
         "The model repository: every version on disk or served, and its state", json_body(ref("RepositoryIndex")),
@@ -154,7 +153,9 @@ OPERATIONS = {
 }
 ERRORS = {400: "the request does not fit: the message names what and how to fix it",
           401: "no valid API key: send 'Authorization: Bearer <key>'", 403: "the key may not do this",
-          404: "no such model or version", 413: "the body is larger than the server's limit",
+          404: "no such model or version",
+          413: "the body (or what it decompresses to) is larger than the server's limit",
+          415: "a Content-Encoding other than gzip or deflate",
           429: "the key's rate limit is reached (Retry-After)", 503: "the server is busy (Retry-After)",
           504: "the model did not answer within the server's time limit"}
 _VERSION = "/versions/{version}"
@@ -198,7 +199,7 @@ def _operation(route: Route, method: str, entry: dict, keys: bool) -> dict:
             (("name", {"type": "string", "minLength": 1}), ("version", {"type": "integer", "minimum": 0}))
             if "{" + n + "}" in route.path]
   scoped = keyed and (access["admin"] or (named and access["model_scoped"]))  # a key may be refused it (403)
-  rules = [(keyed, {401, 429}), (scoped, {403}), (named, {404}), (entry["body"], {400, 413}),
+  rules = [(keyed, {401, 429}), (scoped, {403}), (named, {404}), (entry["body"], {400, 413, 415}),
            (entry["infer"], {503, 504})]
   codes = set().union(*(statuses for when, statuses in rules if when))
   responses = {"200": _response("OK", entry["ok"])}

@@ -39,9 +39,11 @@ class Predictor:
   buckets: tuple[int, ...] = ()  # the batch sizes the model is called with (none: any size)
 
   @classmethod
-  def load(cls, directory: str | Path, backend: str = "onnx", buckets: tuple[int, ...] = ()) -> "Predictor":
+  def load(cls, directory: str | Path, backend: str = "onnx", buckets: tuple[int, ...] = (),
+           threads: int = 0) -> "Predictor":
     """Verifies and loads an export directory; raises VerifyError (a bad file) or ConfigError (no such artifact).
-    `buckets`: increasing batch sizes to pad every model call to (see `warm_up`)."""
+    `buckets`: increasing batch sizes to pad every model call to (see `warm_up`); `threads`: onnxruntime's threads
+    per call (research.export.onnx.session; 0: its default)."""
     from research.export import manifest as manifest_lib
     from research.export.formats import FORMATS
 
@@ -54,7 +56,8 @@ class Predictor:
       raise ConfigError(f"{directory} has no {BACKENDS[backend]} artifact for the {backend} backend (it holds "
                         f"{', '.join(manifest.get('artifacts', {})) or 'none'}); export with --format "
                         f"{BACKENDS[backend]}, or choose another backend.")
-    run = FORMATS.get(BACKENDS[backend]).load(directory, artifact)
+    options = {"threads": threads} if backend == "onnx" else {}
+    run = FORMATS.get(BACKENDS[backend]).load(directory, artifact, **options)
     buckets = tuple(buckets)
     return cls(directory, manifest, backend, padded(run, buckets) if buckets else run,
                preprocessing(manifest, directory), buckets)

@@ -126,6 +126,7 @@ class Repository:
   policy: Policy = Policy()
   backend: str = "onnx"
   buckets: tuple[int, ...] = ()
+  threads: int = 0  # onnxruntime's threads per model call (Predictor.load)
   say: Callable[[str], None] = log.warning  # a line for the operator: a version served, unloaded or failed
   models: dict[str, dict[int, Version]] = dataclasses.field(default_factory=dict)
   failures: dict[str, str] = dataclasses.field(default_factory=dict)  # "name/version" -> why it is not served
@@ -219,7 +220,7 @@ class Repository:
 
   def _load(self, name: str, version: int, directory: Path) -> Version | None:
     try:
-      predictor = Predictor.load(directory, self.backend, self.buckets)
+      predictor = Predictor.load(directory, self.backend, self.buckets, self.threads)
       entry = Version(name, version, predictor, None)
       entry.batcher = ServedBatcher(entry.run, **self.batching)
       predictor.warm_up()  # every batch bucket compiled before the first request
@@ -256,7 +257,7 @@ class Repository:
 
 
 def load(models_dir: str | None, single: list[str], batching: dict, policy: Policy = Policy(), backend: str = "onnx",
-         buckets: tuple[int, ...] = ()) -> Repository:
+         buckets: tuple[int, ...] = (), threads: int = 0) -> Repository:
   """Every DIR/<name>/<version>/ of `models_dir` the policy picks, and every NAME=EXPORT_DIR of `single` (as
   version 1). Failures are recorded, not said (the caller reports them in its own words)."""
   singles = {}
@@ -271,7 +272,7 @@ def load(models_dir: str | None, single: list[str], batching: dict, policy: Poli
   if root is None and not singles:
     raise ConfigError("No models to serve: give --models DIR (holding <name>/<version>/ exports) or "
                       "--model NAME=EXPORT_DIR.")
-  repo = Repository(root, singles, batching, policy, backend, buckets, say=lambda line: None)
+  repo = Repository(root, singles, batching, policy, backend, buckets, threads, say=lambda line: None)
   repo.poll()
   if not repo.models:
     reasons = "; ".join(f"{k}: {v}" for k, v in repo.failures.items())

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import os
 import socket
 import sys
 
@@ -55,6 +56,9 @@ def parser() -> argparse.ArgumentParser:
                  help="versions served: latest:N (the N newest that load; default latest:1), all, or specific:1,3")
   p.add_argument("--backend", default="onnx", choices=("onnx", "jax"),
                  help="the runtime: onnx (default) or jax (the StableHLO export, every batch bucket compiled first)")
+  p.add_argument("--model_threads", type=int, default=default_model_threads(), metavar="N",
+                 help="onnxruntime's threads per model call, idle ones sleeping (default: the cores less the one the "
+                      f"HTTP event loop keeps, here {default_model_threads()}; 0: onnxruntime's own, spinning)")
   p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1, loopback only)")
   p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
   p.add_argument("--keys", metavar="FILE", help="the API key file (salted hashes; see --add_key)")
@@ -81,7 +85,16 @@ def parser() -> argparse.ArgumentParser:
   return p
 
 
+def default_model_threads() -> int:
+  """The cores this process may use, less one for the event loop (at least 1): onnxruntime's default, a spinning
+  thread per core, took the event loop's CPU (docs/performance.md, serving)."""
+  cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+  return max(1, cores - 1)
+
+
 def _check(args) -> None:
+  if args.model_threads < 0:
+    raise ConfigError(f"--model_threads must be >= 0, got {args.model_threads}.")
   for flag in ("max_batch_size", "max_queue_rows", "max_streams"):
     if getattr(args, flag) < 1:
       raise ConfigError(f"--{flag} must be >= 1, got {getattr(args, flag)}.")
@@ -127,7 +140,7 @@ def serve(argv: list[str]) -> None:
                   max_queue_rows=args.max_queue_rows)
   policy = repository.Policy.parse(args.version_policy)
   buckets = bucket_sizes(args.max_batch_size) if args.backend == "jax" else ()  # onnxruntime needs no compiles
-  repo = repository.load(args.models, args.model, batching, policy, args.backend, buckets)
+  repo = repository.load(args.models, args.model, batching, policy, args.backend, buckets, args.model_threads)
   sock = socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET)
   sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
   try:
