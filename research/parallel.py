@@ -52,6 +52,16 @@ def make_mesh(config, devices=None) -> Mesh:
   return jax.make_mesh(tuple(sizes.values()), AXES, axis_types=(AxisType.Auto,) * len(AXES), devices=devices)
 
 
+def tensor_warning(config, mesh: Mesh) -> str | None:
+  """A warning when tensor parallelism splits attention heads: the step stays right, but XLA moves parts of heads
+  between the devices in every attention (docs/sharding.md)."""
+  tensor, heads = mesh.shape[TENSOR], config.model.get("num_heads")
+  if tensor > 1 and isinstance(heads, int) and heads % tensor:
+    return (f"warning: mesh.tensor={tensor} does not divide model.num_heads={heads}, so devices hold parts of heads "
+            f"and every attention moves them between devices; a tensor size that divides {heads} keeps heads whole.")
+  return None
+
+
 def batch_sharding(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P(BATCH))
 

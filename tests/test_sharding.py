@@ -142,6 +142,14 @@ def test_tensor_parallelism_keeps_whole_heads_on_each_device(monkeypatch):
   assert sum(after.values()) < sum(before.values())
 
 
+def test_a_tensor_size_that_splits_heads_is_warned_about():
+  split = sharded.config("gpt", 1, 1, 8)  # 4 heads on 8 devices
+  message = parallel.tensor_warning(split, parallel.make_mesh(split))
+  assert message.startswith("warning: mesh.tensor=8 does not divide model.num_heads=4") and "\n" not in message
+  for c in (sharded.config("gpt", 2, 1, 4), sharded.config("gpt", 8), sharded.config("cnn", 1, 1, 8)):
+    assert parallel.tensor_warning(c, parallel.make_mesh(c)) is None  # whole heads, no tensor, no heads
+
+
 def test_a_config_rule_overrides_the_family_defaults():
   c = sharded.config("gpt", 1, 4, 2, rules=((r"blocks/\d+/fc/kernel", None), (r"token_embed/.*", ("tensor",))))
   mesh = parallel.make_mesh(c)

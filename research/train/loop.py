@@ -197,8 +197,9 @@ def _train(config, workdir: Path, mesh, preemption: PreemptionGuard, flags_warni
   checkpoints = Checkpointer(workdir / "checkpoints", every=cc.every, keep=cc.keep, best_metric=cc.best_metric,
                              best_mode=cc.best_mode, keep_best=cc.keep_best)
   progress = Progress(total_steps, 0, config.data.batch_size)
-  if flags_warning:
-    progress.message(flags_warning)
+  for warning in (flags_warning, parallel.tensor_warning(config, mesh)):
+    if warning:
+      progress.message(warning)
   if _stopped_before_training(preemption, progress, "during start-up"):
     record.status = "stopped"
     return {}
