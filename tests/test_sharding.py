@@ -17,8 +17,8 @@ from research.models import gpt
 from research.train import experiment
 from tests import sharded
 
-# Every (data, fsdp, tensor) whose product is 8: the 8 simulated devices. Each mesh builds a state and compiles a
-# train step (~6 s of one CPU), so each family runs the meshes that test something of its own: the GPT every mesh
+# Every (data, fsdp, tensor) whose product is 8: the 8 simulated devices. Each mesh compiles a train step (~4 s of one
+# CPU), so each family runs the meshes that test something of its own: the GPT every mesh
 # without tensor (the memory test's) and tensor with each other axis; the Transformer, whose attention and MLP rules
 # are the GPT's, each axis alone, all three and FSDP with tensor; the CNN (no tensor rules) those without tensor.
 MESHES = [(d, f, 8 // (d * f)) for d in (1, 2, 4, 8) for f in (1, 2, 4, 8) if 8 % (d * f) == 0]

@@ -56,9 +56,10 @@ def parser() -> argparse.ArgumentParser:
                  help="versions served: latest:N (the N newest that load; default latest:1), all, or specific:1,3")
   p.add_argument("--backend", default="onnx", choices=("onnx", "jax"),
                  help="the runtime: onnx (default) or jax (the StableHLO export, every batch bucket compiled first)")
-  p.add_argument("--model_threads", type=int, default=default_model_threads(), metavar="N",
+  threads = default_model_threads()
+  p.add_argument("--model_threads", type=int, default=threads, metavar="N",
                  help="onnxruntime's threads per model call, idle ones sleeping (default: the cores less the one the "
-                      f"HTTP event loop keeps, here {default_model_threads()}; 0: onnxruntime's own, spinning)")
+                      f"HTTP event loop keeps, here {threads}; 0: onnxruntime's own, spinning)")
   p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1, loopback only)")
   p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
   p.add_argument("--keys", metavar="FILE", help="the API key file (salted hashes; see --add_key)")
