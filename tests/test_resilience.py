@@ -9,11 +9,13 @@ import subprocess
 import sys
 import time
 
+import jax
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
 from research import config as config_lib
-from research.checkpoint import key_name
+from research.checkpoint import Checkpointer, key_name
 from research.train import loop
 from research.train import experiment
 from tests import helpers
@@ -370,3 +372,28 @@ def test_a_reader_lists_the_checkpoints_again_when_the_run_deletes_one_meanwhile
   monkeypatch.setattr(orbax_step.Metadata, "commit_timestamp_nsecs", property(deleted_while_listed))
   assert Checkpointer(directory, every=0, keep=0, read_only=True).steps() == [20]
   assert not (directory / "10").exists()
+
+
+def test_a_save_in_one_process_lowers_no_program_and_restores_exactly(tmp_path):
+  """Orbax's replica-parallel saving would slice each replicated array into one piece per device, lowering and
+  compiling a program per new slice shape; in one process each array is written whole, and the checkpoint names
+  orbax's own handler, as every checkpoint written before did."""
+  replicated = jax.NamedSharding(jax.make_mesh((8,), ("data",)), jax.P())
+  state = {"w": np.arange(96 * 40, dtype=np.float32).reshape(96, 40), "b": np.linspace(-1, 1, 37, dtype=np.float32)}
+  on_devices = {k: jax.device_put(v, replicated) for k, v in state.items()}
+  lowered = []
+  listener = lambda event, seconds, **kwargs: lowered.append(event) if "jaxpr_to_mlir_module" in event else None
+  jax.monitoring.register_event_duration_secs_listener(listener)
+  try:
+    checkpointer = Checkpointer(tmp_path, every=1, keep=2)
+    assert checkpointer.save(1, on_devices, {"epoch": 0, "index": 0})
+    checkpointer.manager.wait_until_finished()
+  finally:
+    jax.monitoring.unregister_event_duration_listener(listener)
+  assert lowered == []
+  metadata = json.loads((tmp_path / "1" / "_CHECKPOINT_METADATA").read_text())
+  assert metadata["item_handlers"]["state"].endswith("standard_checkpoint_handler.StandardCheckpointHandler")
+  restored = checkpointer.manager.restore(1, args=ocp.args.Composite(state=ocp.args.StandardRestore(
+      {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=replicated) for k, v in state.items()})))["state"]
+  for key, value in state.items():
+    assert np.array_equal(restored[key], value), key
