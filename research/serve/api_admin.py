@@ -15,8 +15,10 @@ from __future__ import annotations
 import asyncio
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
+
+from research.serve.jsonio import JSONResponse
 
 
 def routes(service) -> list[Route]:

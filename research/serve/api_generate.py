@@ -17,17 +17,17 @@ a request gets 503 with Retry-After. A whole answer has --timeout_s
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 
 from prometheus_client import Counter, Gauge, Histogram
 from starlette.background import BackgroundTask
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from research.errors import InputError
 from research.serve.generate import check_request, short_repr
+from research.serve.jsonio import JSONResponse, dumps
 from research.serve.streams import Scheduler, StreamsFull
 
 log = logging.getLogger("research.serve")
@@ -47,7 +47,7 @@ def read_request(document: dict) -> dict:
 
 
 def _event(data: dict) -> str:
-  return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
+  return f"data: {dumps(data).decode()}\n\n"
 
 
 def routes(service, max_streams: int = 16) -> list[Route]:

@@ -10,8 +10,10 @@ object {input name: value} for a model of several.
 from __future__ import annotations
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
+
+from research.serve.jsonio import JSONResponse
 
 
 def routes(service) -> list[Route]:

@@ -11,11 +11,12 @@ JSON; a response is binary where the request asks for it.
 from __future__ import annotations
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 
 import research
 from research.serve import binary, oip
+from research.serve.jsonio import JSONResponse
 
 
 def routes(service) -> list[Route]:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import json
 import logging
 import os
 import re
@@ -36,13 +35,14 @@ from prometheus_client import (
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 
 from research.errors import InputError
 from research.serve.audit import AuditLog
 from research.serve.auth import Key, KeyRing
 from research.serve.batcher import QueueFull
+from research.serve.jsonio import JSONResponse, loads
 from research.serve.repository import Repository, Version
 
 log = logging.getLogger("research.serve")
@@ -194,7 +194,7 @@ class Service:
 
 def parse_json_object(body: bytes) -> dict:
   try:
-    document = json.loads(body)
+    document = loads(body)
   except ValueError as e:
     raise HTTPError(400, f"the body is not valid JSON ({e})") from None
   if not isinstance(document, dict):
@@ -258,6 +258,9 @@ def create_app(repo: Repository, *, keys: KeyRing | None, open_metrics: bool, ma
             *api_admin.routes(service),
             *api_generate.routes(service, max_streams),
             *api_v1.routes(service), *api_v2.routes(service), *openapi.routes(service)]
+  # Starlette tries the routes in order, a regular expression each: the inference routes go first (matching the
+  # ones before them took 8% of the server's time per request for a small model).
+  routes.sort(key=lambda route: not route.path.endswith(("/infer", ":predict")))
 
   @contextlib.asynccontextmanager
   async def lifespan(app):

@@ -9,7 +9,6 @@ request's bytes in place (np.frombuffer); nothing is copied until the model's ba
 
 from __future__ import annotations
 
-import json
 import math
 import struct
 
@@ -17,6 +16,7 @@ import ml_dtypes
 import numpy as np
 
 from research.errors import InputError
+from research.serve.jsonio import dumps
 
 HEADER = "Inference-Header-Content-Length"
 EXTENSION = "binary_tensor_data"
@@ -91,5 +91,5 @@ def encode(array: np.ndarray) -> bytes:
 
 def body(document: dict, chunks: list[bytes]) -> tuple[bytes, int]:
   """(a response body: the JSON document, then `chunks` in order; the JSON's length in bytes)."""
-  header = json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode()
+  header = dumps(document)
   return b"".join([header, *chunks]), len(header)
