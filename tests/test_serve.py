@@ -148,6 +148,11 @@ def test_the_open_inference_protocols_metadata_health_and_errors(export_dir, dig
     assert status == 404 and "no such endpoint: GET /v1/nothing/here" in answer["error"]
     status, _, answer = server.call("/v1/models", {"instances": []})
     assert status == 405 and "does not take POST" in answer["error"]
+    # inference POSTs skip Starlette's routing (research/serve/app.py): other methods and unknown models still answer
+    status, _, answer = server.call("/v2/models/mnist/infer")
+    assert status == 405 and "does not take GET" in answer["error"]
+    status, _, answer = server.call("/v2/models/nothing/versions/3/infer", {"inputs": []})
+    assert status == 404 and "nothing" in answer["error"], answer
     assert server.call("/healthz")[0] == 200  # still up
   finally:
     assert server.stop()[0] == 0
