@@ -28,6 +28,13 @@ def env_with_devices(devices: int) -> dict:
   return env
 
 
+def env_without_tensorflow(env: dict) -> dict:
+  """`env` in which `import tensorflow` fails, as without the `tf` extra (tests/without_tensorflow): for the
+  TensorBoard servers the tests start."""
+  hidden = str(ROOT / "tests" / "without_tensorflow")
+  return {**env, "PYTHONPATH": os.pathsep.join(p for p in (hidden, env.get("PYTHONPATH")) if p)}
+
+
 def run_script(script: str, *args: str, devices: int = 8, timeout: float = 300,
                unset: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
   """Runs scripts/<script> to completion (without the environment variables in `unset`); a hung JAX process is

@@ -13,6 +13,8 @@ import time
 import urllib.request
 from collections.abc import Iterator
 
+from tests import helpers
+
 STATUSES = ["STATUS_UNKNOWN", "STATUS_SUCCESS", "STATUS_FAILURE", "STATUS_RUNNING"]
 
 
@@ -36,7 +38,8 @@ def serve(logdir, timeout: float = 90) -> Iterator[str]:
   port = _free_port()
   server = subprocess.Popen([sys.executable, "-m", "tensorboard.main", "--logdir", str(logdir), "--host",
                              "127.0.0.1", "--port", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            env=helpers.env_without_tensorflow(dict(os.environ)))
   base = f"http://127.0.0.1:{port}"
   try:
     deadline = time.time() + timeout
@@ -47,7 +50,7 @@ def serve(logdir, timeout: float = 90) -> Iterator[str]:
       except OSError:
         if time.time() > deadline or server.poll() is not None:
           raise AssertionError(f"TensorBoard never answered on port {port}") from None
-        time.sleep(0.5)
+        time.sleep(0.2)
     yield base
   finally:
     os.killpg(server.pid, signal.SIGKILL)
