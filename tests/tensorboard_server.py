@@ -66,7 +66,7 @@ def session_groups(base: str, expected: int, timeout: float = 60) -> list[dict]:
     groups = get_json(f"{base}/data/plugin/hparams/session_groups", request).get("sessionGroups", [])
     if len(groups) >= expected and all(g.get("metricValues") for g in groups):
       return groups
-    time.sleep(1)
+    time.sleep(0.2)
   raise AssertionError(f"the HParams API listed {len(groups)} session groups, not {expected}: {groups}")
 
 

@@ -70,7 +70,7 @@ def _wait_for_checkpoint(workdir: Path, procs, timeout: float = 300) -> None:
   deadline = time.time() + timeout
   while not any(p.name.isdigit() for p in (workdir / "checkpoints").glob("*")):
     assert time.time() < deadline and all(p.poll() is None for p in procs), "no checkpoint was written"
-    time.sleep(0.5)
+    time.sleep(0.1)
 
 
 def _finish(procs, timeout: float) -> list[tuple[int, str, float]]:

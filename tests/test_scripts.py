@@ -68,7 +68,7 @@ def test_tensorboard_server_serves_the_logged_scalars(smoke_run):
           break
       except OSError:
         pass
-      time.sleep(1)
+      time.sleep(0.2)
     assert "tensorboard" in runs, f"server never listed the run: {runs}"
     expected = {}
     for line in (workdir / "metrics.jsonl").read_text().splitlines():
