@@ -121,7 +121,7 @@ class _StateHandler(ocp.StandardCheckpointHandler):
   """Orbax's handler of the `state` item, whose arrays are written without replica-parallel slicing when there is
   one process. Replica-parallel saving spreads a replicated array's writing over the processes; within one process
   it only slices each array into one piece per device, and each new slice shape costs a compile: 2.4 s at the
-  first save of a small model on 8 CPU devices, against 0.02 s without (docs/performance.md). The files are the
+  first save of a small model on 8 CPU devices, against 0.03 s without (docs/performance.md). The files are the
   same either way."""
 
   def __init__(self):

@@ -28,10 +28,10 @@ def env_with_devices(devices: int) -> dict:
   return env
 
 
-def env_without_tensorflow(env: dict) -> dict:
-  """`env` in which `import tensorflow` fails, as without the `tf` extra (tests/without_tensorflow): for the
+def env_without_tensorflow(env: dict | None = None) -> dict:
+  """`env` (default: this process's environment) in which `import tensorflow` fails, as without the `tf` extra (tests/without_tensorflow): for the
   TensorBoard servers the tests start."""
-  hidden = str(ROOT / "tests" / "without_tensorflow")
+  env, hidden = dict(os.environ if env is None else env), str(ROOT / "tests" / "without_tensorflow")
   return {**env, "PYTHONPATH": os.pathsep.join(p for p in (hidden, env.get("PYTHONPATH")) if p)}
 
 

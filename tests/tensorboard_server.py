@@ -39,7 +39,7 @@ def serve(logdir, timeout: float = 90) -> Iterator[str]:
   server = subprocess.Popen([sys.executable, "-m", "tensorboard.main", "--logdir", str(logdir), "--host",
                              "127.0.0.1", "--port", str(port)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True,
-                            env=helpers.env_without_tensorflow(dict(os.environ)))
+                            env=helpers.env_without_tensorflow())
   base = f"http://127.0.0.1:{port}"
   try:
     deadline = time.time() + timeout

@@ -387,7 +387,7 @@ def test_a_save_in_one_process_lowers_no_program_and_restores_exactly(tmp_path):
   try:
     checkpointer = Checkpointer(tmp_path, every=1, keep=2)
     assert checkpointer.save(1, on_devices, {"epoch": 0, "index": 0})
-    checkpointer.manager.wait_until_finished()
+    checkpointer.wait()
   finally:
     jax.monitoring.unregister_event_duration_listener(listener)
   assert lowered == []
@@ -397,3 +397,4 @@ def test_a_save_in_one_process_lowers_no_program_and_restores_exactly(tmp_path):
       {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=replicated) for k, v in state.items()})))["state"]
   for key, value in state.items():
     assert np.array_equal(restored[key], value), key
+  checkpointer.close()

@@ -56,7 +56,7 @@ def test_tensorboard_server_serves_the_logged_scalars(smoke_run):
       [sys.executable, "-m", "tensorboard.main", "--logdir", str(workdir), "--host", "127.0.0.1",
        "--port", str(port), "--load_fast", "false"],
       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True,
-      env=helpers.env_without_tensorflow(dict(os.environ)))
+      env=helpers.env_without_tensorflow())
   base = f"http://127.0.0.1:{port}"
   try:
     deadline = time.time() + 90
