@@ -14,6 +14,7 @@ import contextlib
 import json
 import math
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Iterator
@@ -170,6 +171,9 @@ def train(argv: list[str]) -> None:
       distributed.finish(e)  # with other processes: a failure stops them at once, not at a heartbeat timeout
       raise
     distributed.finish(None)
+  if preemption.signal_name:  # stopped and saved: a signal during the exit (a second Ctrl-C) changes nothing now
+    for sig in PreemptionGuard.SIGNALS:
+      signal.signal(sig, signal.SIG_IGN)
 
 
 def compile_only(config, devices: int | None, accelerator: str | None) -> None:

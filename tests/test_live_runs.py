@@ -82,6 +82,23 @@ def test_a_signal_at_any_moment_of_start_up_is_one_clean_stop(tmp_path, signals,
   assert "Traceback" not in err and last.startswith(tuple(f"Stopped by {s.name} " for s in signals)), err
 
 
+def test_signals_after_a_signalled_stop_has_saved_do_not_change_its_clean_exit(tmp_path):
+  """Once the stop has saved and said so, the process is exiting: Ctrl-C pressed again and again then (after the
+  training loop's handlers are gone) must not turn the clean stop into a death by SIGINT."""
+  proc = _start(tmp_path / "run", "--config.train.steps=100000", "--config.train.log_every=1")
+  _wait_for_steps(proc, tmp_path / "run", 2)
+  proc.send_signal(signal.SIGTERM)
+  lines = []
+  for line in proc.stderr:  # the progress bar's lines, then the stop's
+    lines.append(line)
+    if line.startswith("Stopped by SIGTERM"):
+      break
+  while proc.poll() is None:
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.005)
+  assert proc.returncode == 0, "".join(lines[-5:]) + proc.stderr.read()[-2000:]
+
+
 def test_a_second_ctrl_c_during_saves_leaves_the_last_checkpoint_intact(tmp_path, capsys):
   workdir = tmp_path / "run"
   proc = _start(workdir, "--config.train.steps=100000", "--config.checkpoint.every=1", "--config.train.log_every=1",

@@ -4,8 +4,9 @@ The handler only sets a flag; the loop finishes the step it is in, saves, waits
 for the write and exits 0. A signal during start-up (data loading, restore,
 compilation) stops the run before its first step, or right after it with a
 checkpoint. A second SIGINT interrupts at once (Ctrl-C twice); SIGTERM followed
-by SIGINT is still one stop. With several processes, all must stop at the same
-step: the flag is combined across processes at sync points, and JAX's
+by SIGINT is still one stop. After a stop, scripts/train.py ignores both
+signals while the process exits (research/cli.py). With several processes, all
+must stop at the same step: the flag is combined across processes at sync points, and JAX's
 preemption sync point (`multihost_utils.reached_preemption_sync_point`, which
 TPU VMs' maintenance notices drive) is consulted every step.
 
