@@ -90,6 +90,28 @@ def test_workdir_holds_config_checkpoints_events_and_metrics(tmp_path):
       [r["step"] for r in rows]
 
 
+def test_the_state_initializer_compiled_for_speed_gives_the_same_state_bit_for_bit():
+  """On a CPU the state's initializer compiles with LLVM at -O1 (init_compiler_options): the state equals the one
+  XLA's default options compute, bit for bit (the MLP's 256 x 10 head is a shape whose threefry code LLVM's full
+  optimization took longest over)."""
+  import jax
+
+  from research import parallel
+  from research.train import experiment
+  from research.train import state as state_lib
+
+  config = config_lib.load("configs/mnist_mlp.py:smoke")
+  make = experiment.model_factory(config, {"image": np.zeros((2, 784), np.float32)}, lambda batch: batch)
+  _, init, tx, _ = experiment.state_initializer(config, make, 10, parallel.make_mesh(config))
+  assert experiment.init_compiler_options() == {"xla_backend_optimization_level": 1}
+  plain = jax.jit(lambda: state_lib.create(make(), tx, config.seed)[1])()  # XLA's default options
+  values = lambda x: jax.random.key_data(x) if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key) else x
+  fast, plain = jax.tree.leaves(init()), jax.tree.leaves(plain)
+  assert len(fast) == len(plain) > 10
+  for a, b in zip(fast, plain):
+    np.testing.assert_array_equal(np.asarray(values(a)), np.asarray(values(b)))
+
+
 def test_compilation_cache_is_written_then_reused(tmp_path):
   helpers.train(tmp_path / "first", unset=("RESEARCH_COMPILATION_CACHE",))
   cache = tmp_path / "first" / "cache" / "jax"  # the default: inside the workdir

@@ -83,8 +83,17 @@ def state_initializer(config, make_model: Callable[[], nnx.Module], total_steps:
   device ever holds a whole model that it cannot fit (eagerly, each parameter's initializer would also compile on
   its own)."""
   graphdef, layout, tx, schedule = abstract_state(config, make_model, total_steps, mesh)
-  init = jax.jit(lambda: state_lib.create(make_model(), tx, config.seed)[1], out_shardings=sharding.of(layout))
+  init = jax.jit(lambda: state_lib.create(make_model(), tx, config.seed)[1], out_shardings=sharding.of(layout),
+                 compiler_options=init_compiler_options())
   return graphdef, init, tx, schedule
+
+
+def init_compiler_options() -> dict:
+  """XLA options for the program that initializes the state: on a CPU, LLVM at -O1. The random initializers'
+  threefry code took LLVM's full optimization 4-5x as long to compile (a ResNet's init: 12.8 s -> 2.4 s, the
+  CNN's 4.3 s -> 1.1 s; docs/performance.md), for a program that runs once in milliseconds either way. It is
+  integer hashing and exact float steps: the state is the same bit for bit (tests/test_train.py)."""
+  return {"xla_backend_optimization_level": 1} if jax.default_backend() == "cpu" else {}
 
 
 def build_state(config, model: Callable[[], nnx.Module] | nnx.Module, total_steps: int, mesh):
