@@ -88,6 +88,8 @@ def test_raw_text_predicts_like_the_trained_model_with_the_exported_tokenizer(tr
     ({"image": np.full((1, 28, 28, 1), 0.5)}, ["whole numbers"]),
     ({"image": np.full((1, 28, 28, 1), np.nan)}, ["NaN"]),
     ({"image": [[["a"]]]}, ["must hold numbers"]),
+    ({"image": np.full((1, 28, 28, 1), 1 + 2j)}, ["must hold numbers", "complex128"]),
+    ({"image": np.full((1, 28, 28, 1), -1, np.int8)}, ["values in [-1, -1]"]),
     ({"pixels": np.zeros((1, 28, 28, 1))}, ["missing input 'image'"]),
     ({"image": np.zeros((0, 28, 28, 1), np.uint8)}, ["no examples"]),
 ])
