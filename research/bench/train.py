@@ -73,9 +73,16 @@ def _model(name: str, compute_dtype: str):
   from research.models.layers import fast_paths
   from research.registry import MODELS
 
+  import jax
+
+  from research.train import experiment
+
   spec = SPECS[name]
   x, y = _data(name)
-  net = MODELS.get(spec["model"]["name"])(ml_collections.ConfigDict(spec["model"]), x[:2], nnx.Rngs(0))
+  make = lambda: MODELS.get(spec["model"]["name"])(ml_collections.ConfigDict(spec["model"]), x[:2], nnx.Rngs(0))
+  # Initialized by one compiled program, as the trainer's state is: op by op, every initializer compiled on its own.
+  graphdef, _ = nnx.split(nnx.eval_shape(make))
+  net = nnx.merge(graphdef, jax.jit(lambda: nnx.state(make()), compiler_options=experiment.init_compiler_options())())
   return precision.set_compute_dtype(fast_paths.configure(net, FAST_PATHS), compute_dtype), x, y
 
 
