@@ -1,5 +1,6 @@
 import gzip
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -121,6 +122,20 @@ def test_compilation_cache_is_written_then_reused(tmp_path):
   helpers.train(tmp_path / "second", f"--config.compilation_cache={cache}")  # another run shares it
   assert sorted(p.name for p in cache.iterdir()) == entries  # every compile was a cache hit
   assert not (tmp_path / "second" / "cache").exists()
+  # A reader of the run (evaluate here; explain and export alike, through experiment.restore) uses its cache, and
+  # its programs are ones training compiled: emptied, the cache gets back only entries training had written.
+  for entry in cache.iterdir():
+    entry.unlink()
+  done = helpers.run_script("evaluate.py", "--workdir", str(tmp_path / "first"), unset=("RESEARCH_COMPILATION_CACHE",))
+  assert done.returncode == 0, done.stderr[-2000:]
+  read_back = sorted(p.name for p in cache.iterdir())
+  assert read_back and set(read_back) <= set(entries), (read_back, entries)
+  # Where the cache cannot be created (here `cache` is a file), the reader compiles without one.
+  shutil.copytree(tmp_path / "first", tmp_path / "third", ignore=shutil.ignore_patterns("cache"))
+  (tmp_path / "third" / "cache").write_text("not a directory")
+  done = helpers.run_script("evaluate.py", "--workdir", str(tmp_path / "third"), unset=("RESEARCH_COMPILATION_CACHE",))
+  assert done.returncode == 0 and (tmp_path / "third" / "eval" / "test_20.json").exists(), done.stderr[-2000:]
+  assert (tmp_path / "third" / "cache").is_file()
 
 
 def test_the_environment_moves_the_default_compilation_cache(tmp_path, monkeypatch):

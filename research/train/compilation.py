@@ -3,7 +3,8 @@
 `config.compilation_cache` is "" (default: WORKDIR/cache/jax, so a resumed or
 repeated run skips compiling; or the directory in $RESEARCH_COMPILATION_CACHE,
 one cache for every run that does not name its own), a directory to share
-between runs, or "off".
+between runs, or "off". Processes that read a run (evaluate, explain, export:
+`research.train.experiment.restore`) use its cache too (`enable_reading`).
 
 The store is `FileCache`, not JAX's own bounded cache. JAX's takes a file lock
 around every read and write and, at every write, reads the size and access
@@ -97,6 +98,15 @@ def _install(path: Path) -> None:
       jax_cache._cache, jax_cache._cache_initialized = FileCache(path), True
   else:
     jax.config.update("jax_compilation_cache_max_size", MAX_BYTES)
+
+
+def enable_reading(setting: str, workdir: Path) -> Path | None:
+  """`enable` for a process that reads a run (evaluate, explain, export): the run's cache, whose programs it
+  shares (an eval step training compiled), or none where the cache cannot be created (a read-only workdir)."""
+  try:
+    return enable(setting, workdir)
+  except OSError:
+    return None
 
 
 def enable(setting: str, workdir: Path) -> Path | None:

@@ -25,6 +25,7 @@ from research.errors import ConfigError, DataUnavailableError, read_json_object
 from research.models import precision
 from research.models.layers import fast_paths, remat
 from research.registry import MODELS
+from research.train import compilation
 from research.train import state as state_lib
 
 
@@ -167,6 +168,7 @@ def restore(workdir: str | Path, step: str | int | None = "latest", config=None)
   where they can form it, see `on_these_devices`)."""
   workdir = Path(workdir)
   config = on_these_devices(config or load_config(workdir))
+  compilation.enable_reading(config.compilation_cache, workdir)
   mesh = parallel.make_mesh(config)
   make_model = model_factory(config, model_examples(config, workdir), preprocessor(config, workdir))
   graphdef, layout, _, _ = abstract_state(config, make_model, 1, mesh)  # restored into: nothing to initialize
