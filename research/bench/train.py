@@ -65,6 +65,7 @@ def _data(name: str) -> tuple[np.ndarray, np.ndarray]:
 
 def _model(name: str, compute_dtype: str):
   """The library's model for `name`, built from its config.model in `compute_dtype`; and the benchmark's data."""
+  import jax
   import ml_collections
   from flax import nnx
 
@@ -72,9 +73,6 @@ def _model(name: str, compute_dtype: str):
   from research.models import precision
   from research.models.layers import fast_paths
   from research.registry import MODELS
-
-  import jax
-
   from research.train import experiment
 
   spec = SPECS[name]

@@ -43,7 +43,7 @@ def check(signature: dict[str, dict], given: dict[str, Any]) -> dict[str, np.nda
 
 
 def _array(name: str, spec: dict, value: Any) -> np.ndarray:
-  shape, dtype = spec["shape"], spec["dtype"]
+  shape, dtype = list(spec["shape"]), spec["dtype"]
   if dtype == "str":
     return _texts(name, value)
   try:
