@@ -18,7 +18,9 @@ to twice the bound, as a backstop for a coordinator that stops answering.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
+import signal
 import sys
 import threading
 import time
@@ -44,10 +46,11 @@ def initialize(coordinator_address: str | None, num_processes: int | None, proce
   import jax
 
   timeouts = {"initialization_timeout": init_timeout_s, "heartbeat_timeout_seconds": 2 * heartbeat_timeout_s + 5}
-  if coordinator_address == AUTO:
-    jax.distributed.initialize(local_device_ids=_slurm_host_devices(), **timeouts)
-  else:
-    jax.distributed.initialize(coordinator_address, num_processes=num_processes, process_id=process_id, **timeouts)
+  with _sigterm_kept():
+    if coordinator_address == AUTO:
+      jax.distributed.initialize(local_device_ids=_slurm_host_devices(), **timeouts)
+    else:
+      jax.distributed.initialize(coordinator_address, num_processes=num_processes, process_id=process_id, **timeouts)
   if jax.process_count() > 1:
     global _watchdog
     from jax._src import distributed as jax_distributed
@@ -56,6 +59,28 @@ def initialize(coordinator_address: str | None, num_processes: int | None, proce
     _watchdog = Watchdog(jax_distributed.global_state.client, jax.process_index(), jax.process_count(),
                          heartbeat_timeout_s)
     _watchdog.start()
+
+
+@contextlib.contextmanager
+def _sigterm_kept():
+  """SIGTERM stays with this process's handler (research/train/preemption.py) across `jax.distributed.initialize`.
+
+  JAX's preemption service installs its own SIGTERM handler there. Its agreement on a stop step is unsound next to
+  orbax, whose save-finalize thread reports the saved step to it on process 0, moving that process's step count
+  back: process 0 can then miss the agreed step while the others stop at it, and the run hangs. The signal is held
+  back meanwhile, so one that arrives then is not lost. In a thread other than the main one, nothing is changed.
+  """
+  if threading.current_thread() is not threading.main_thread():
+    yield
+    return
+  handler = signal.getsignal(signal.SIGTERM)
+  signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+  try:
+    yield
+  finally:
+    if handler is not None:  # (None: a handler installed outside Python, left as it is)
+      signal.signal(signal.SIGTERM, handler)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
 
 
 def finish(error: BaseException | None) -> None:

@@ -51,13 +51,18 @@ def run_script(script: str, *args: str, devices: int = 8, timeout: float = 300,
   return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
-def start_processes(workdir, *args: str, processes: int = 2, devices: int = 4) -> list[subprocess.Popen]:
-  """Starts scripts/train.py as one multi-process JAX run on loopback (`devices` CPU devices each)."""
+def free_port() -> int:
+  """A loopback TCP port nothing listens on now."""
   import socket
 
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
+    return s.getsockname()[1]
+
+
+def start_processes(workdir, *args: str, processes: int = 2, devices: int = 4) -> list[subprocess.Popen]:
+  """Starts scripts/train.py as one multi-process JAX run on loopback (`devices` CPU devices each)."""
+  port = free_port()
   return [subprocess.Popen(
       [sys.executable, str(ROOT / "scripts/train.py"), *args, "--workdir", str(workdir),
        f"--coordinator_address=127.0.0.1:{port}", f"--num_processes={processes}", f"--process_id={i}"],

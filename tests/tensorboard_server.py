@@ -6,7 +6,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,12 +15,6 @@ from collections.abc import Iterator
 from tests import helpers
 
 STATUSES = ["STATUS_UNKNOWN", "STATUS_SUCCESS", "STATUS_FAILURE", "STATUS_RUNNING"]
-
-
-def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
 
 
 def get_json(url: str, body: dict | None = None):
@@ -35,7 +28,7 @@ def get_json(url: str, body: dict | None = None):
 @contextlib.contextmanager
 def serve(logdir, timeout: float = 90) -> Iterator[str]:
   """`tensorboard --logdir LOGDIR` (its default, fast loader) on a free port; yields its base URL once it answers."""
-  port = _free_port()
+  port = helpers.free_port()
   server = subprocess.Popen([sys.executable, "-m", "tensorboard.main", "--logdir", str(logdir), "--host",
                              "127.0.0.1", "--port", str(port)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True,

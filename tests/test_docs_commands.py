@@ -44,7 +44,6 @@ import os
 import re
 import shlex
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -212,12 +211,6 @@ def run(command: str, cwd: Path, timeout: float = TIMEOUT_S, variables: dict | N
   return out
 
 
-def free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
-
-
 @dataclasses.dataclass
 class Live:
   """A documented server, running."""
@@ -243,7 +236,7 @@ def serve(command: str, cwd: Path, page: str, timeout: float = 90) -> Live:
   command = command.strip().removesuffix("&").strip()
   words = shlex.split(command)
   tensorboard = words[0].endswith("tensorboard")
-  port = free_port()
+  port = helpers.free_port()
   command = re.sub(r"--port[ =]\d+", "", command) + f" --port {port}"
   url = f"http://localhost:{port}/data/logdir" if tensorboard else f"http://127.0.0.1:{port}/v2/health/ready"
   env = helpers.env_with_devices(1)

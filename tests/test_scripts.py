@@ -3,7 +3,6 @@
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -38,12 +37,6 @@ def test_bad_override_exits_nonzero_with_one_line_naming_the_fix(tmp_path):
   assert not (tmp_path / "config.json").exists()  # failed before any work
 
 
-def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
-
-
 def _get_json(url: str):
   with urllib.request.urlopen(url, timeout=5) as response:
     return json.loads(response.read())
@@ -51,7 +44,7 @@ def _get_json(url: str):
 
 def test_tensorboard_server_serves_the_logged_scalars(smoke_run):
   workdir, _ = smoke_run
-  port = _free_port()
+  port = helpers.free_port()
   server = subprocess.Popen(
       [sys.executable, "-m", "tensorboard.main", "--logdir", str(workdir), "--host", "127.0.0.1",
        "--port", str(port), "--load_fast", "false"],
