@@ -7,6 +7,7 @@ process. Skips, saying why, only where slurm-wlm is not installed (.ci/run insta
 
 from __future__ import annotations
 
+import getpass
 import subprocess
 
 import pytest
@@ -34,7 +35,8 @@ def cluster(tmp_path_factory):
   docs.run(_as_here(docs.documented("research.launch.slurm_cluster start"), directory), helpers.ROOT)
   yield directory
   env = {**helpers.env_with_devices(1), "SLURM_CONF": str(directory / "slurm.conf")}
-  subprocess.run(["scancel", "--user=root"], env=env, timeout=60, check=False)  # a job left by a failed test
+  # a job left by a failed test, in this test's own cluster (SLURM_CONF)
+  subprocess.run(["scancel", f"--user={getpass.getuser()}"], env=env, timeout=60, check=False)
   docs.run(_as_here(docs.documented("research.launch.slurm_cluster stop"), directory), helpers.ROOT)
   assert not list(directory.glob("*.pid")), "the documented stop left a daemon running"
 
