@@ -7,6 +7,7 @@ Rotten Tomatoes Transformer as `reviews`; every answer is compared with the offl
 
 import concurrent.futures
 import gzip
+import http.client
 import json
 import struct
 import urllib.error
@@ -217,6 +218,33 @@ def test_the_binary_extension_byte_by_byte_and_its_errors(server, exports, digit
   assert server.call("/v2/health/ready")[0] == 200
   assert server.call("/v2")[2] == {"name": "research", "version": research.__version__,
                                    "extensions": ["binary_tensor_data"]}
+
+
+def test_a_body_sent_in_chunks_is_read_whole_and_held_to_the_limit(server, exports, digits):
+  """Transfer-Encoding: chunked (no Content-Length): the server reads every piece of the body, and a body that
+  passes the 16 MB limit piece by piece is refused with 413."""
+  body = json.dumps({"inputs": [{"name": "image", "shape": list(digits.shape), "datatype": "UINT8",
+                                 "data": digits.reshape(-1).tolist()}]}).encode()
+
+  def post_chunked(pieces) -> tuple[int, dict]:
+    connection = http.client.HTTPConnection(server.url.removeprefix("http://"), timeout=60)
+    try:
+      connection.request("POST", "/v2/models/mnist/infer", body=iter(pieces), encode_chunked=True,
+                         headers={"Content-Type": "application/json"})
+      response = connection.getresponse()
+      return response.status, json.loads(response.read())
+    finally:
+      connection.close()
+
+  third = len(body) // 3
+  status, answer = post_chunked([body[:third], body[third:2 * third], body[2 * third:]])
+  want = _offline(exports["mnist"], {"image": digits})
+  assert status == 200, answer
+  probabilities = next(o for o in answer["outputs"] if o["name"] == "probabilities")
+  np.testing.assert_allclose(np.reshape(probabilities["data"], probabilities["shape"]), want["probabilities"],
+                             atol=1e-6)
+  status, answer = post_chunked([b" " * (1 << 20)] * 17)  # 17 MB of JSON whitespace
+  assert status == 413 and "larger than" in answer["error"]
 
 
 def test_the_text_model_takes_bytes_in_json_and_binary_from_64_concurrent_clients(server, exports):
