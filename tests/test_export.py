@@ -237,6 +237,39 @@ def test_the_core_export_path_does_not_import_tensorflow():
   assert done.stdout.strip() == "[]"
 
 
+def test_an_onnx_conversion_loads_only_the_rules_for_jax_primitives():
+  """jax2onnx would import all of its rules first, Equinox's among them, which build modules at import (seconds
+  of every export); the library's conversion (of a jaxpr: a matmul, a conv and a softmax here) needs only JAX's."""
+  import subprocess
+  import sys
+
+  code = """
+import sys, jax, numpy as np, onnxruntime
+from research.export import onnx
+
+class Model:  # what onnx.to_proto asks of an Exportable
+  name, output_names = "f", ["y"]
+  args = [np.random.default_rng(0).standard_normal(s).astype(np.float32) for s in ((2, 1, 4, 4), (32, 3), (2, 1, 3, 3))]
+  inputs = [type("Input", (), {"name": n}) for n in ("x", "w", "k")]
+
+  def input_structs(self, batch):
+    return [jax.ShapeDtypeStruct(a.shape, a.dtype) for a in self.args]
+
+  def __call__(self, x, w, k):
+    return jax.nn.softmax(jax.lax.conv(x, k, (1, 1), "SAME").reshape(2, -1) @ w)
+
+model = Model()
+session = onnxruntime.InferenceSession(onnx.to_proto(model).SerializeToString())
+got = session.run(None, dict(zip(["x", "w", "k"], model.args)))[0]
+np.testing.assert_allclose(got, model(*model.args), atol=1e-5)
+trees = {m.split(".")[2] for m in sys.modules if m.startswith("jax2onnx.plugins.")}
+print(sorted(t for t in trees if not t.startswith("_") and t != "plugin_system"))
+"""
+  done = subprocess.run([sys.executable, "-c", code], cwd=helpers.ROOT, capture_output=True, text=True, timeout=120)
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert done.stdout.strip().splitlines()[-1] == "['jax']"  # not equinox, flax, dm_pix or examples
+
+
 def test_a_model_a_format_cannot_express_is_one_line_exit_2(run, tmp_path, monkeypatch, capsys):
   from research.export import cli
   from research.export import onnx as onnx_format

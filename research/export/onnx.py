@@ -26,6 +26,7 @@ def to_proto(ex: Exportable, *, opset: int = OPSET, batch: int | None = None):
   """The ONNX ModelProto of `ex`; `batch=None` keeps the batch dimension dynamic."""
   from jax2onnx import to_onnx
 
+  _load_primitive_rules()
   structs = ex.input_structs(batch)
   closed = jax.make_jaxpr(ex)(*structs)
 
@@ -34,6 +35,21 @@ def to_proto(ex: Exportable, *, opset: int = OPSET, batch: int | None = None):
 
   return to_onnx(traced, structs, model_name=ex.name, opset=opset,
                  input_names=[s.name for s in ex.inputs], output_names=ex.output_names)
+
+
+def _load_primitive_rules() -> None:
+  """Imports jax2onnx's rules for JAX's primitives, the only ones a jaxpr needs, and marks its rules loaded.
+
+  Otherwise `to_onnx` imports every rule jax2onnx ships, Equinox's and its examples' included, some of which build
+  and initialize modules at import: 6 of the 7 s that took in each exporting process. (jax2onnx 0.17's own
+  discovery functions; where a later version lacks them, `to_onnx` loads everything as before.)"""
+  from jax2onnx.plugins import plugin_system
+
+  import_tree, loaded = getattr(plugin_system, "_import_tree", None), "_already_imported_plugins"
+  if import_tree is None or getattr(plugin_system, loaded, True):
+    return
+  import_tree(Path(plugin_system.__file__).parent / "jax", "jax2onnx.plugins.jax")
+  setattr(plugin_system, loaded, True)
 
 
 def save(proto, path: Path) -> list[str]:
