@@ -188,7 +188,8 @@ class Service:
       finally:
         status = response.status_code if response is not None else 500
         self._account(request, request_id, model, status, time.perf_counter() - start)
-      response.raw_headers.append((b"x-request-id", request_id.encode("latin-1")))  # (no handler sets it: no scan for one)
+      # (appended, not set: no handler sets it, so there is none to scan for)
+      response.raw_headers.append((b"x-request-id", request_id.encode("latin-1")))
       return response
 
     wrapped.access = dict(auth=auth, model_scoped=model_scoped, admin=admin)  # what the OpenAPI schema states

@@ -276,7 +276,9 @@ def _train(config, workdir: Path, mesh, preemption: PreemptionGuard, flags_warni
           host_memory.release_free_pages()  # what compiling freed, which the steps never reuse
         pending.append(step_metrics)
         hooks_due = hooks.due(step, run)
-        preempted = preemption.requested(sync=hooks_due or len(pending) == MAX_UNAWAITED_STEPS)
+        # (every process reaches these steps together; at each, the loop waits for the device anyway)
+        preempted = preemption.requested(
+            sync=hooks_due or checkpoints.due(step) or len(pending) == MAX_UNAWAITED_STEPS)
         if hooks_due or preempted or checkpoints.due(step):  # Never save past an unchecked step.
           fetch(step - len(pending) + 1)
         elif len(pending) == MAX_UNAWAITED_STEPS:  # The deadlock guard.
