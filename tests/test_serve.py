@@ -136,6 +136,12 @@ def test_the_open_inference_protocols_metadata_health_and_errors(export_dir, dig
         ({"inputs": [{**tensor, "datatype": "FP99"}]}, "unknown datatype"),
         ({"inputs": [{**tensor, "name": "pixels"}]}, "unknown input 'pixels'"),
         ({"inputs": [{**tensor, "data": [[300] * 784] * 3}]}, "0 to 255"),
+        # flat UINT8 data takes a faster way in (research/serve/oip.py): its refusals are the same
+        ({"inputs": [{**tensor, "data": [0] * 2351 + [256]}]}, "values in [0, 256]; uint8 takes 0 to 255"),
+        ({"inputs": [{**tensor, "data": [-1] + [0] * 2351}]}, "values in [-1, 0]"),
+        ({"inputs": [{**tensor, "data": [0.5] + [0] * 2351}]}, "whole numbers"),
+        ({"inputs": [{**tensor, "data": [0] * 2351}]}, "holds 2352 values, data has 2351"),
+        ({"inputs": [{**tensor, "data": [None] * 2352}]}, "must be numbers"),
         ({"inputs": [tensor], "outputs": [{"name": "logits"}]}, "unknown output 'logits'"),
         ({"inputs": "x"}, '{"inputs"'),
         ([1, 2], "JSON object"),
