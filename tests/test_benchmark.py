@@ -123,7 +123,8 @@ def test_serving_benchmark_quick(tmp_path_factory):
   from tests import serving as served
 
   # Peers left out: each starts in ~10 s; the full run measures them (docs/benchmarks/serving.md).
-  text = serving.run(quick=True, exports={"mnist_mlp": served.export_smoke(tmp_path_factory, "mnist_mlp")}, peers=())
+  export = served.export_smoke(tmp_path_factory, "mnist_mlp", formats=("onnx", "stablehlo"))  # both backends
+  text = serving.run(quick=True, exports={"mnist_mlp": export}, peers=())
   cells = [[c.strip() for c in line.split("|")[1:-1]] for line in text.splitlines() if line.startswith("| ")]
   http = {(row[0], row[1], row[2]): row[3:] for row in cells if row[0] in ("1", "16", "64") and len(row) == 8}
   for c in ("1", "16", "64"):
@@ -131,9 +132,10 @@ def test_serving_benchmark_quick(tmp_path_factory):
       rate, p50, p99, cpu, _ = http[(c, f"research, {setting}", "json")]
       assert float(rate.replace(",", "")) > 0 and 0 < float(p50) <= float(p99) and float(cpu) > 0
     assert float(http[(c, f"research, {serving.SHIPPED}", "binary")][0].replace(",", "")) > 0
-  in_process = [row for row in cells if len(row) == 4 and row[1] in ("onnxruntime (model only)",
-                                                                     "the server's model call")]
-  assert sorted(int(row[0]) for row in in_process) == [1, 1, 16, 16, 64, 64]
+  in_process = [row for row in cells if len(row) == 4 and row[1] in (
+      "onnxruntime (model only)", "the server's model call", "the server's model call, JAX backend")]
+  assert sorted(int(row[0]) for row in in_process) == [1, 1, 1, 16, 16, 16, 64, 64, 64]
+  assert all(float(row[2]) > 0 for row in in_process)
   targets = [row for row in cells if row[0] == "mnist_mlp"]
   assert len(targets) >= 2 and all(row[3] in ("yes", "no") for row in targets)
   assert "| 16 | not measured by --quick" in text  # the generation row

@@ -4,16 +4,19 @@ Two exports of tiny trained runs (configs/mnist_cnn.py:smoke and configs/rotten_
 the model's speed is not the point, the server's overhead and batching are) are served by:
 
 - scripts/serve.py with batching as shipped (`--max_wait_ms 2`, 64 rows), with `--max_wait_ms 0` (no waiting,
-  but requests that queued while the model ran are still merged) and with `--max_batch_size 1` (no batching);
+  but requests that queued while the model ran are still merged), with `--max_batch_size 1` (no batching), and
+  as shipped on the JAX backend (`--backend jax`: the StableHLO export on jax's default device, a GPU where
+  there is one);
 - peer servers installed from PyPI into their own virtualenvs (research/bench/servers.py), the same ONNX file
   in onnxruntime, their own batching on at the same size and wait;
 
 each called by research/bench/loadgen.py (asyncio, keep-alive, a separate process) at concurrency 1, 16 and
 64, one example per request, closed loop, over the Open Inference Protocol: JSON tensors, and (the server as
 shipped) binary tensors. A GPT (configs/shakespeare_gpt.py:smoke) is served for generation at 1 and 16
-concurrent streams. The limit is the same ONNX model called in-process at batch 1, 16
-and 64: onnxruntime alone, and the server's own model call (preprocessing, onnxruntime, softmax), both with the
-server's onnxruntime threads (`--model_threads`, its default). Systems are
+concurrent streams. The limit is the same export called in-process at batch 1, 16
+and 64: the ONNX model in onnxruntime alone, the server's own model call (preprocessing, onnxruntime, softmax),
+both with the server's onnxruntime threads (`--model_threads`, its default), and that call on the JAX backend
+(every bucket compiled first). Systems are
 interleaved at each concurrency, so a slow moment of the machine hits them alike; the table gives the median
 over repeats. The library's server takes raw inputs (pixels 0-255, text) and preprocesses them; peers get the
 ONNX model's inputs (normalized floats, token ids), so they do less work per request.
@@ -43,8 +46,9 @@ MAX_BATCH, MAX_WAIT_MS = 64, 2.0  # the server's defaults; peers get the same
 # label: scripts/serve.py flags. The first is the server as shipped, which the targets judge.
 SETTINGS = {f"batching ({MAX_WAIT_MS:g} ms)": ["--max_wait_ms", str(MAX_WAIT_MS)],
             "batching (0 ms wait)": ["--max_wait_ms", "0"],
-            "off (1 row per call)": ["--max_batch_size", "1"]}
-SHIPPED, NO_WAIT, OFF = SETTINGS
+            "off (1 row per call)": ["--max_batch_size", "1"],
+            f"batching ({MAX_WAIT_MS:g} ms), JAX backend": ["--max_wait_ms", str(MAX_WAIT_MS), "--backend", "jax"]}
+SHIPPED, NO_WAIT, OFF, JAX = SETTINGS
 TEXT = "a quietly moving film, beautifully acted and never sentimental"
 SETTLE_S = 0.3  # a pause before each point
 GPT, STREAMS, GEN_TOKENS = "configs/shakespeare_gpt.py:smoke", (1, 16), 64
@@ -58,8 +62,8 @@ def _export(name: str, config: str, tmp: Path) -> Path:
 
   workdir = tmp / name / "run"
   train(config_lib.load(str(ROOT / config)), workdir)
-  return export(workdir, formats=("onnx",), out=tmp / name / "export", batch_sizes=(1,), accuracy_examples=64,
-                log=lambda _: None)
+  return export(workdir, formats=("onnx", "stablehlo"), out=tmp / name / "export", batch_sizes=(1,),
+                accuracy_examples=64, log=lambda _: None)
 
 
 def _examples(predictor) -> tuple[dict, dict]:
@@ -100,12 +104,13 @@ def oip_binary(arrays: dict[str, np.ndarray]) -> tuple[bytes, dict]:
   return body, {"Content-Type": "application/octet-stream", binary.HEADER: str(length)}
 
 
-def _in_process(entry, raw: dict, model_inputs: dict, repeats: int, budget_s: float) -> dict:
+def _in_process(entry, jax_entry, raw: dict, model_inputs: dict, repeats: int, budget_s: float) -> dict:
   """{(system, batch): {"p50_ms", "rows_per_s"}} of in-process calls at each batch size of CONCURRENCY, medians over
-  `repeats` interleaved rounds of `budget_s` each."""
+  `repeats` interleaved rounds of `budget_s` each. `jax_entry`: the model on the JAX backend, buckets compiled."""
   tile = lambda arrays, b: {k: np.repeat(v, b, 0) for k, v in arrays.items()}  # b copies of the row
   calls = {"onnxruntime (model only)": lambda b: entry.predictor.run(*tile(model_inputs, b).values()),
-           "the server's model call": lambda b: entry.run(tile(raw, b))}
+           "the server's model call": lambda b: entry.run(tile(raw, b)),
+           "the server's model call, JAX backend": lambda b: jax_entry.run(tile(raw, b))}
   found: dict = {}
   for _ in range(repeats):
     for b in CONCURRENCY:
@@ -254,7 +259,9 @@ def run(quick: bool = False, exports: dict[str, Path] | None = None, peers: tupl
   repeats, warmup_s, duration_s, budget_s = (1, 0.1, 0.3, 0.2) if quick else (3, 0.5, 2.0, 0.5)
   load_before = os.getloadavg()[0]
   names = list(exports or MODELS)[:1 if quick else None]  # --quick: the CNN (each server and peer is still started)
-  from research.serve.predictor import Predictor
+  import jax
+
+  from research.serve.predictor import Predictor, bucket_sizes
   from research.serve.repository import Version
   from research.serve.server import default_model_threads
 
@@ -263,6 +270,10 @@ def run(quick: bool = False, exports: dict[str, Path] | None = None, peers: tupl
     exports = {m: Path(exports[m]) if exports else _export(m, MODELS[m], Path(tmp)) for m in names}
     # the in-process limit runs onnxruntime as the server does (scripts/serve.py's default --model_threads)
     entries = {m: Version(m, 1, Predictor.load(exports[m], threads=default_model_threads()), None) for m in names}
+    jax_entries = {m: Version(m, 1, Predictor.load(exports[m], backend="jax", buckets=bucket_sizes(MAX_BATCH)), None)
+                   for m in names}
+    for entry in jax_entries.values():
+      entry.predictor.warm_up()  # every bucket compiled, as the server does before it answers
     examples = {m: _examples(entries[m].predictor) for m in names}
     peers = _peers(servers.PEERS if peers is None else peers, quick, notes)
     running, calls = _start(exports, examples, peers, Path(tmp))
@@ -272,7 +283,7 @@ def run(quick: bool = False, exports: dict[str, Path] | None = None, peers: tupl
       for server in running:
         server.stop()
     # the servers stopped: the in-process limit shares the cores with no one of this run
-    limit = {m: _in_process(entries[m], *examples[m], repeats, budget_s) for m in names}
+    limit = {m: _in_process(entries[m], jax_entries[m], *examples[m], repeats, budget_s) for m in names}
     generation = _generation(None if quick else _export("gpt", GPT, Path(tmp)), warmup_s, duration_s)
   skipped = {p: "left out of this run" if servers.python_of(p) else "not installed (--quick does not install peers)"
              for p in servers.PEERS if p not in peers}
@@ -285,7 +296,7 @@ def run(quick: bool = False, exports: dict[str, Path] | None = None, peers: tupl
                     + table(["concurrency", "server", "encoding", "requests/s", "p50 ms", "p99 ms",
                              "server CPU ms per request", "research as shipped vs this (requests/s)"],
                             _http_rows(m, measured, calls, skipped))
-                    + "\n\nIn-process, the same ONNX file (the limit):\n\n"
+                    + "\n\nIn-process, the same export (the limit):\n\n"
                     + table(["batch", "call", "p50 ms per call", "rows/s"], in_process))
     targets += _targets(m, measured, limit[m], peers)
   sections.append(f"### Generation ({GPT}, `POST /v1/models/gpt:generate`, {GEN_TOKENS} tokens per answer)\n\n"
@@ -298,7 +309,9 @@ def run(quick: bool = False, exports: dict[str, Path] | None = None, peers: tupl
             f"rows per model call, waiting at most {MAX_WAIT_MS:g} ms (peers configured alike). Peers: "
             f"{versions or 'none'}; they take the ONNX model's inputs, the library's server raw inputs. The library's "
             f"server and the in-process calls run onnxruntime on {default_model_threads()} thread(s) per call "
-            f"(`--model_threads`, its default here), peers with onnxruntime's own default.\n"
+            f"(`--model_threads`, its default here), peers with onnxruntime's own default. The JAX backend rows run the "
+            f"StableHLO export on jax's default backend ({jax.default_backend()}), each batch padded to a bucket "
+            f"(1, 2, 4, ... {MAX_BATCH} rows) compiled before the server answers.\n"
             f"Machine: {machine()}; load average {load_before:.1f} at the start, {os.getloadavg()[0]:.1f} at the end "
             f"(other jobs running when it is over the core count).\n\n"
             + table(["model", "target", "measured", "holds"], targets))
