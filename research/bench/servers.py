@@ -53,23 +53,26 @@ def free_port() -> int:
 
 
 class Server:
-  """A server subprocess (its output in a log file, read back on failure); `url` is where requests go."""
+  """A server subprocess (its output in a log file, read back on failure); `url` is where requests go. Started
+  when made; `ready()` waits until it answers, so that several can start at once."""
 
-  def __init__(self, name: str, command: list[str], health: str, url: str, *, env: dict | None = None,
-               timeout_s: float = 180):
-    self.name, self.url = name, url
+  def __init__(self, name: str, command: list[str], health: str, url: str, *, env: dict | None = None):
+    self.name, self.url, self.health = name, url, health
     # closed by stop(); read back by output() when the server fails
     self.log = tempfile.NamedTemporaryFile("w+", prefix=f"research-bench-{name}-", suffix=".log")  # noqa: SIM115
     # its own process group: a peer's workers are stopped with it
     self.proc = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT, cwd=ROOT,
                                  env={**os.environ, **(env or {})}, start_new_session=True)
+
+  def ready(self, timeout_s: float = 180) -> "Server":
     deadline = time.monotonic() + timeout_s
-    while not _answers(health):
+    while not _answers(self.health):
       if self.proc.poll() is not None or time.monotonic() > deadline:
         output = self.output()
         self.stop()
-        raise RuntimeError(f"{name} did not start: {output[-1500:]}")
+        raise RuntimeError(f"{self.name} did not start: {output[-1500:]}")
       time.sleep(0.2)
+    return self
 
   def cpu_seconds(self) -> float:
     """CPU time (user + system) of the server's live processes so far: its own and its workers'."""

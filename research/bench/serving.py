@@ -50,7 +50,7 @@ SETTINGS = {f"batching ({MAX_WAIT_MS:g} ms)": ["--max_wait_ms", str(MAX_WAIT_MS)
             f"batching ({MAX_WAIT_MS:g} ms), JAX backend": ["--max_wait_ms", str(MAX_WAIT_MS), "--backend", "jax"]}
 SHIPPED, NO_WAIT, OFF, JAX = SETTINGS
 TEXT = "a quietly moving film, beautifully acted and never sentimental"
-SETTLE_S = 0.3  # a pause before each point
+SETTLE_S = 0.3  # a pause before each point, where peers run: their workers may poll on after their load stops
 GPT, STREAMS, GEN_TOKENS = "configs/shakespeare_gpt.py:smoke", (1, 16), 64
 
 
@@ -158,7 +158,8 @@ def _peers(wanted, quick: bool, notes: list[str]) -> list[str]:
 
 
 def _start(exports: dict, examples: dict, peers: list[str], tmp: Path) -> tuple[list, dict]:
-  """(every server, started before any is measured; {(model, system, encoding): (server, url, body, headers)})."""
+  """(every server, all started and answering before any is measured; {(model, system, encoding): (server, url,
+  body, headers)})."""
   from research.export.onnx import FILE
 
   running, calls = [], {}
@@ -179,6 +180,8 @@ def _start(exports: dict, examples: dict, peers: list[str], tmp: Path) -> tuple[
         running.append(server)
         body = oip_json(model_inputs)
         calls[(m, f"{peer}, batching ({MAX_WAIT_MS:g} ms)", "json")] = (server, server.url, body, None)
+    for server in running:  # all started at once, then waited for
+      server.ready()
   except BaseException:
     for server in running:  # one that did not start: stop the others before reporting it
       server.stop()
@@ -186,7 +189,7 @@ def _start(exports: dict, examples: dict, peers: list[str], tmp: Path) -> tuple[
   return running, calls
 
 
-def _measure(calls: dict, repeats: int, warmup_s: float, duration_s: float) -> dict:
+def _measure(calls: dict, repeats: int, warmup_s: float, duration_s: float, settle_s: float) -> dict:
   """{(model, system, encoding, concurrency): median requests/s, p50 ms, p99 ms and the server's CPU ms per
   request}, systems interleaved at each concurrency. CPU time per request is the steadier measure on a busy
   machine: time the server waits for a core counts in latency, not in CPU time."""
@@ -196,7 +199,7 @@ def _measure(calls: dict, repeats: int, warmup_s: float, duration_s: float) -> d
       order = list(calls.items())
       order = order[repeat % len(order):] + order[:repeat % len(order)]  # each round starts with another system
       for (m, system, encoding), (server, url, body, headers) in order:
-        time.sleep(SETTLE_S)  # a peer's workers may poll on for a moment after their load stops
+        time.sleep(settle_s)
         cpu = server.cpu_seconds()
         result = load(url, body, c, warmup_s, duration_s, headers)
         result["cpu_ms"] = (server.cpu_seconds() - cpu) * 1e3 / result["all_requests"]
@@ -243,7 +246,7 @@ def _generation(export: Path | None, warmup_s: float, duration_s: float) -> list
   """GPT tokens/s over `POST /v1/models/gpt:generate` (whole answers of GEN_TOKENS tokens) at 1 and 16 streams."""
   if export is None:
     return [[streams, "not measured by --quick (a full run trains and serves a GPT)", "", ""] for streams in STREAMS]
-  server = servers.research({"gpt": export}, [], "research")
+  server = servers.research({"gpt": export}, [], "research").ready()
   body = json.dumps({"prompt": "ROMEO:", "max_tokens": GEN_TOKENS, "seed": 0}).encode()
   try:
     runs = {c: load(f"{server.url}/v1/models/gpt:generate", body, c, warmup_s, duration_s) for c in STREAMS}
@@ -261,7 +264,7 @@ def run(quick: bool = False, exports: dict[str, Path] | None = None, peers: tupl
   names = list(exports or MODELS)[:1 if quick else None]  # --quick: the CNN (each server and peer is still started)
   import jax
 
-  from research.serve.predictor import Predictor, bucket_sizes
+  from research.serve.predictor import Predictor
   from research.serve.repository import Version
   from research.serve.server import default_model_threads
 
@@ -270,15 +273,16 @@ def run(quick: bool = False, exports: dict[str, Path] | None = None, peers: tupl
     exports = {m: Path(exports[m]) if exports else _export(m, MODELS[m], Path(tmp)) for m in names}
     # the in-process limit runs onnxruntime as the server does (scripts/serve.py's default --model_threads)
     entries = {m: Version(m, 1, Predictor.load(exports[m], threads=default_model_threads()), None) for m in names}
-    jax_entries = {m: Version(m, 1, Predictor.load(exports[m], backend="jax", buckets=bucket_sizes(MAX_BATCH)), None)
+    # the batch sizes measured are buckets of the server's (bucket_sizes(MAX_BATCH)): compiled alone, the same calls
+    jax_entries = {m: Version(m, 1, Predictor.load(exports[m], backend="jax", buckets=CONCURRENCY), None)
                    for m in names}
     for entry in jax_entries.values():
-      entry.predictor.warm_up()  # every bucket compiled, as the server does before it answers
+      entry.predictor.warm_up()  # compiled before timing, as the server does before it answers
     examples = {m: _examples(entries[m].predictor) for m in names}
     peers = _peers(servers.PEERS if peers is None else peers, quick, notes)
     running, calls = _start(exports, examples, peers, Path(tmp))
     try:
-      measured = _measure(calls, repeats, warmup_s, duration_s)
+      measured = _measure(calls, repeats, warmup_s, duration_s, SETTLE_S if peers else 0)
     finally:
       for server in running:
         server.stop()
